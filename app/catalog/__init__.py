@@ -1,0 +1,1 @@
+"""The catalog of one cluster: a Postgres database managed by Alembic migrations."""

@@ -1,0 +1,94 @@
+"""Engines per catalog DSN, safe across fork, and creation of catalog databases."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine, make_url
+
+from app.errors import NotFound, StorageUnavailable
+
+_engines: dict[str, tuple[int, Engine]] = {}
+_lock = threading.Lock()
+
+
+def engine_for(dsn: str) -> Engine:
+    """One pooled engine per DSN per process; a forked child builds its own."""
+    pid = os.getpid()
+    with _lock:
+        cached = _engines.get(dsn)
+        if cached is not None and cached[0] == pid:
+            return cached[1]
+        if cached is not None:  # inherited from the parent: never reuse its sockets
+            cached[1].dispose(close=False)
+        engine = sa.create_engine(dsn, pool_pre_ping=True, pool_size=5, max_overflow=10)
+        _engines[dsn] = (pid, engine)
+        return engine
+
+
+def dispose_all() -> None:
+    with _lock:
+        for _pid, engine in _engines.values():
+            engine.dispose(close=False)
+        _engines.clear()
+
+
+def _admin_engine(dsn: str) -> tuple[Engine, str]:
+    url = make_url(dsn)
+    name = url.database
+    if not name:
+        raise NotFound(f"catalog DSN {dsn!r} names no database")
+    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    return admin, name
+
+
+def database_exists(dsn: str) -> bool:
+    admin, name = _admin_engine(dsn)
+    try:
+        with admin.connect() as conn:
+            found = conn.execute(
+                sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+            ).first()
+            return found is not None
+    except sa.exc.OperationalError as exc:
+        raise StorageUnavailable(f"cannot reach Postgres for {name}: {exc.orig}") from exc
+    finally:
+        admin.dispose()
+
+
+def create_database(dsn: str) -> bool:
+    """Create the catalog database if missing. Returns True when it was created."""
+    admin, name = _admin_engine(dsn)
+    try:
+        with admin.connect() as conn:
+            # Serialize concurrent `cluster init` of the same name.
+            conn.execute(sa.text("SELECT pg_advisory_lock(hashtext(:n))"), {"n": name})
+            try:
+                exists = conn.execute(
+                    sa.text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}
+                ).first()
+                if exists:
+                    return False
+                conn.execute(sa.text(f'CREATE DATABASE "{name}"'))
+                return True
+            finally:
+                conn.execute(sa.text("SELECT pg_advisory_unlock(hashtext(:n))"), {"n": name})
+    except sa.exc.OperationalError as exc:
+        raise StorageUnavailable(f"cannot reach Postgres to create {name}: {exc.orig}") from exc
+    finally:
+        admin.dispose()
+
+
+def drop_database(dsn: str) -> None:
+    admin, name = _admin_engine(dsn)
+    with _lock:
+        cached = _engines.pop(dsn, None)
+    if cached is not None:
+        cached[1].dispose()
+    try:
+        with admin.connect() as conn:
+            conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()

@@ -1,0 +1,228 @@
+"""Read-side views of catalog rows, and the queries that build them."""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import aggregate_order_by
+
+from app.catalog import schema as s
+from app.errors import InvalidRequest, NotFound
+from app.schema import ColumnDef, arrow_schema
+
+
+@dataclass(frozen=True)
+class Backend:
+    id: int
+    name: str
+    storage_root: str
+    state: str
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    id: int
+    db_id: int
+    db_name: str
+    name: str
+    columns: tuple[ColumnDef, ...]
+    schema_hash: int
+    partition_column: str | None
+    distribution_columns: tuple[str, ...]
+    buckets: int
+    replication_num: int
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.db_name}.{self.name}"
+
+    @property
+    def arrow_schema(self) -> pa.Schema:
+        return arrow_schema(self.columns)
+
+    def column(self, name: str) -> ColumnDef:
+        for col in self.columns:
+            if col.name == name:
+                return col
+        raise KeyError(name)
+
+
+@dataclass(frozen=True)
+class PartitionInfo:
+    id: int
+    name: str
+    lower: Any
+    upper: Any
+    visible_version: int
+    version_epoch: int
+    version_txn_kind: str
+    visible_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class TabletInfo:
+    id: int
+    partition_id: int
+    bucket: int
+    backend_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class RowsetInfo:
+    id: str
+    tablet_id: int
+    txn_id: int
+    start_version: int | None
+    end_version: int | None
+    state: str
+    num_rows: int
+    data_size: int
+    files: tuple[dict[str, Any], ...]
+
+
+def split_table_name(full_name: str) -> tuple[str, str]:
+    parts = full_name.split(".")
+    if len(parts) != 2 or not all(parts):
+        raise InvalidRequest(f"table {full_name!r} must be written DATABASE.TABLE")
+    return parts[0], parts[1]
+
+
+def find_table(conn: sa.Connection, full_name: str, cluster: str = "") -> TableInfo | None:
+    db_name, table_name = split_table_name(full_name)
+    row = conn.execute(
+        sa.select(s.tables, s.databases.c.name.label("db_name"))
+        .join(s.databases, s.databases.c.id == s.tables.c.db_id)
+        .where(s.databases.c.name == db_name, s.tables.c.name == table_name)
+    ).first()
+    if row is None:
+        return None
+    return table_from_row(row._mapping)
+
+
+def get_table(conn: sa.Connection, full_name: str, cluster: str = "") -> TableInfo:
+    table = find_table(conn, full_name)
+    if table is None:
+        where = f" in cluster {cluster!r}" if cluster else ""
+        raise NotFound(
+            f"table {full_name}{where} does not exist "
+            f"(see `replicator table list {cluster or 'CLUSTER'}`)"
+        )
+    return table
+
+
+def table_by_id(conn: sa.Connection, table_id: int) -> TableInfo:
+    row = conn.execute(
+        sa.select(s.tables, s.databases.c.name.label("db_name"))
+        .join(s.databases, s.databases.c.id == s.tables.c.db_id)
+        .where(s.tables.c.id == table_id)
+    ).first()
+    if row is None:
+        raise NotFound(f"table id {table_id} does not exist")
+    return table_from_row(row._mapping)
+
+
+def table_from_row(m: Any) -> TableInfo:
+    return TableInfo(
+        id=m["id"],
+        db_id=m["db_id"],
+        db_name=m["db_name"],
+        name=m["name"],
+        columns=tuple(ColumnDef.from_json(c) for c in m["columns"]),
+        schema_hash=m["schema_hash"],
+        partition_column=m["partition_column"],
+        distribution_columns=tuple(m["distribution_columns"]),
+        buckets=m["buckets"],
+        replication_num=m["replication_num"],
+    )
+
+
+def list_tables(conn: sa.Connection) -> list[TableInfo]:
+    rows = conn.execute(
+        sa.select(s.tables, s.databases.c.name.label("db_name"))
+        .join(s.databases, s.databases.c.id == s.tables.c.db_id)
+        .order_by(s.databases.c.name, s.tables.c.name)
+    ).all()
+    return [table_from_row(r._mapping) for r in rows]
+
+
+def list_partitions(conn: sa.Connection, table_id: int) -> list[PartitionInfo]:
+    rows = conn.execute(
+        sa.select(s.partitions).where(s.partitions.c.table_id == table_id).order_by(s.partitions.c.id)
+    ).all()
+    return [partition_from_row(r._mapping) for r in rows]
+
+
+def partition_from_row(m: Any) -> PartitionInfo:
+    return PartitionInfo(
+        id=m["id"],
+        name=m["name"],
+        lower=m["lower"],
+        upper=m["upper"],
+        visible_version=m["visible_version"],
+        version_epoch=m["version_epoch"],
+        version_txn_kind=m["version_txn_kind"],
+        visible_at=m["visible_at"],
+    )
+
+
+def list_tablets(conn: sa.Connection, table_id: int) -> list[TabletInfo]:
+    rows = conn.execute(
+        sa.select(
+            s.tablets.c.id,
+            s.tablets.c.partition_id,
+            s.tablets.c.bucket,
+            sa.func.array_agg(aggregate_order_by(s.replicas.c.backend_id, s.replicas.c.id)).label(
+                "backend_ids"
+            ),
+        )
+        .join(s.partitions, s.partitions.c.id == s.tablets.c.partition_id)
+        .join(s.replicas, s.replicas.c.tablet_id == s.tablets.c.id)
+        .where(s.partitions.c.table_id == table_id)
+        .group_by(s.tablets.c.id)
+        .order_by(s.tablets.c.partition_id, s.tablets.c.bucket)
+    ).all()
+    return [TabletInfo(r.id, r.partition_id, r.bucket, tuple(r.backend_ids)) for r in rows]
+
+
+def list_backends(conn: sa.Connection) -> dict[int, Backend]:
+    rows = conn.execute(sa.select(s.backends).order_by(s.backends.c.id)).all()
+    return {r.id: Backend(r.id, r.name, r.storage_root, r.state) for r in rows}
+
+
+def visible_rowsets(
+    conn: sa.Connection, tablet_ids: list[int], up_to_version: dict[int, int] | None = None
+) -> dict[int, list[RowsetInfo]]:
+    """VISIBLE rowsets per tablet, in version order."""
+    out: dict[int, list[RowsetInfo]] = {t: [] for t in tablet_ids}
+    if not tablet_ids:
+        return out
+    rows = conn.execute(
+        sa.select(s.rowsets)
+        .where(s.rowsets.c.tablet_id.in_(tablet_ids), s.rowsets.c.state == "VISIBLE")
+        .order_by(s.rowsets.c.tablet_id, s.rowsets.c.start_version)
+    ).all()
+    for r in rows:
+        info = rowset_from_row(r._mapping)
+        limit = None if up_to_version is None else up_to_version.get(info.tablet_id)
+        if limit is not None and (info.end_version or 0) > limit:
+            continue
+        out[info.tablet_id].append(info)
+    return out
+
+
+def rowset_from_row(m: Any) -> RowsetInfo:
+    return RowsetInfo(
+        id=m["id"],
+        tablet_id=m["tablet_id"],
+        txn_id=m["txn_id"],
+        start_version=m["start_version"],
+        end_version=m["end_version"],
+        state=m["state"],
+        num_rows=m["num_rows"],
+        data_size=m["data_size"],
+        files=tuple(m["files"]),
+    )

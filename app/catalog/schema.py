@@ -1,0 +1,166 @@
+"""Catalog tables (SQLAlchemy Core). Migrations in ``migrations/versions`` create exactly these."""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Table,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+
+metadata = MetaData()
+
+
+def _created() -> Column[object]:
+    return Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+backends = Table(
+    "backends",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", Text, nullable=False, unique=True),
+    Column("storage_root", Text, nullable=False),
+    Column("state", Text, nullable=False, server_default="ACTIVE"),  # ACTIVE | DECOMMISSIONED
+    _created(),
+)
+
+databases = Table(
+    "databases",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", Text, nullable=False, unique=True),
+    _created(),
+)
+
+tables = Table(
+    "tables",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("db_id", Integer, ForeignKey("databases.id"), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("columns", JSONB, nullable=False),  # [{"name", "type", "nullable"}]
+    Column("schema_hash", BigInteger, nullable=False),
+    Column("partition_column", Text),  # NULL: one partition holds every row
+    Column("distribution_columns", JSONB, nullable=False),
+    Column("buckets", Integer, nullable=False),
+    Column("replication_num", Integer, nullable=False),
+    _created(),
+    UniqueConstraint("db_id", "name"),
+)
+
+partitions = Table(
+    "partitions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("table_id", Integer, ForeignKey("tables.id", ondelete="CASCADE"), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("lower", JSONB),  # inclusive; NULL = unbounded
+    Column("upper", JSONB),  # exclusive; NULL = unbounded
+    Column("visible_version", BigInteger, nullable=False, server_default="1"),
+    Column("version_epoch", BigInteger, nullable=False),
+    # Kind of the transaction that made visible_version; a load after a replication starts a
+    # new epoch, because the partition's history then differs from the source's.
+    Column("version_txn_kind", Text, nullable=False, server_default="CREATE"),
+    Column("visible_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    _created(),
+    UniqueConstraint("table_id", "name"),
+)
+
+indexes = Table(
+    "indexes",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("table_id", Integer, ForeignKey("tables.id", ondelete="CASCADE"), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("is_base", Boolean, nullable=False, server_default=text("true")),
+    Column("schema_hash", BigInteger, nullable=False),
+    UniqueConstraint("table_id", "name"),
+)
+
+tablets = Table(
+    "tablets",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("partition_id", Integer, ForeignKey("partitions.id", ondelete="CASCADE"), nullable=False),
+    Column("index_id", Integer, ForeignKey("indexes.id", ondelete="CASCADE"), nullable=False),
+    Column("bucket", Integer, nullable=False),
+    UniqueConstraint("partition_id", "index_id", "bucket"),
+)
+
+replicas = Table(
+    "replicas",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("tablet_id", Integer, ForeignKey("tablets.id", ondelete="CASCADE"), nullable=False),
+    Column("backend_id", Integer, ForeignKey("backends.id"), nullable=False),
+    UniqueConstraint("tablet_id", "backend_id"),
+)
+
+transactions = Table(
+    "transactions",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("db_id", Integer, ForeignKey("databases.id"), nullable=False),
+    Column("table_id", Integer, ForeignKey("tables.id", ondelete="CASCADE"), nullable=False),
+    Column("label", Text, nullable=False),
+    Column("kind", Text, nullable=False),  # LOAD | OVERWRITE | COMPACTION | REPLICATION
+    Column("state", Text, nullable=False, server_default="PREPARE"),
+    Column("content_digest", Text),  # what the label stands for, to refuse reuse with other data
+    Column("timeout_sec", Integer, nullable=False),
+    Column("deadline", DateTime(timezone=True), nullable=False),
+    Column("reason", Text),
+    Column("finished_at", DateTime(timezone=True)),
+    _created(),
+)
+# A label names one live transaction per database; an aborted one frees its label.
+Index(
+    "transactions_label_live",
+    transactions.c.db_id,
+    transactions.c.label,
+    unique=True,
+    postgresql_where=text("state <> 'ABORTED'"),
+)
+Index("transactions_open", transactions.c.table_id, postgresql_where=text("state = 'PREPARE'"))
+
+rowsets = Table(
+    "rowsets",
+    metadata,
+    Column("id", Text, primary_key=True),  # also the directory name of its files
+    Column("tablet_id", Integer, ForeignKey("tablets.id", ondelete="CASCADE"), nullable=False),
+    Column("txn_id", BigInteger, ForeignKey("transactions.id"), nullable=False),
+    Column("start_version", BigInteger),  # set when its transaction commits
+    Column("end_version", BigInteger),
+    # PENDING (not visible) | VISIBLE | STALE (replaced, files kept until GC) | DELETED
+    Column("state", Text, nullable=False, server_default="PENDING"),
+    Column("num_rows", BigInteger, nullable=False, server_default="0"),
+    Column("data_size", BigInteger, nullable=False, server_default="0"),
+    Column("files", JSONB, nullable=False, server_default="[]"),  # [{"name","size","checksum"}]
+    Column("stale_at", DateTime(timezone=True)),
+    _created(),
+)
+Index("rowsets_tablet_state", rowsets.c.tablet_id, rowsets.c.state)
+Index("rowsets_txn", rowsets.c.txn_id)
+
+holds = Table(
+    "holds",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("rowset_id", Text, ForeignKey("rowsets.id", ondelete="CASCADE"), nullable=False),
+    Column("owner", Text, nullable=False),  # e.g. "job:<cluster>:<job id>"
+    Column("expires_at", DateTime(timezone=True), nullable=False),
+    _created(),
+    UniqueConstraint("rowset_id", "owner"),
+)
+Index("holds_owner", holds.c.owner)

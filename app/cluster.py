@@ -1,0 +1,284 @@
+"""A cluster: its catalog, backends and tables."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.engine import Engine
+
+from app.catalog import model
+from app.catalog import schema as s
+from app.catalog.engine import database_exists, engine_for
+from app.catalog.migrate import current_revision, head_revision, upgrade
+from app.config import Settings, check_cluster_name
+from app.errors import AlreadyExists, InvalidRequest, NotFound
+from app.schema import ColumnDef, columns_from, parse_value, schema_hash
+
+
+def new_epoch() -> int:
+    """A version epoch nobody else has: equal (version, epoch) then means equal history."""
+    return secrets.randbits(62) + 1
+
+
+@dataclass(frozen=True)
+class PartitionSpec:
+    name: str
+    lower: Any = None  # inclusive; None = unbounded
+    upper: Any = None  # exclusive; None = unbounded
+
+    @staticmethod
+    def parse(spec: str) -> PartitionSpec:
+        """``NAME:LOWER:UPPER``, either bound may be empty (unbounded)."""
+        parts = spec.split(":", 2) if spec.count(":") <= 2 else None
+        if parts is None or len(parts) != 3 or not parts[0]:
+            raise InvalidRequest(
+                f"partition {spec!r} must be written NAME:LOWER:UPPER (a bound may be empty)"
+            )
+        return PartitionSpec(parts[0], parts[1] or None, parts[2] or None)
+
+
+class Cluster:
+    """Catalog operations of one cluster. Cheap to build; engines are shared per process."""
+
+    def __init__(self, settings: Settings, name: str) -> None:
+        check_cluster_name(name)
+        self.settings = settings
+        self.name = name
+        self.dsn = settings.dsn(name)
+        self._checked = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def init(self) -> tuple[bool, str | None, str]:
+        created, before, after = upgrade(self.dsn)
+        self._checked = True
+        return created, before, after
+
+    @property
+    def engine(self) -> Engine:
+        if not self._checked:
+            self.ensure_ready()
+        return engine_for(self.dsn)
+
+    def ensure_ready(self) -> None:
+        if not database_exists(self.dsn):
+            raise NotFound(
+                f"cluster {self.name!r} is not initialised: run `replicator cluster init {self.name}`"
+            )
+        revision = current_revision(self.dsn)
+        if revision != head_revision():
+            raise NotFound(
+                f"cluster {self.name!r} has catalog revision {revision}, this version needs "
+                f"{head_revision()}: run `replicator cluster init {self.name}` to migrate it"
+            )
+        self._checked = True
+
+    # -- backends --------------------------------------------------------------------------
+    def add_backend(self, name: str, storage_root: str) -> model.Backend:
+        if not name or not all(c.isalnum() or c in "_-" for c in name):
+            raise InvalidRequest(f"backend name {name!r} may use letters, digits, '_' and '-'")
+        root = os.path.abspath(storage_root)
+        os.makedirs(root, exist_ok=True)
+        with self.engine.begin() as conn:
+            existing = conn.execute(sa.select(s.backends).where(s.backends.c.name == name)).first()
+            if existing is not None:
+                if existing.storage_root == root and existing.state == "ACTIVE":
+                    return model.Backend(existing.id, name, root, existing.state)
+                raise AlreadyExists(
+                    f"backend {name!r} already exists in cluster {self.name!r} "
+                    f"with storage {existing.storage_root} ({existing.state})"
+                )
+            new_id = conn.execute(
+                sa.insert(s.backends).values(name=name, storage_root=root).returning(s.backends.c.id)
+            ).scalar_one()
+        return model.Backend(new_id, name, root, "ACTIVE")
+
+    def backends(self) -> list[model.Backend]:
+        with self.engine.connect() as conn:
+            return list(model.list_backends(conn).values())
+
+    def backend(self, name: str) -> model.Backend:
+        for b in self.backends():
+            if b.name == name:
+                return b
+        raise NotFound(
+            f"backend {name!r} does not exist in cluster {self.name!r} "
+            f"(see `replicator backend list {self.name}`)"
+        )
+
+    def decommission_backend(self, name: str) -> model.Backend:
+        backend = self.backend(name)
+        with self.engine.begin() as conn:
+            held = conn.execute(
+                sa.select(sa.func.count()).where(s.replicas.c.backend_id == backend.id)
+            ).scalar_one()
+            if held:
+                raise InvalidRequest(
+                    f"backend {name!r} still holds {held} tablet replicas; drop or move those "
+                    "tables before decommissioning it"
+                )
+            conn.execute(
+                sa.update(s.backends).where(s.backends.c.id == backend.id).values(state="DECOMMISSIONED")
+            )
+        return model.Backend(backend.id, name, backend.storage_root, "DECOMMISSIONED")
+
+    # -- tables ----------------------------------------------------------------------------
+    def create_table(
+        self,
+        full_name: str,
+        columns: Sequence[ColumnDef | str | tuple[str, str]],
+        *,
+        partition_by: str | None = None,
+        partitions: Sequence[PartitionSpec | tuple[str, Any, Any]] = (),
+        distributed_by: Sequence[str] = (),
+        buckets: int = 1,
+        replication_num: int = 1,
+    ) -> model.TableInfo:
+        db_name, table_name = model.split_table_name(full_name)
+        cols = columns_from(columns)
+        names = {c.name for c in cols}
+        if buckets < 1 or buckets > 4096:
+            raise InvalidRequest(f"buckets must be between 1 and 4096, got {buckets}")
+        if replication_num < 1:
+            raise InvalidRequest(f"replication_num must be at least 1, got {replication_num}")
+        dist = list(distributed_by) or [cols[0].name]
+        for col in dist:
+            if col not in names:
+                raise InvalidRequest(f"distribution column {col!r} is not a column of {full_name}")
+        specs = [p if isinstance(p, PartitionSpec) else PartitionSpec(*p) for p in partitions]
+        bounds = self._check_partitions(full_name, cols, partition_by, specs)
+
+        with self.engine.begin() as conn:
+            active = [b for b in model.list_backends(conn).values() if b.state == "ACTIVE"]
+            if len(active) < replication_num:
+                raise InvalidRequest(
+                    f"replication_num {replication_num} needs {replication_num} active backends, "
+                    f"cluster {self.name!r} has {len(active)}: add backends with "
+                    f"`replicator backend add {self.name} NAME --storage DIR`"
+                )
+            conn.execute(
+                pg_insert(s.databases).values(name=db_name).on_conflict_do_nothing(
+                    index_elements=["name"]
+                )
+            )
+            db_id = conn.execute(
+                sa.select(s.databases.c.id).where(s.databases.c.name == db_name)
+            ).scalar_one()
+            try:
+                with conn.begin_nested():
+                    h = schema_hash(cols)
+                    table_id = conn.execute(
+                        sa.insert(s.tables)
+                        .values(
+                            db_id=db_id,
+                            name=table_name,
+                            columns=[c.to_json() for c in cols],
+                            schema_hash=h,
+                            partition_column=partition_by,
+                            distribution_columns=dist,
+                            buckets=buckets,
+                            replication_num=replication_num,
+                        )
+                        .returning(s.tables.c.id)
+                    ).scalar_one()
+            except sa.exc.IntegrityError:
+                raise AlreadyExists(
+                    f"table {full_name} already exists in cluster {self.name!r}"
+                ) from None
+            index_id = conn.execute(
+                sa.insert(s.indexes)
+                .values(table_id=table_id, name="base", is_base=True, schema_hash=h)
+                .returning(s.indexes.c.id)
+            ).scalar_one()
+            load = Counter(
+                {b.id: 0 for b in active}
+                | dict(
+                    conn.execute(
+                        sa.select(s.replicas.c.backend_id, sa.func.count())
+                        .group_by(s.replicas.c.backend_id)
+                    ).all()
+                )
+            )
+            order = [b.id for b in active]
+            replica_rows = []
+            for name, lower, upper in bounds:
+                pid = conn.execute(
+                    sa.insert(s.partitions)
+                    .values(
+                        table_id=table_id,
+                        name=name,
+                        lower=lower,
+                        upper=upper,
+                        version_epoch=new_epoch(),
+                    )
+                    .returning(s.partitions.c.id)
+                ).scalar_one()
+                tablet_ids = conn.execute(
+                    sa.insert(s.tablets).returning(s.tablets.c.id, sort_by_parameter_order=True),
+                    [{"partition_id": pid, "index_id": index_id, "bucket": b} for b in range(buckets)],
+                ).scalars().all()
+                for tablet_id in tablet_ids:
+                    # Least-loaded backends first; ties broken by a rotating order so that
+                    # replicas spread evenly over equally loaded backends.
+                    chosen = sorted(order, key=lambda b: (load[b], order.index(b)))[:replication_num]
+                    for b in chosen:
+                        load[b] += 1
+                        replica_rows.append({"tablet_id": tablet_id, "backend_id": b})
+                    order = order[1:] + order[:1]
+            conn.execute(sa.insert(s.replicas), replica_rows)
+            return model.table_by_id(conn, table_id)
+
+    def _check_partitions(
+        self,
+        full_name: str,
+        cols: list[ColumnDef],
+        partition_by: str | None,
+        specs: list[PartitionSpec],
+    ) -> list[tuple[str, Any, Any]]:
+        if partition_by is None:
+            if specs:
+                raise InvalidRequest("partitions were given without a partition column (partition_by)")
+            return [(full_name.split(".")[1], None, None)]
+        col = next((c for c in cols if c.name == partition_by), None)
+        if col is None:
+            raise InvalidRequest(f"partition column {partition_by!r} is not a column of {full_name}")
+        if not specs:
+            raise InvalidRequest(f"table {full_name} is partitioned by {partition_by} but has no partitions")
+        seen: set[str] = set()
+        out: list[tuple[str, Any, Any]] = []
+        for spec in specs:
+            if spec.name in seen:
+                raise InvalidRequest(f"partition {spec.name!r} is defined twice")
+            seen.add(spec.name)
+            lower = parse_value(col.type, spec.lower)
+            upper = parse_value(col.type, spec.upper)
+            if lower is not None and upper is not None and (lower) >= (upper):
+                raise InvalidRequest(
+                    f"partition {spec.name!r}: lower bound {lower} must be below upper bound {upper}"
+                )
+            out.append((spec.name, lower, upper))
+        ordered = sorted(out, key=lambda p: (p[1] is not None, (p[1])))
+        for prev, cur in zip(ordered, ordered[1:], strict=False):
+            if prev[2] is None or cur[1] is None or (prev[2]) > (cur[1]):
+                raise InvalidRequest(f"partitions {prev[0]!r} and {cur[0]!r} overlap")
+        return out
+
+    def tables(self) -> list[model.TableInfo]:
+        with self.engine.connect() as conn:
+            return model.list_tables(conn)
+
+    def table(self, full_name: str) -> model.TableInfo:
+        with self.engine.connect() as conn:
+            return model.get_table(conn, full_name, self.name)
+
+    def partitions(self, full_name: str) -> list[model.PartitionInfo]:
+        with self.engine.connect() as conn:
+            table = model.get_table(conn, full_name, self.name)
+            return model.list_partitions(conn, table.id)
+

@@ -1,0 +1,1 @@
+"""Rowset files on backends: storage clients, checksums, loads, compaction, GC and holds."""

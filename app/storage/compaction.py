@@ -1,0 +1,112 @@
+"""Compaction: merge a tablet's consecutive visible rowsets [a..b] into one rowset [a, b].
+
+The merged rowset is written to every replica, then one Postgres commit makes it VISIBLE and the
+inputs STALE; GC deletes the inputs' files later, unless a hold covers them. Versions and the
+table's content are unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pyarrow as pa
+import sqlalchemy as sa
+
+from app import txn as txns
+from app.catalog import model
+from app.catalog import schema as s
+from app.cluster import Cluster
+from app.errors import InvalidRequest, TransactionConflict
+from app.storage.rowsets import RowsetWriter, new_rowset_id, read_rowset
+
+
+@dataclass
+class CompactionReport:
+    tablets: int = 0
+    rowsets_merged: int = 0
+    rowsets_written: int = 0
+
+
+def compact(
+    cluster: Cluster,
+    full_name: str,
+    *,
+    partitions: list[str] | None = None,
+    min_rowsets: int = 2,
+    up_to_version: int | None = None,
+) -> CompactionReport:
+    """Merge, in each tablet of the chosen partitions, the visible rowsets up to ``up_to_version``
+    (default: all) into one."""
+    if min_rowsets < 2:
+        raise InvalidRequest("compaction needs at least 2 rowsets to merge")
+    engine = cluster.engine
+    report = CompactionReport()
+    with engine.connect() as conn:
+        table = model.get_table(conn, full_name, cluster.name)
+        parts = {p.id: p for p in model.list_partitions(conn, table.id)}
+        if partitions is not None:
+            unknown = set(partitions) - {p.name for p in parts.values()}
+            if unknown:
+                raise InvalidRequest(f"partition(s) {', '.join(sorted(unknown))} not in {full_name}")
+        tablets = [
+            t
+            for t in model.list_tablets(conn, table.id)
+            if partitions is None or parts[t.partition_id].name in partitions
+        ]
+        limits = {
+            t.id: min(parts[t.partition_id].visible_version, up_to_version or 2**62) for t in tablets
+        }
+        rowsets = model.visible_rowsets(conn, [t.id for t in tablets], limits)
+        backends = model.list_backends(conn)
+    schema = table.arrow_schema
+    for tablet in tablets:
+        inputs = rowsets[tablet.id]
+        if len(inputs) < min_rowsets:
+            continue
+        replicas = [backends[b] for b in tablet.backend_ids]
+        with engine.begin() as conn:
+            txn = txns.begin(
+                conn, table,
+                label=f"COMPACTION_{tablet.id}_{new_rowset_id()[:12]}",
+                kind="COMPACTION",
+                timeout_sec=cluster.settings.load_transaction_timeout_sec,
+            )
+            rowset_id = new_rowset_id()
+            conn.execute(sa.insert(s.rowsets).values(id=rowset_id, tablet_id=tablet.id, txn_id=txn.id))
+        try:
+            writer = RowsetWriter(tablet.id, rowset_id, schema, replicas)
+            for rs in inputs:
+                batches = list(read_rowset(rs, replicas))
+                if batches:
+                    writer.write(pa.Table.from_batches(batches, schema=schema))
+            meta = writer.finish()
+            with engine.begin() as conn:
+                txns.lock_open(conn, txn.id)
+                ids = [r.id for r in inputs]
+                gone = conn.execute(
+                    sa.update(s.rowsets)
+                    .where(s.rowsets.c.id.in_(ids), s.rowsets.c.state == "VISIBLE")
+                    .values(state="STALE", stale_at=sa.func.now())
+                ).rowcount
+                if gone != len(ids):
+                    raise TransactionConflict(f"tablet {tablet.id} changed during compaction")
+                conn.execute(
+                    sa.update(s.rowsets)
+                    .where(s.rowsets.c.id == rowset_id)
+                    .values(
+                        state="VISIBLE",
+                        start_version=inputs[0].start_version,
+                        end_version=inputs[-1].end_version,
+                        num_rows=writer.num_rows,
+                        data_size=meta.size,
+                        files=[meta.to_json()],
+                    )
+                )
+                txns.mark_visible(conn, txn.id)
+        except BaseException as exc:
+            txns.abort(engine, txn.id, f"compaction failed: {exc}")
+            raise
+        report.tablets += 1
+        report.rowsets_merged += len(inputs)
+        report.rowsets_written += 1
+    return report

@@ -1,0 +1,79 @@
+"""Shared fixtures: fresh catalog databases per test run, storage roots in tmp dirs.
+
+Postgres is the machine's (``REPLICATOR_TEST_PG_URL``, default the local trust-auth server);
+every run uses databases named ``olap_t<run id>_<cluster>`` and drops them at the end, so runs
+never see each other's data.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from app.catalog.engine import dispose_all
+from app.client import ClusterHandle, Replicator
+from app.config import Settings
+
+PG_URL = os.environ.get("REPLICATOR_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432")
+RUN_ID = uuid.uuid4().hex[:8]
+DB_PREFIX = f"olap_t{RUN_ID}_"
+
+
+def _drop_run_databases() -> None:
+    admin = sa.create_engine(f"{PG_URL}/postgres", isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            names = conn.execute(
+                sa.text("SELECT datname FROM pg_database WHERE datname LIKE :p"),
+                {"p": DB_PREFIX + "%"},
+            ).scalars().all()
+            for name in names:
+                conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+@pytest.fixture(scope="session")
+def settings() -> Iterator[Settings]:
+    yield Settings(
+        broker_url=os.environ.get("REPLICATOR_TEST_BROKER_URL", "redis://127.0.0.1:6379/15"),
+        dsn_template=f"{PG_URL}/{DB_PREFIX}{{cluster}}",
+    )
+    dispose_all()
+    _drop_run_databases()
+
+
+@pytest.fixture(scope="session")
+def test_env(settings: Settings) -> dict[str, str]:
+    """Environment for subprocesses (CLI, workers) that must see this run's clusters."""
+    env = dict(os.environ)
+    env["REPLICATOR_DSN_TEMPLATE"] = settings.dsn_template
+    env["REPLICATOR_BROKER_URL"] = settings.broker_url
+    env.pop("REPLICATOR_CONFIG", None)
+    return env
+
+
+_names = itertools.count(1)
+
+ClusterFactory = Callable[..., ClusterHandle]
+
+
+@pytest.fixture
+def make_cluster(settings: Settings, tmp_path: Path) -> ClusterFactory:
+    """``make_cluster(backends=3)`` → an initialised cluster with that many backends."""
+
+    def make(backends: int = 2, name: str | None = None) -> ClusterHandle:
+        cname = name or f"c{next(_names)}"
+        handle = Replicator(settings).cluster(cname)
+        handle.init()
+        for i in range(1, backends + 1):
+            handle.add_backend(f"be{i}", str(tmp_path / cname / f"be{i}"))
+        return handle
+
+    return make
