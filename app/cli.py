@@ -20,7 +20,9 @@ backend_cli = typer.Typer(no_args_is_help=True, help="Manage a cluster's backend
 table_cli = typer.Typer(no_args_is_help=True, help="Create and inspect tables.")
 cli.add_typer(cluster_cli, name="cluster")
 cli.add_typer(backend_cli, name="backend")
+job_cli = typer.Typer(no_args_is_help=True, help="Inspect and cancel one replication job.")
 cli.add_typer(table_cli, name="table")
+cli.add_typer(job_cli, name="job")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True)
@@ -176,6 +178,158 @@ def checksum(
     for c in _replicator().cluster(cluster).checksum(table, partition):
         t.add_row(c.partition, str(c.version), str(c.epoch), str(c.rows), c.checksum)
     out.print(t)
+
+
+def _progress_line(job: Any) -> str:
+    p = job.progress
+    return (
+        f"{job.ref} {job.state}: snapshots {p.snapshots_done}/{p.snapshots_total}, "
+        f"replicas {p.tablets_done}/{p.tablets_total}, bytes {p.bytes_done}/{p.bytes_total}"
+    )
+
+
+@cli.command("replicate")
+def replicate(
+    src: Annotated[str, typer.Argument(help="CLUSTER:DATABASE.TABLE")],
+    dst: Annotated[str, typer.Argument(help="CLUSTER[:DATABASE.TABLE]")],
+    partition: Annotated[list[str] | None, typer.Option("--partition", "-p")] = None,
+    label: Annotated[str | None, typer.Option(help="Same label, same job")] = None,
+    create_target: Annotated[bool, typer.Option(help="Create the target table if missing")] = False,
+    replication_num: Annotated[int | None, typer.Option(help="For a created target")] = None,
+    wait: Annotated[bool, typer.Option(help="Wait for COMMITTED or ABORTED")] = False,
+    timeout: float = 3600.0,
+) -> None:
+    """Replicate a table's partitions at their current source versions, as one transaction."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
+
+    r = _replicator()
+    job = r.replicate(
+        src, dst, partitions=partition, label=label, create_target=create_target,
+        replication_num=replication_num,
+    )
+    out.print(f"job {job.ref} ({job.label}): {job.state}" + (f" - {job.message}" if job.message else ""))
+    if not wait or job.state.final:
+        if job.state == "ABORTED":
+            sys.exit(1)
+        return
+    import time
+
+    deadline = time.monotonic() + timeout
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
+        console=err, transient=True,
+    ) as bar:
+        task = bar.add_task(job.ref, total=None)
+        while not job.refresh().state.final and time.monotonic() < deadline:
+            p = job.progress
+            bar.update(
+                task, description=f"{job.ref} {job.state}", completed=p.bytes_done,
+                total=p.bytes_total or None,
+            )
+            time.sleep(0.2)
+    out.print(f"job {job.ref}: {job.state} - {job.message or ''}")
+    if job.state != "COMMITTED":
+        sys.exit(1)
+
+
+@cli.command("jobs")
+def jobs(
+    cluster: Annotated[str | None, typer.Option(help="Target cluster (default: all)")] = None,
+    state: Annotated[str | None, typer.Option(help="Only jobs in this state")] = None,
+    limit: int = 50,
+) -> None:
+    """List replication jobs, newest first."""
+    from app.catalog.engine import discover_clusters
+
+    r = _replicator()
+    names = [cluster] if cluster else discover_clusters(r.settings.dsn_template, list(r.settings.clusters))
+    t = Table("job", "label", "state", "source", "target", "created", "message")
+    for name in names:
+        for job in r.jobs(name, state=state, limit=limit):
+            rec = job.record
+            t.add_row(
+                rec.ref, rec.label, rec.state, rec.src, rec.dst,
+                rec.created_at.strftime("%Y-%m-%d %H:%M:%S"), rec.message or "",
+            )
+    out.print(t)
+
+
+@job_cli.command("show")
+def job_show(ref: Annotated[str, typer.Argument(help="CLUSTER:ID")]) -> None:
+    """Plan, per-partition versions, tasks, events and errors of one job."""
+    job = _replicator().job(ref)
+    rec = job.record
+    out.print(f"[bold]job {rec.ref}[/] {rec.label}: [bold]{rec.state}[/] {rec.src} -> {rec.dst}")
+    if rec.message:
+        out.print(f"message: {rec.message}")
+    out.print(_progress_line(job))
+    pt = Table("partition", "mode", "source version", "source epoch", "target version (before)")
+    for p in job.partitions():
+        pt.add_row(p.partition_name, p.mode, str(p.src_version), str(p.src_epoch), str(p.dst_version))
+    out.print(pt)
+    tt = Table("task", "kind", "partition", "bucket", "queue", "state", "attempts", "bytes", "error")
+    for task in job.tasks():
+        tt.add_row(
+            str(task.id), task.kind, task.partition_name, str(task.bucket), task.queue, task.state,
+            str(task.attempts), f"{task.bytes_done}/{task.bytes_total}", task.error or "",
+        )
+    out.print(tt)
+    et = Table("at", "from", "to", "reason", "by")
+    for e in job.events:
+        et.add_row(e.at.strftime("%H:%M:%S.%f")[:-3], e.from_state or "", e.to_state, e.reason, e.actor or "")
+    out.print(et)
+
+
+@job_cli.command("cancel")
+def job_cancel(ref: Annotated[str, typer.Argument(help="CLUSTER:ID")]) -> None:
+    """Abort a job: the target stays exactly as it was."""
+    job = _replicator().job(ref)
+    if job.cancel():
+        out.print(f"job {job.ref}: cancel requested; the coordinator aborts it")
+    else:
+        out.print(f"job {job.ref} already finished as {job.state}; nothing to cancel")
+
+
+@cli.command("worker", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def worker(
+    ctx: typer.Context,
+    cluster: Annotated[str, typer.Option(help="Cluster of the backend")],
+    backend: Annotated[str, typer.Option(help="Backend whose queue to serve")],
+    concurrency: int = 2,
+) -> None:
+    """Start a Celery worker for one backend's queue be.CLUSTER.BACKEND (extra args go to celery)."""
+    import os
+
+    r = _replicator()
+    r.cluster(cluster).catalog.backend(backend)  # a clear error for unknown names
+    queue = f"be.{cluster}.{backend}"
+    args = [
+        sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", queue,
+        "-n", f"{queue}@%h", "-c", str(concurrency), "--prefetch-multiplier", "1", "-E",
+        "--loglevel", "INFO", *ctx.args,
+    ]
+    os.execv(sys.executable, args)
+
+
+@cli.command("coordinator", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def coordinator(
+    ctx: typer.Context,
+    concurrency: int = 2,
+    beat: Annotated[bool, typer.Option(help="Also run the beat scheduler in this process")] = True,
+    schedule: Annotated[Path, typer.Option(help="Beat schedule file")] = Path("var/celerybeat-schedule"),
+) -> None:
+    """Start the coordinator worker (queue `coordinator`) and, by default, the beat tick."""
+    import os
+
+    schedule.parent.mkdir(parents=True, exist_ok=True)
+    args = [
+        sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", "coordinator",
+        "-n", "coordinator@%h", "-c", str(concurrency), "--prefetch-multiplier", "1", "-E",
+        "--loglevel", "INFO",
+    ]
+    if beat:
+        args += ["-B", "-s", str(schedule)]
+    os.execv(sys.executable, [*args, *ctx.args])
 
 
 def main(argv: list[str] | None = None) -> Any:

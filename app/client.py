@@ -14,7 +14,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import importlib
+import time
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -23,6 +25,9 @@ from app import read
 from app.catalog import model
 from app.cluster import Cluster, PartitionSpec
 from app.config import Settings, load_settings
+from app.errors import ReplicatorError
+from app.replication import jobs as _jobs
+from app.replication.state import JobState
 from app.schema import ColumnDef
 from app.storage import compaction, gc
 from app.storage.load import Loader, LoadResult, LoadSource
@@ -107,11 +112,142 @@ class ClusterHandle:
         return read.checksum(self._cluster, full_name, partitions)
 
 
-class Replicator:
-    """Entry point: built from settings, hands out clusters (and, later, replication jobs)."""
+Notify = Callable[[str, int], None]
 
-    def __init__(self, settings: Settings | None = None) -> None:
+
+class JobTimeout(ReplicatorError):
+    """``Job.wait`` ran out of time; the job itself goes on."""
+
+    retryable = True
+
+
+class Job:
+    """A replication job, as its target cluster's catalog records it."""
+
+    def __init__(self, replicator: Replicator, cluster: str, job_id: int) -> None:
+        self._r = replicator
+        self.cluster = cluster
+        self.id = job_id
+        self._record = _jobs.get(replicator.settings, cluster, job_id)
+
+    def __repr__(self) -> str:
+        return f"<Job {self.ref} {self.state} {self._record.src} -> {self._record.dst}>"
+
+    @property
+    def ref(self) -> str:
+        return f"{self.cluster}:{self.id}"
+
+    @property
+    def record(self) -> _jobs.JobRecord:
+        return self._record
+
+    @property
+    def label(self) -> str:
+        return self._record.label
+
+    @property
+    def state(self) -> JobState:
+        return self._record.state
+
+    @property
+    def message(self) -> str | None:
+        return self._record.message
+
+    def refresh(self) -> Job:
+        self._record = _jobs.get(self._r.settings, self.cluster, self.id)
+        return self
+
+    @property
+    def progress(self) -> _jobs.Progress:
+        return _jobs.progress(self._r.settings, self.cluster, self.id)
+
+    @property
+    def events(self) -> list[_jobs.Event]:
+        return _jobs.events(self._r.settings, self.cluster, self.id)
+
+    def tasks(self) -> list[Any]:
+        return _jobs.tasks(self._r.settings, self.cluster, self.id)
+
+    def partitions(self) -> list[Any]:
+        return _jobs.partitions(self._r.settings, self.cluster, self.id)
+
+    def cancel(self) -> bool:
+        """Ask for the job to be aborted; returns False if it had already finished."""
+        asked = _jobs.request_cancel(self._r.settings, self.cluster, self.id)
+        if asked:
+            self._r.nudge(self.cluster, self.id)
+        self.refresh()
+        return asked
+
+    def wait(self, timeout: float = 600.0, poll: float = 0.05) -> Job:
+        """Block until COMMITTED or ABORTED; raise JobTimeout if that takes longer than timeout."""
+        deadline = time.monotonic() + timeout
+        while not self.refresh().state.final:
+            if time.monotonic() > deadline:
+                raise JobTimeout(f"job {self.ref} is still {self.state} after {timeout:.0f}s")
+            time.sleep(poll)
+            poll = min(poll * 1.5, 0.5)
+        return self
+
+
+class Replicator:
+    """Entry point: built from settings; hands out clusters and replication jobs.
+
+    ``notify(cluster, job_id)`` wakes the coordinator for a job at once. By default it is the
+    Celery nudge of the ``workers`` package when that is importable; without it, the
+    coordinator's periodic tick picks the job up within a second.
+    """
+
+    def __init__(self, settings: Settings | None = None, notify: Notify | None = None) -> None:
         self.settings = settings or load_settings()
+        self._notify = notify
 
     def cluster(self, name: str) -> ClusterHandle:
         return ClusterHandle(Cluster(self.settings, name))
+
+    def nudge(self, cluster: str, job_id: int) -> None:
+        notify = self._notify
+        if notify is None:
+            try:
+                notify = importlib.import_module("workers.nudge").notifier(self.settings)
+            except ImportError:
+                return
+            self._notify = notify
+        try:
+            notify(cluster, job_id)
+        except Exception:  # noqa: BLE001 - the periodic tick is the safety net
+            pass
+
+    def replicate(
+        self,
+        src: str,
+        dst: str,
+        *,
+        partitions: list[str] | None = None,
+        label: str | None = None,
+        create_target: bool = False,
+        replication_num: int | None = None,
+    ) -> Job:
+        """Replicate ``CLUSTER:DB.TABLE`` into ``CLUSTER[:DB.TABLE]``; the same label returns the
+        same job. Bad input raises a UserError and creates nothing."""
+        cluster, job_id, created = _jobs.submit(
+            self.settings,
+            src,
+            dst,
+            partitions=partitions,
+            label=label,
+            create_target=create_target,
+            replication_num=replication_num,
+        )
+        job = Job(self, cluster, job_id)
+        if created and not job.state.final:
+            self.nudge(cluster, job_id)
+        return job
+
+    def job(self, ref: str) -> Job:
+        cluster, job_id = _jobs.parse_ref(ref)
+        return Job(self, cluster, job_id)
+
+    def jobs(self, cluster: str, state: str | list[str] | None = None, limit: int = 100) -> list[Job]:
+        states = [state] if isinstance(state, str) else state
+        return [Job(self, cluster, r.id) for r in _jobs.list_jobs(self.settings, cluster, states, limit)]

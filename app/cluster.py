@@ -44,6 +44,10 @@ class PartitionSpec:
         return PartitionSpec(parts[0], parts[1] or None, parts[2] or None)
 
 
+# Catalog DSNs already found initialised and current in this process.
+_ready: set[str] = set()
+
+
 class Cluster:
     """Catalog operations of one cluster. Cheap to build; engines are shared per process."""
 
@@ -52,12 +56,13 @@ class Cluster:
         self.settings = settings
         self.name = name
         self.dsn = settings.dsn(name)
-        self._checked = False
+        self._checked = self.dsn in _ready
 
     # -- lifecycle -------------------------------------------------------------------------
     def init(self) -> tuple[bool, str | None, str]:
         created, before, after = upgrade(self.dsn)
         self._checked = True
+        _ready.add(self.dsn)
         return created, before, after
 
     @property
@@ -78,6 +83,7 @@ class Cluster:
                 f"{head_revision()}: run `replicator cluster init {self.name}` to migrate it"
             )
         self._checked = True
+        _ready.add(self.dsn)
 
     # -- backends --------------------------------------------------------------------------
     def add_backend(self, name: str, storage_root: str) -> model.Backend:

@@ -86,6 +86,12 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
             raise InvalidRequest(f"settings file {config_path} is not valid TOML: {exc}") from None
         for key, raw in data.items():
             if key == "clusters":
+                for name, c in raw.items():
+                    if not isinstance(c, dict) or not isinstance(c.get("dsn"), str):
+                        raise InvalidRequest(
+                            f"clusters.{name} needs a dsn in {config_path}: "
+                            f'write [clusters.{name}] dsn = "postgresql+psycopg://..."'
+                        )
                 values["clusters"] = {name: c["dsn"] for name, c in raw.items()}
             elif key in kinds:
                 values[key] = _coerce(kinds[key], raw, key)

@@ -15,6 +15,9 @@ from pandas.util import hash_array
 
 _NULL_MARK = np.uint64(0x9E3779B97F4A7C15)
 _MIX = np.uint64(0x100000001B3)
+_FMIX1 = np.uint64(0xFF51AFD7ED558CCD)
+_FMIX2 = np.uint64(0xC4CEB9FE1A85EC53)
+_S33 = np.uint64(33)
 
 
 def _values(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -46,6 +49,17 @@ def row_hashes(batch: pa.RecordBatch | pa.Table, columns: Sequence[str] | None =
     return out
 
 
+def _finalize(h: np.ndarray) -> np.ndarray:
+    """MurmurHash3's 64-bit finalizer. A row hash is linear in its column hashes, so a plain sum
+    of row hashes would only see each column's multiset of values (rows (1,2),(2,1) would equal
+    (1,1),(2,2)); mixing each row hash non-linearly before summing ties the values of a row."""
+    h = h ^ (h >> _S33)
+    h = h * _FMIX1
+    h = h ^ (h >> _S33)
+    h = h * _FMIX2
+    return h ^ (h >> _S33)
+
+
 def bucket_of(batch: pa.RecordBatch, columns: Sequence[str], buckets: int) -> np.ndarray:
     if buckets == 1:
         return np.zeros(batch.num_rows, dtype=np.int64)
@@ -64,7 +78,7 @@ class ContentChecksum:
             return
         self.rows += batch.num_rows
         with np.errstate(over="ignore"):
-            self.total = np.uint64(self.total + row_hashes(batch).sum(dtype=np.uint64))
+            self.total = np.uint64(self.total + _finalize(row_hashes(batch)).sum(dtype=np.uint64))
 
     def merge(self, other: ContentChecksum) -> None:
         self.rows += other.rows

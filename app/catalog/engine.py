@@ -92,3 +92,24 @@ def drop_database(dsn: str) -> None:
             conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     finally:
         admin.dispose()
+
+
+def discover_clusters(dsn_template: str, explicit: list[str]) -> list[str]:
+    """Cluster names: those configured explicitly plus every database the DSN template matches."""
+    names = set(explicit)
+    url = make_url(dsn_template.replace("{cluster}", "x"))
+    db_template = make_url(dsn_template.replace("{cluster}", "CLUSTERNAME")).database or ""
+    prefix, _, suffix = db_template.partition("CLUSTERNAME")
+    admin = sa.create_engine(url.set(database="postgres"), isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            for (datname,) in conn.execute(
+                sa.text("SELECT datname FROM pg_database WHERE datname LIKE :p"),
+                {"p": prefix.replace("_", r"\_") + "%" + suffix.replace("_", r"\_")},
+            ):
+                name = datname[len(prefix) : len(datname) - len(suffix) or None]
+                if name:
+                    names.add(name)
+    finally:
+        admin.dispose()
+    return sorted(names)

@@ -164,3 +164,82 @@ holds = Table(
     UniqueConstraint("rowset_id", "owner"),
 )
 Index("holds_owner", holds.c.owner)
+
+
+# -- replication jobs (they live in the target cluster's catalog) ------------------------------
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("label", Text, nullable=False, unique=True),
+    Column("state", Text, nullable=False, server_default="INITIALIZING"),
+    Column("src_cluster", Text, nullable=False),
+    Column("src_table", Text, nullable=False),
+    Column("dst_table", Text, nullable=False),
+    Column("options", JSONB, nullable=False),  # partitions, create_target, replication_num
+    Column("args_digest", Text, nullable=False),  # refuses a label reused with other arguments
+    Column("txn_id", BigInteger, ForeignKey("transactions.id")),
+    Column("cancel_requested", Boolean, nullable=False, server_default=text("false")),
+    Column("message", Text),  # why it ended, in words for users
+    _created(),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("finished_at", DateTime(timezone=True)),
+)
+Index("jobs_active", jobs.c.state, postgresql_where=text("state IN ('INITIALIZING','SNAPSHOTING','REPLICATING')"))
+
+job_partitions = Table(
+    "job_partitions",
+    metadata,
+    Column("job_id", BigInteger, ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True),
+    Column("partition_name", Text, primary_key=True),
+    Column("src_partition_id", Integer, nullable=False),
+    Column("dst_partition_id", Integer, nullable=False),
+    Column("src_version", BigInteger, nullable=False),
+    Column("src_epoch", BigInteger, nullable=False),
+    Column("dst_version", BigInteger, nullable=False),
+    Column("dst_epoch", BigInteger, nullable=False),
+    Column("mode", Text, nullable=False),  # INCREMENTAL (if the source still can) | FULL
+)
+
+job_tasks = Table(
+    "job_tasks",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("job_id", BigInteger, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("kind", Text, nullable=False),  # SNAPSHOT (one per target tablet) | APPLY (per replica)
+    Column("partition_name", Text, nullable=False),
+    Column("bucket", Integer, nullable=False),
+    Column("src_tablet_id", Integer, nullable=False),
+    Column("dst_tablet_id", Integer, nullable=False),
+    Column("dst_backend_id", Integer),  # APPLY only
+    Column("src_backend_ids", JSONB, nullable=False),  # candidates, in the order to try
+    Column("queue", Text, nullable=False),
+    # PENDING | QUEUED (message sent) | RUNNING (claimed, leased) | DONE | FAILED
+    Column("state", Text, nullable=False, server_default="PENDING"),
+    Column("attempts", Integer, nullable=False, server_default="0"),
+    Column("lease_until", DateTime(timezone=True)),
+    Column("dispatched_at", DateTime(timezone=True)),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("worker", Text),
+    Column("manifest", JSONB),  # SNAPSHOT result: rowsets, versions, files with size and checksum
+    Column("incremental", Boolean),
+    Column("bytes_total", BigInteger, nullable=False, server_default="0"),
+    Column("bytes_done", BigInteger, nullable=False, server_default="0"),
+    Column("error", Text),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+Index("job_tasks_job_kind_state", job_tasks.c.job_id, job_tasks.c.kind, job_tasks.c.state)
+
+job_events = Table(
+    "job_events",
+    metadata,
+    Column("id", BigInteger, primary_key=True),
+    Column("job_id", BigInteger, ForeignKey("jobs.id", ondelete="CASCADE"), nullable=False),
+    Column("at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("from_state", Text),
+    Column("to_state", Text, nullable=False),
+    Column("reason", Text, nullable=False),
+    Column("actor", Text),  # which process made the change
+)
+Index("job_events_job", job_events.c.job_id, job_events.c.id)

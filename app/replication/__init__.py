@@ -1,0 +1,1 @@
+"""Replication jobs: plan, the pure state machine, the coordinator's actions, and task work."""

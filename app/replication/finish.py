@@ -1,0 +1,114 @@
+"""Commit and abort of a replication job's target transaction."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from app import txn as txns
+from app.catalog import model
+from app.catalog import schema as s
+from app.cluster import Cluster
+from app.errors import VersionConflict
+from app.storage import holds
+from app.storage.client import rowset_dir, staging_dir, storage_for
+
+
+def hold_owner(dst_cluster: str, job_id: int) -> str:
+    return f"job:{dst_cluster}:{job_id}"
+
+
+def commit(conn: sa.Connection, job_id: int, txn_id: int) -> dict[str, int]:
+    """Make the job's pending rowsets visible and set partition versions, in the caller's
+    transaction. Raises VersionConflict if a target partition moved since planning."""
+    txns.lock_open(conn, txn_id)
+    plans = conn.execute(
+        sa.select(s.job_partitions).where(s.job_partitions.c.job_id == job_id)
+    ).all()
+    part_ids = [p.dst_partition_id for p in plans]
+    current = {
+        r.id: r
+        for r in conn.execute(
+            sa.select(s.partitions)
+            .where(s.partitions.c.id.in_(part_ids))
+            .order_by(s.partitions.c.id)
+            .with_for_update()
+        )
+    }
+    for p in plans:
+        now = current[p.dst_partition_id]
+        if (now.visible_version, now.version_epoch) != (p.dst_version, p.dst_epoch):
+            raise VersionConflict(
+                f"target partition {p.partition_name!r} moved from version {p.dst_version} to "
+                f"{now.visible_version} during the job; nothing was applied"
+            )
+    full_tablets = sa.select(s.job_tasks.c.dst_tablet_id).where(
+        s.job_tasks.c.job_id == job_id,
+        s.job_tasks.c.kind == "SNAPSHOT",
+        s.job_tasks.c.incremental.is_(False),
+    )
+    conn.execute(
+        sa.update(s.rowsets)
+        .where(s.rowsets.c.tablet_id.in_(full_tablets), s.rowsets.c.state == "VISIBLE")
+        .values(state="STALE", stale_at=sa.func.now())
+    )
+    conn.execute(
+        sa.update(s.rowsets)
+        .where(s.rowsets.c.txn_id == txn_id, s.rowsets.c.state == "PENDING")
+        .values(state="VISIBLE")
+    )
+    versions = {}
+    for p in plans:
+        conn.execute(
+            sa.update(s.partitions)
+            .where(s.partitions.c.id == p.dst_partition_id)
+            .values(
+                visible_version=p.src_version,
+                version_epoch=p.src_epoch,
+                version_txn_kind="REPLICATION",
+                visible_at=sa.func.now(),
+            )
+        )
+        versions[p.partition_name] = p.src_version
+    txns.mark_visible(conn, txn_id)
+    return versions
+
+
+def abort_txn(conn: sa.Connection, txn_id: int | None, reason: str) -> None:
+    if txn_id is not None:
+        txns.abort(conn, txn_id, reason)
+
+
+def clean_target(dst: Cluster, txn_id: int) -> int:
+    """Delete the files an aborted job left on the target: staged and installed-but-pending."""
+    with dst.engine.begin() as conn:
+        backends = model.list_backends(conn)
+        rows = conn.execute(
+            sa.select(s.rowsets.c.id, s.rowsets.c.tablet_id).where(
+                s.rowsets.c.txn_id == txn_id, s.rowsets.c.state == "STALE"
+            )
+        ).all()
+        tablet_backends: dict[int, list[int]] = {}
+        if rows:
+            for rep in conn.execute(
+                sa.select(s.replicas.c.tablet_id, s.replicas.c.backend_id).where(
+                    s.replicas.c.tablet_id.in_({r.tablet_id for r in rows})
+                )
+            ):
+                tablet_backends.setdefault(rep.tablet_id, []).append(rep.backend_id)
+        for r in rows:
+            for b in tablet_backends.get(r.tablet_id, []):
+                storage_for(backends[b].storage_root).delete_tree(rowset_dir(r.tablet_id, r.id))
+        if rows:
+            conn.execute(
+                sa.update(s.rowsets)
+                .where(s.rowsets.c.id.in_([r.id for r in rows]))
+                .values(state="DELETED")
+            )
+    for b in backends.values():
+        storage_for(b.storage_root).delete_tree(staging_dir(txn_id))
+    return len(rows)
+
+
+def release_holds(src: Cluster, dst_cluster: str, job_id: int) -> int:
+    with src.engine.begin() as conn:
+        return holds.release(conn, hold_owner(dst_cluster, job_id))

@@ -1,0 +1,307 @@
+"""Submitting replication jobs and reading them back."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+
+from app.catalog import model
+from app.catalog import schema as s
+from app.cluster import Cluster
+from app.config import Settings
+from app.errors import InvalidRequest, LabelConflict, NotFound, TableBusy
+from app.replication.coordinator import record_event
+from app.replication.plan import TablePair, create_target_like, make_plan
+from app.replication.state import ACTIVE_STATES, JobState
+
+
+@dataclass(frozen=True)
+class Progress:
+    phase: str
+    snapshots_done: int
+    snapshots_total: int
+    tablets_done: int  # target replicas applied
+    tablets_total: int
+    bytes_done: int
+    bytes_total: int
+    incremental_tablets: int
+    full_tablets: int
+
+    @property
+    def fraction(self) -> float:
+        if self.bytes_total:
+            return self.bytes_done / self.bytes_total
+        return self.tablets_done / self.tablets_total if self.tablets_total else 0.0
+
+
+@dataclass(frozen=True)
+class Event:
+    at: dt.datetime
+    from_state: str | None
+    to_state: str
+    reason: str
+    actor: str | None
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    cluster: str
+    id: int
+    label: str
+    state: JobState
+    src: str
+    dst: str
+    options: dict[str, Any]
+    txn_id: int | None
+    cancel_requested: bool
+    message: str | None
+    created_at: dt.datetime
+    finished_at: dt.datetime | None
+
+    @property
+    def ref(self) -> str:
+        return f"{self.cluster}:{self.id}"
+
+
+def parse_ref(ref: str) -> tuple[str, int]:
+    cluster, sep, num = ref.partition(":")
+    if not sep or not num.isdigit():
+        raise InvalidRequest(f"job {ref!r} must be written CLUSTER:ID (e.g. dr:12), as `jobs` lists it")
+    return cluster, int(num)
+
+
+def _digest(pair: TablePair, options: dict[str, Any]) -> str:
+    body = json.dumps({"pair": pair.__dict__, "options": options}, sort_keys=True)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def submit(
+    settings: Settings,
+    src: str,
+    dst: str,
+    *,
+    partitions: list[str] | None = None,
+    label: str | None = None,
+    create_target: bool = False,
+    replication_num: int | None = None,
+) -> tuple[str, int, bool]:
+    """Validate, plan and record a job. Returns (cluster, job id, created).
+
+    Bad input raises a UserError and leaves nothing behind. An up-to-date table gives a job
+    that is COMMITTED at once, saying so.
+    """
+    pair = TablePair.parse(src, dst)
+    src_c = Cluster(settings, pair.src_cluster)
+    dst_c = Cluster(settings, pair.dst_cluster)
+    src_c.ensure_ready()
+    dst_c.ensure_ready()
+    options: dict[str, Any] = {
+        "partitions": sorted(partitions) if partitions is not None else None,
+        "create_target": create_target,
+        "replication_num": replication_num,
+    }
+    digest = _digest(pair, options)
+    label = label or f"job-{uuid.uuid4().hex[:12]}"
+    existing = _by_label(dst_c, label)
+    if existing is not None:
+        if existing[1] != digest:
+            raise LabelConflict(
+                f"label {label!r} already names job {pair.dst_cluster}:{existing[0]} with other "
+                "arguments; use a new label"
+            )
+        return pair.dst_cluster, existing[0], False
+    plan = make_plan(src_c, dst_c, pair, partitions=partitions, create_target=create_target)
+    if plan.dst is None:
+        with src_c.engine.connect() as conn:
+            src_parts = model.list_partitions(conn, plan.src.id)
+        create_target_like(dst_c, pair, plan.src, src_parts, replication_num)
+        plan = make_plan(src_c, dst_c, pair, partitions=partitions)
+    assert plan.dst is not None
+    with dst_c.engine.begin() as conn:
+        busy = conn.execute(
+            sa.select(s.jobs.c.id, s.jobs.c.label).where(
+                s.jobs.c.dst_table == pair.dst_table,
+                s.jobs.c.state.in_([str(x) for x in ACTIVE_STATES]),
+            )
+        ).first()
+        if busy is not None:
+            raise TableBusy(
+                f"{pair.dst_cluster}:{pair.dst_table} is already being replicated by job "
+                f"{pair.dst_cluster}:{busy.id} ({busy.label}); wait for it or cancel it"
+            )
+        up_to_date = plan.up_to_date
+        state = JobState.COMMITTED if up_to_date else JobState.INITIALIZING
+        message = (
+            f"nothing to replicate: {pair.dst_cluster}:{pair.dst_table} is up to date with "
+            f"{pair.src_cluster}:{pair.src_table}"
+            if up_to_date
+            else None
+        )
+        try:
+            with conn.begin_nested():
+                job_id = conn.execute(
+                    sa.insert(s.jobs)
+                    .values(
+                        label=label,
+                        state=str(state),
+                        src_cluster=pair.src_cluster,
+                        src_table=pair.src_table,
+                        dst_table=pair.dst_table,
+                        options=options,
+                        args_digest=digest,
+                        message=message,
+                        finished_at=sa.func.now() if up_to_date else None,
+                    )
+                    .returning(s.jobs.c.id)
+                ).scalar_one()
+        except sa.exc.IntegrityError:
+            raced = _by_label(dst_c, label)
+            if raced is None or raced[1] != digest:
+                raise LabelConflict(f"label {label!r} was just taken by another job") from None
+            return pair.dst_cluster, raced[0], False
+        record_event(conn, job_id, None, JobState.INITIALIZING, "submitted", "client")
+        if up_to_date:
+            assert message is not None
+            record_event(conn, job_id, JobState.INITIALIZING, JobState.COMMITTED, message, "client")
+    return pair.dst_cluster, job_id, True
+
+
+def _by_label(dst: Cluster, label: str) -> tuple[int, str] | None:
+    with dst.engine.connect() as conn:
+        row = conn.execute(
+            sa.select(s.jobs.c.id, s.jobs.c.args_digest).where(s.jobs.c.label == label)
+        ).first()
+    return (row.id, row.args_digest) if row else None
+
+
+def get(settings: Settings, cluster: str, job_id: int) -> JobRecord:
+    dst = Cluster(settings, cluster)
+    with dst.engine.connect() as conn:
+        row = conn.execute(sa.select(s.jobs).where(s.jobs.c.id == job_id)).first()
+    if row is None:
+        raise NotFound(f"job {cluster}:{job_id} does not exist (see `replicator jobs`)")
+    return _record(cluster, row)
+
+
+def _record(cluster: str, row: Any) -> JobRecord:
+    return JobRecord(
+        cluster=cluster,
+        id=row.id,
+        label=row.label,
+        state=JobState(row.state),
+        src=f"{row.src_cluster}:{row.src_table}",
+        dst=f"{cluster}:{row.dst_table}",
+        options=row.options,
+        txn_id=row.txn_id,
+        cancel_requested=row.cancel_requested,
+        message=row.message,
+        created_at=row.created_at,
+        finished_at=row.finished_at,
+    )
+
+
+def list_jobs(settings: Settings, cluster: str, states: list[str] | None = None, limit: int = 100) -> list[JobRecord]:
+    dst = Cluster(settings, cluster)
+    q = sa.select(s.jobs).order_by(s.jobs.c.id.desc()).limit(limit)
+    if states:
+        q = q.where(s.jobs.c.state.in_(states))
+    with dst.engine.connect() as conn:
+        return [_record(cluster, r) for r in conn.execute(q)]
+
+
+def progress(settings: Settings, cluster: str, job_id: int) -> Progress:
+    dst = Cluster(settings, cluster)
+    t = s.job_tasks
+    with dst.engine.connect() as conn:
+        state = conn.execute(sa.select(s.jobs.c.state).where(s.jobs.c.id == job_id)).scalar_one()
+        rows = conn.execute(
+            sa.select(
+                t.c.kind,
+                sa.func.count(),
+                sa.func.count().filter(t.c.state == "DONE"),
+                sa.func.coalesce(sa.func.sum(t.c.bytes_total), 0),
+                sa.func.coalesce(sa.func.sum(t.c.bytes_done), 0),
+                sa.func.count().filter(t.c.incremental.is_(True)),
+                sa.func.count().filter(t.c.incremental.is_(False)),
+            )
+            .where(t.c.job_id == job_id)
+            .group_by(t.c.kind)
+        ).all()
+        replicas_planned = 0
+        if not any(r[0] == "APPLY" for r in rows):
+            replicas_planned = int(
+                conn.execute(
+                    sa.select(sa.func.count())
+                    .select_from(s.replicas)
+                    .where(
+                        s.replicas.c.tablet_id.in_(
+                            sa.select(t.c.dst_tablet_id).where(t.c.job_id == job_id, t.c.kind == "SNAPSHOT")
+                        )
+                    )
+                ).scalar_one()
+            )
+    by = {r[0]: r for r in rows}
+    snap = by.get("SNAPSHOT")
+    apply = by.get("APPLY")
+    return Progress(
+        phase=state,
+        snapshots_done=snap[2] if snap else 0,
+        snapshots_total=snap[1] if snap else 0,
+        tablets_done=apply[2] if apply else 0,
+        tablets_total=apply[1] if apply else replicas_planned,
+        bytes_done=int(apply[4]) if apply else 0,
+        bytes_total=int(apply[3]) if apply else 0,
+        incremental_tablets=snap[5] if snap else 0,
+        full_tablets=snap[6] if snap else 0,
+    )
+
+
+def events(settings: Settings, cluster: str, job_id: int) -> list[Event]:
+    dst = Cluster(settings, cluster)
+    with dst.engine.connect() as conn:
+        rows = conn.execute(
+            sa.select(s.job_events).where(s.job_events.c.job_id == job_id).order_by(s.job_events.c.id)
+        ).all()
+    return [Event(r.at, r.from_state, r.to_state, r.reason, r.actor) for r in rows]
+
+
+def tasks(settings: Settings, cluster: str, job_id: int) -> list[Any]:
+    dst = Cluster(settings, cluster)
+    with dst.engine.connect() as conn:
+        return list(
+            conn.execute(
+                sa.select(s.job_tasks).where(s.job_tasks.c.job_id == job_id).order_by(s.job_tasks.c.id)
+            )
+        )
+
+
+def partitions(settings: Settings, cluster: str, job_id: int) -> list[Any]:
+    dst = Cluster(settings, cluster)
+    with dst.engine.connect() as conn:
+        return list(
+            conn.execute(
+                sa.select(s.job_partitions)
+                .where(s.job_partitions.c.job_id == job_id)
+                .order_by(s.job_partitions.c.partition_name)
+            )
+        )
+
+
+def request_cancel(settings: Settings, cluster: str, job_id: int) -> bool:
+    """Ask the coordinator to abort the job. False if it had already finished."""
+    dst = Cluster(settings, cluster)
+    get(settings, cluster, job_id)
+    with dst.engine.begin() as conn:
+        return bool(
+            conn.execute(
+                sa.update(s.jobs)
+                .where(s.jobs.c.id == job_id, s.jobs.c.state.in_([str(x) for x in ACTIVE_STATES]))
+                .values(cancel_requested=True, updated_at=sa.func.now())
+            ).rowcount
+        )

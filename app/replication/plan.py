@@ -1,0 +1,228 @@
+"""Planning a replication: pair tables, partitions and tablets, and check they can be paired.
+
+Runs twice: when the job is submitted (so bad input is refused before any job exists) and when
+the coordinator starts it (the source may have moved on since).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from app.catalog import model
+from app.catalog.model import TableInfo
+from app.cluster import Cluster, PartitionSpec
+from app.errors import InvalidRequest, NotFound, SchemaMismatch, VersionConflict
+
+
+@dataclass(frozen=True)
+class TablePair:
+    src_cluster: str
+    src_table: str
+    dst_cluster: str
+    dst_table: str
+
+    @staticmethod
+    def parse(src: str, dst: str) -> TablePair:
+        src_cluster, src_table = _split(src, "source", None)
+        dst_cluster, dst_table = _split(dst, "target", src_table)
+        if src_cluster == dst_cluster and src_table == dst_table:
+            raise InvalidRequest(f"source and target are the same table {src}")
+        return TablePair(src_cluster, src_table, dst_cluster, dst_table)
+
+
+def _split(spec: str, what: str, default_table: str | None) -> tuple[str, str]:
+    cluster, sep, table = spec.partition(":")
+    if not sep:
+        table = default_table or ""
+    if not cluster or not table:
+        raise InvalidRequest(
+            f"{what} {spec!r} must be written CLUSTER:DATABASE.TABLE"
+            + (" (or just CLUSTER for the same table name)" if default_table else "")
+        )
+    model.split_table_name(table)
+    return cluster, table
+
+
+@dataclass(frozen=True)
+class PartitionPlan:
+    name: str
+    src_partition_id: int
+    dst_partition_id: int
+    src_version: int
+    src_epoch: int
+    dst_version: int
+    dst_epoch: int
+    mode: str  # INCREMENTAL | FULL
+
+
+@dataclass(frozen=True)
+class TabletPair:
+    partition: str
+    bucket: int
+    src_tablet_id: int
+    dst_tablet_id: int
+    src_backend_ids: tuple[int, ...]
+    dst_backend_ids: tuple[int, ...]
+
+
+@dataclass
+class Plan:
+    src: TableInfo
+    dst: TableInfo | None  # None: will be created
+    partitions: list[PartitionPlan] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    tablets: list[TabletPair] = field(default_factory=list)
+    data_size: int = 0
+
+    @property
+    def up_to_date(self) -> bool:
+        return not self.partitions
+
+
+def make_plan(
+    src: Cluster,
+    dst: Cluster,
+    pair: TablePair,
+    *,
+    partitions: list[str] | None = None,
+    create_target: bool = False,
+) -> Plan:
+    with src.engine.connect() as conn:
+        src_table = model.find_table(conn, pair.src_table)
+        if src_table is None:
+            raise NotFound(f"source table {pair.src_table} does not exist in cluster {pair.src_cluster!r}")
+        src_parts = model.list_partitions(conn, src_table.id)
+        src_tablets = model.list_tablets(conn, src_table.id)
+        src_sizes = _sizes(conn, src_table.id)
+    with dst.engine.connect() as conn:
+        dst_table = model.find_table(conn, pair.dst_table)
+        dst_parts = model.list_partitions(conn, dst_table.id) if dst_table else []
+        dst_tablets = model.list_tablets(conn, dst_table.id) if dst_table else []
+        dst_backends = model.list_backends(conn)
+    if dst_table is None and not create_target:
+        raise NotFound(
+            f"target table {pair.dst_table} does not exist in cluster {pair.dst_cluster!r}; "
+            "create it, or ask for it to be created (create_target=True, --create-target)"
+        )
+    if dst_table is None:
+        active = sum(1 for b in dst_backends.values() if b.state == "ACTIVE")
+        if active < 1:
+            raise InvalidRequest(f"cluster {pair.dst_cluster!r} has no active backends to hold the target")
+    if dst_table is not None:
+        _check_compatible(src_table, dst_table, pair)
+
+    wanted = [p.name for p in src_parts] if partitions is None else list(partitions)
+    src_by_name = {p.name: p for p in src_parts}
+    unknown = [n for n in wanted if n not in src_by_name]
+    if unknown:
+        raise NotFound(
+            f"partition(s) {', '.join(unknown)} do not exist in source table {pair.src_table} "
+            f"(it has {', '.join(src_by_name)})"
+        )
+    dst_by_name = {p.name: p for p in dst_parts}
+    plan = Plan(src_table, dst_table)
+    for name in wanted:
+        sp = src_by_name[name]
+        dp = dst_by_name.get(name)
+        if dst_table is not None and dp is None:
+            raise SchemaMismatch(
+                f"target table {pair.dst_table} has no partition {name!r}; add it or replicate "
+                "only the partitions both tables have"
+            )
+        if dp is not None and (sp.lower, sp.upper) != (dp.lower, dp.upper):
+            raise SchemaMismatch(
+                f"partition {name!r} covers [{sp.lower}, {sp.upper}) on the source but "
+                f"[{dp.lower}, {dp.upper}) on the target"
+            )
+        dst_version = dp.visible_version if dp else 1
+        dst_epoch = dp.version_epoch if dp else 0
+        if dst_version > sp.visible_version:
+            raise VersionConflict(
+                f"target partition {name!r} is at version {dst_version}, ahead of the source's "
+                f"{sp.visible_version}: the target has data the source lacks, so replication "
+                "would lose it. Drop or truncate the target partition first"
+            )
+        if sp.visible_version == 1 and dst_version == 1:
+            plan.skipped.append(name)  # nothing was ever loaded on either side
+            continue
+        if dst_version == sp.visible_version and dst_epoch == sp.version_epoch:
+            plan.skipped.append(name)
+            continue
+        mode = "INCREMENTAL" if dst_epoch == sp.version_epoch and dst_version > 1 else "FULL"
+        plan.partitions.append(
+            PartitionPlan(
+                name, sp.id, dp.id if dp else 0, sp.visible_version, sp.version_epoch,
+                dst_version, dst_epoch, mode,
+            )
+        )
+        plan.data_size += src_sizes.get(sp.id, 0)
+    if dst_table is not None:
+        src_by_key = {(t.partition_id, t.bucket): t for t in src_tablets}
+        dst_by_key = {(t.partition_id, t.bucket): t for t in dst_tablets}
+        for pp in plan.partitions:
+            for bucket in range(src_table.buckets):
+                st = src_by_key[(pp.src_partition_id, bucket)]
+                dt_ = dst_by_key[(pp.dst_partition_id, bucket)]
+                plan.tablets.append(
+                    TabletPair(pp.name, bucket, st.id, dt_.id, st.backend_ids, dt_.backend_ids)
+                )
+    return plan
+
+
+def _check_compatible(src: TableInfo, dst: TableInfo, pair: TablePair) -> None:
+    if src.schema_hash != dst.schema_hash:
+        s_cols = {c.name: c for c in src.columns}
+        d_cols = {c.name: c for c in dst.columns}
+        diffs = [
+            f"{n}: {s_cols[n].type if n in s_cols else 'absent'} vs "
+            f"{d_cols[n].type if n in d_cols else 'absent'}"
+            for n in sorted(set(s_cols) | set(d_cols))
+            if (s_cols.get(n) != d_cols.get(n))
+        ] or ["column order"]
+        raise SchemaMismatch(
+            f"schema hash of {pair.src_cluster}:{src.full_name} ({src.schema_hash}) differs from "
+            f"{pair.dst_cluster}:{dst.full_name} ({dst.schema_hash}); differences: "
+            + "; ".join(diffs)
+        )
+    if src.buckets != dst.buckets:
+        raise SchemaMismatch(
+            f"bucket counts differ: source {src.full_name} has {src.buckets}, target "
+            f"{dst.full_name} has {dst.buckets}; tablets pair by (partition, bucket), so they must match"
+        )
+    if src.partition_column != dst.partition_column or src.distribution_columns != dst.distribution_columns:
+        raise SchemaMismatch(
+            f"partitioning differs: source partitions by {src.partition_column} and hashes "
+            f"{list(src.distribution_columns)}, target by {dst.partition_column} and "
+            f"{list(dst.distribution_columns)}"
+        )
+
+
+def create_target_like(dst: Cluster, pair: TablePair, src: TableInfo, src_parts: list[model.PartitionInfo], replication_num: int | None) -> TableInfo:
+    active = [b for b in dst.backends() if b.state == "ACTIVE"]
+    return dst.create_table(
+        pair.dst_table,
+        list(src.columns),
+        partition_by=src.partition_column,
+        partitions=[PartitionSpec(p.name, p.lower, p.upper) for p in src_parts]
+        if src.partition_column
+        else [],
+        distributed_by=list(src.distribution_columns),
+        buckets=src.buckets,
+        replication_num=replication_num or min(src.replication_num, len(active)),
+    )
+
+
+def _sizes(conn: object, table_id: int) -> dict[int, int]:
+    import sqlalchemy as sa
+
+    from app.catalog import schema as s
+
+    assert isinstance(conn, sa.Connection)
+    rows = conn.execute(
+        sa.select(s.tablets.c.partition_id, sa.func.coalesce(sa.func.sum(s.rowsets.c.data_size), 0))
+        .join(s.rowsets, s.rowsets.c.tablet_id == s.tablets.c.id)
+        .join(s.partitions, s.partitions.c.id == s.tablets.c.partition_id)
+        .where(s.partitions.c.table_id == table_id, s.rowsets.c.state == "VISIBLE")
+        .group_by(s.tablets.c.partition_id)
+    ).all()
+    return {r[0]: int(r[1]) for r in rows}

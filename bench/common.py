@@ -1,0 +1,277 @@
+"""Helpers shared by the benchmarks: TPC-H data, a throw-away cluster, baselines, output.
+
+Everything a benchmark writes lives under ``bench/out/`` (git-ignored):
+
+    bench/out/data/sf<N>/lineitem.parquet       generated once, reused by later runs
+    bench/out/data/sf<N>_parts<P>/lineitem/     the same in P files (``--parts``)
+    bench/out/clusters/<cluster>/<backend>/     storage roots of a bench cluster (deleted after)
+    bench/out/scratch/<name>/                    targets of the cp / rsync baselines (deleted after)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from app.catalog.engine import drop_database
+from app.client import ClusterHandle, Replicator
+from app.config import Settings
+
+BENCH_DIR = Path(__file__).resolve().parent
+OUT_DIR = BENCH_DIR / "out"
+DATA_DIR = OUT_DIR / "data"
+CLUSTERS_DIR = OUT_DIR / "clusters"
+SCRATCH_DIR = OUT_DIR / "scratch"
+
+PG_URL = os.environ.get("BENCH_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432")
+DB_PREFIX = "olapbench"
+
+MB = 1024 * 1024
+
+
+# -- TPC-H data ----------------------------------------------------------------------------
+
+
+def tpchgen_executable() -> str:
+    """``tpchgen-cli`` next to the running interpreter (the venv), else on PATH."""
+    local = Path(sys.executable).parent / "tpchgen-cli"
+    if local.exists():
+        return str(local)
+    found = shutil.which("tpchgen-cli")
+    if found is None:
+        raise RuntimeError("tpchgen-cli is not installed: pip install tpchgen-cli")
+    return found
+
+
+def _sf_label(scale_factor: float) -> str:
+    return f"{scale_factor:g}".replace(".", "_")
+
+
+def lineitem_files(scale_factor: float = 1, parts: int | None = None) -> list[Path]:
+    """Parquet file(s) of TPC-H lineitem at ``scale_factor``, generated once and cached.
+
+    With ``parts`` tpchgen writes ``parts`` files; without it, one file. Scale factor 1 is
+    6,001,215 rows (about 220 MB of snappy Parquet).
+    """
+    base = DATA_DIR / f"sf{_sf_label(scale_factor)}"
+    if parts:
+        base = base.with_name(f"{base.name}_parts{parts}")
+        target_dir = base / "lineitem"
+        pattern = "lineitem.*.parquet"
+    else:
+        target_dir = base
+        pattern = "lineitem.parquet"
+    done = base / ".complete"
+    if not done.exists():
+        tmp = base.with_name(base.name + f".tmp{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        cmd = [
+            tpchgen_executable(), "parquet",
+            "--scale-factor", f"{scale_factor:g}",
+            "--tables", "lineitem",
+            "--output-dir", str(tmp),
+            "--quiet",
+        ]
+        if parts:
+            cmd += ["--parts", str(parts)]
+        subprocess.run(cmd, check=True)
+        shutil.rmtree(base, ignore_errors=True)
+        base.parent.mkdir(parents=True, exist_ok=True)
+        tmp.rename(base)
+        done.touch()
+    files = sorted(target_dir.glob(pattern))
+    if not files:
+        raise RuntimeError(f"tpchgen-cli wrote no lineitem files under {target_dir}")
+    return files
+
+
+def parquet_rows(files: Sequence[Path]) -> int:
+    import pyarrow.parquet as pq
+
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
+def load_source(files: Sequence[Path]) -> Any:
+    """What to pass to ``ClusterHandle.load``: the path of a single file, or one
+    RecordBatchReader over all of them so that several files still load as one transaction."""
+    if len(files) == 1:
+        return str(files[0])
+    import pyarrow.dataset as ds
+
+    return ds.dataset([str(f) for f in files], format="parquet").scanner().to_reader()
+
+
+# The table schema matching tpchgen-cli's Parquet (all its columns are NOT NULL; its strings are
+# Arrow string_view, which a load converts to string).
+LINEITEM_COLUMNS: list[str] = [
+    "l_orderkey:int64:not null",
+    "l_partkey:int64:not null",
+    "l_suppkey:int64:not null",
+    "l_linenumber:int32:not null",
+    "l_quantity:decimal(15,2):not null",
+    "l_extendedprice:decimal(15,2):not null",
+    "l_discount:decimal(15,2):not null",
+    "l_tax:decimal(15,2):not null",
+    "l_returnflag:string:not null",
+    "l_linestatus:string:not null",
+    "l_shipdate:date:not null",
+    "l_commitdate:date:not null",
+    "l_receiptdate:date:not null",
+    "l_shipinstruct:string:not null",
+    "l_shipmode:string:not null",
+    "l_comment:string:not null",
+]
+
+# Ship dates span 1992-01-02 .. 1998-12-01; the outer partitions are unbounded so that any
+# generated row has a home, and the four are roughly equal in size.
+LINEITEM_PARTITIONS: list[tuple[str, str | None, str | None]] = [
+    ("p1992_1993", None, "1994-01-01"),
+    ("p1994_1995", "1994-01-01", "1996-01-01"),
+    ("p1996_1997", "1996-01-01", "1998-01-01"),
+    ("p1998", "1998-01-01", None),
+]
+
+
+def create_lineitem(
+    cluster: ClusterHandle,
+    full_name: str = "tpch.lineitem",
+    *,
+    buckets: int = 16,
+    replication_num: int = 1,
+) -> Any:
+    return cluster.create_table(
+        full_name,
+        LINEITEM_COLUMNS,
+        partition_by="l_shipdate",
+        partitions=LINEITEM_PARTITIONS,
+        distributed_by=["l_orderkey"],
+        buckets=buckets,
+        replication_num=replication_num,
+    )
+
+
+# -- a throw-away cluster ------------------------------------------------------------------
+
+
+def bench_settings() -> Settings:
+    return Settings(dsn_template=f"{PG_URL}/{DB_PREFIX}_{{cluster}}")
+
+
+def unique_name(prefix: str) -> str:
+    """A cluster name no other run uses (lower-case, at most 40 characters)."""
+    return f"{prefix[:20]}_{os.getpid()}_{secrets.token_hex(3)}"
+
+
+@dataclass
+class BenchCluster:
+    name: str
+    settings: Settings
+    handle: ClusterHandle
+    root: Path
+    backend_roots: list[Path] = field(default_factory=list)
+
+    def data_dirs(self) -> list[Path]:
+        """The ``data/`` directory of every backend (the installed rowset files)."""
+        return [r / "data" for r in self.backend_roots if (r / "data").is_dir()]
+
+    def data_files(self) -> list[Path]:
+        return sorted(p for d in self.data_dirs() for p in d.rglob("*") if p.is_file())
+
+
+@contextlib.contextmanager
+def bench_cluster(prefix: str, backends: int = 1) -> Iterator[BenchCluster]:
+    """A fresh, uniquely named cluster with ``backends`` backends under bench/out/clusters/.
+
+    Its catalog database and storage are removed on exit, whatever happened.
+    """
+    settings = bench_settings()
+    name = unique_name(prefix)
+    root = CLUSTERS_DIR / name
+    handle = Replicator(settings).cluster(name)
+    bc = BenchCluster(name, settings, handle, root)
+    try:
+        handle.init()
+        for i in range(1, backends + 1):
+            be_root = root / f"be{i}"
+            handle.add_backend(f"be{i}", str(be_root))
+            bc.backend_roots.append(be_root)
+        yield bc
+    finally:
+        try:
+            drop_database(settings.dsn(name))
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def scratch_dir(name: str) -> Iterator[Path]:
+    """An empty directory under bench/out/scratch/ (same disk as the cluster), removed on exit."""
+    path = SCRATCH_DIR / f"{name}_{os.getpid()}_{secrets.token_hex(3)}"
+    path.mkdir(parents=True)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+# -- baselines -----------------------------------------------------------------------------
+
+
+def _copy_groups(src_files: Path | Sequence[Path], dst_dir: Path) -> list[tuple[list[Path], Path]]:
+    """Split the sources into groups whose names do not collide inside one target directory."""
+    if isinstance(src_files, str | os.PathLike):
+        srcs = [Path(src_files)]
+    else:
+        srcs = [Path(s) for s in src_files]
+    if not srcs:
+        raise ValueError("nothing to copy")
+    names = [s.name for s in srcs]
+    if len(set(names)) == len(names):
+        return [(srcs, dst_dir)]
+    # e.g. several backends' data/ dirs, or several 0.parquet files: one sub-directory each
+    return [([s], dst_dir / str(i)) for i, s in enumerate(srcs)]
+
+
+def _timed_copy(argv_prefix: list[str], src_files: Path | Sequence[Path], dst_dir: Path) -> float:
+    groups = _copy_groups(src_files, dst_dir)
+    for _srcs, dst in groups:
+        dst.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    for srcs, dst in groups:
+        subprocess.run([*argv_prefix, *map(str, srcs), f"{dst}/"], check=True)
+    return time.perf_counter() - start
+
+
+def time_cp(src_files: Path | Sequence[Path], dst_dir: Path) -> float:
+    """Seconds ``cp -r`` takes to copy a directory or a list of files/directories into
+    ``dst_dir``. Reflinks are refused so that the bytes are really copied on any file system."""
+    return _timed_copy(["cp", "-r", "--reflink=never", "--"], src_files, dst_dir)
+
+
+def time_rsync(src_files: Path | Sequence[Path], dst_dir: Path) -> float:
+    """Seconds ``rsync -a`` takes to copy a directory or a list of files/directories into
+    ``dst_dir`` (whole files, as on a first transfer)."""
+    return _timed_copy(["rsync", "-a", "--"], src_files, dst_dir)
+
+
+def total_bytes(files: Sequence[Path]) -> int:
+    return sum(Path(f).stat().st_size for f in files)
+
+
+# -- output --------------------------------------------------------------------------------
+
+
+def emit(result: dict[str, Any]) -> None:
+    """Print the result as one JSON line (for scripts), flushed at once."""
+    print(json.dumps(result, sort_keys=False, default=str), flush=True)

@@ -1,0 +1,104 @@
+"""Task entry points. Each receives ids only, calls into ``app``, and nudges the coordinator."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery import Task
+
+from app.catalog.engine import discover_clusters
+from app.errors import ReplicatorError
+from app.replication.coordinator import Coordinator, Message
+from app.replication.work import TaskRunner
+from app.storage import gc as storage_gc
+from app.cluster import Cluster
+from workers.celery_app import app, settings
+from workers.nudge import nudge
+
+log = logging.getLogger(__name__)
+
+_clusters_cache: tuple[float, list[str]] = (0.0, [])
+
+
+def clusters() -> list[str]:
+    global _clusters_cache
+    at, names = _clusters_cache
+    if time.monotonic() - at > 10:
+        names = discover_clusters(settings.dsn_template, list(settings.clusters))
+        _clusters_cache = (time.monotonic(), names)
+    return names
+
+
+def send(messages: list[Message]) -> None:
+    for m in messages:
+        app.send_task(
+            f"replication.{m.kind}",
+            kwargs={"cluster": m.cluster, "job_id": m.job_id, "task_ids": list(m.task_ids)},
+            queue=m.queue,
+            routing_key=m.queue,
+        )
+
+
+@app.task(name="replication.tick", bind=True, acks_late=False, ignore_result=True)
+def tick(self: Task, cluster: str | None = None, job_id: int | None = None) -> dict[str, Any]:
+    """Advance one job (a nudge) or every active job of every cluster (the beat)."""
+    coordinator = Coordinator(settings, actor=f"coordinator@{self.request.hostname}")
+    advanced = 0
+    targets: list[tuple[str, int]] = []
+    if cluster is not None and job_id is not None:
+        targets = [(cluster, job_id)]
+    else:
+        for name in clusters():
+            try:
+                targets += [(name, j) for j in coordinator.active_jobs(name)]
+            except Exception as exc:  # noqa: BLE001 - one broken catalog must not stop the rest
+                log.warning("cannot list jobs of cluster %s: %s", name, exc)
+    for name, jid in targets:
+        try:
+            result = coordinator.tick(name, jid)
+        except ReplicatorError as exc:
+            log.warning("tick of job %s:%s failed: %s", name, jid, exc)
+            continue
+        send(result.messages)
+        advanced += bool(result.messages) or result.finished
+        # A transition may make the next one due at once (e.g. plan -> dispatch done already).
+    return {"jobs": len(targets), "advanced": advanced}
+
+
+def _run(task: Task, kind: str, cluster: str, job_id: int, task_ids: list[int]) -> dict[str, Any]:
+    runner = TaskRunner(settings, cluster, job_id, worker=task.request.hostname or "worker")
+
+    def progress(done: int, total: int) -> None:
+        task.send_event("task-progress", job=f"{cluster}:{job_id}", bytes_done=done)
+
+    try:
+        outcome = runner.run(kind, task_ids, progress)
+    finally:
+        nudge(cluster, job_id)
+    return {"job": f"{cluster}:{job_id}", **outcome.__dict__}
+
+
+@app.task(name="replication.snapshot", bind=True, ignore_result=True)
+def snapshot(self: Task, cluster: str, job_id: int, task_ids: list[int]) -> dict[str, Any]:
+    """Choose rowsets, place holds and write manifests for target tablets (source backend)."""
+    return _run(self, "SNAPSHOT", cluster, job_id, task_ids)
+
+
+@app.task(name="replication.apply", bind=True, ignore_result=True)
+def apply(self: Task, cluster: str, job_id: int, task_ids: list[int]) -> dict[str, Any]:
+    """Fetch, verify, stage and install a manifest's files on a target replica (target backend)."""
+    return _run(self, "APPLY", cluster, job_id, task_ids)
+
+
+@app.task(name="maintenance.gc", ignore_result=True)
+def gc() -> dict[str, Any]:
+    """Garbage-collect every cluster: expired transactions, stale rowsets, orphans, holds."""
+    report = {}
+    for name in clusters():
+        try:
+            report[name] = storage_gc.collect(Cluster(settings, name)).__dict__
+        except Exception as exc:  # noqa: BLE001
+            log.warning("gc of %s failed: %s", name, exc)
+    return report
