@@ -43,6 +43,8 @@ class Settings:
     coordinator_tick_sec: float = 1.0
     hold_lease_sec: int = 3600
     copy_buffer_bytes: int = 8 * 1024 * 1024
+    # Per worker process; 0 = unlimited. Keeps replication from starving a backend's disk.
+    transfer_bandwidth_mb_per_sec: float = 0.0
     # Garbage collection: files no catalog row mentions are deleted once this old.
     orphan_file_grace_sec: int = 3600
 

@@ -189,11 +189,13 @@ wait_for() { # wait_for <secs> <check-fn>
 
 # ----------------------------------------------------------------- privileges / apt
 
+# fd 9 holds the services lock; it is closed for every child so that daemons
+# we start (postgres, redis, apt postinst services) do not keep it held.
 as_root() {
     if [[ $EUID -eq 0 ]]; then
-        "$@"
+        "$@" 9>&-
     elif have sudo && sudo -n true 2>/dev/null; then
-        sudo -n "$@"
+        sudo -n "$@" 9>&-
     else
         err "need root (or password-less sudo) to run: $*"
         return 1
@@ -357,7 +359,7 @@ redis_start() {
     [[ -n "$REDIS_PASS" && -z "$REDIS_USER" ]] && auth_args=(--requirepass "$REDIS_PASS")
     log "redis: starting redis-server on port $REDIS_PORT (log: $logfile)"
     if ! redis-server --daemonize yes "${bind_args[@]}" --port "$REDIS_PORT" --save "" \
-        --appendonly no --dir "$dir" --logfile "$logfile" "${auth_args[@]}" </dev/null; then
+        --appendonly no --dir "$dir" --logfile "$logfile" "${auth_args[@]}" </dev/null 9>&-; then
         err "redis-server failed to start; see $logfile"
         return 1
     fi
@@ -374,7 +376,7 @@ redis_up() {
         return 0
     fi
     if [[ "$REDIS_SCHEME" != redis ]] || ! is_local_host "$REDIS_HOST"; then
-        err "redis not reachable at $REDIS_URL (not a local redis:// target; not starting anything)"
+        err "redis not reachable at $(redis_desc) (not a local redis:// target; not starting anything)"
         return 1
     fi
     if [[ -n "$REDIS_USER" ]]; then

@@ -43,6 +43,23 @@ PROGRESS_EVERY_SEC = 1.0
 ProgressFn = Callable[[int, int], None]  # (bytes done, bytes total) of the current message
 
 
+class Throttle:
+    """Sleeps just enough to keep a copy under ``mb_per_sec`` (0 = unlimited)."""
+
+    def __init__(self, mb_per_sec: float) -> None:
+        self.rate = mb_per_sec * 1024 * 1024
+        self.start = time.monotonic()
+        self.sent = 0
+
+    def __call__(self, n: int) -> None:
+        if self.rate <= 0:
+            return
+        self.sent += n
+        ahead = self.sent / self.rate - (time.monotonic() - self.start)
+        if ahead > 0:
+            time.sleep(ahead)
+
+
 class LeaseLost(ReplicatorError):
     """Another attempt owns the task now, or its job ended; stop without touching it."""
 
@@ -276,6 +293,7 @@ class TaskRunner:
         copied = 0
         done_bytes = 0
         last_beat = time.monotonic()
+        throttle = Throttle(self.settings.transfer_bandwidth_mb_per_sec)
         new_rows = []
         for rs in manifest["rowsets"]:
             dst_rowset = uuid.uuid5(ROWSET_NS, f"{self.job_id}/{task.dst_tablet_id}/{rs['id']}").hex
@@ -288,6 +306,7 @@ class TaskRunner:
 
                     def tick(n: int) -> None:
                         nonlocal last_beat
+                        throttle(n)
                         now = time.monotonic()
                         if now - last_beat >= PROGRESS_EVERY_SEC:
                             last_beat = now

@@ -1,0 +1,129 @@
+"""A source and a target cluster with real worker processes, shared by replication tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import sqlalchemy as sa
+
+from app.catalog import schema as s
+from app.client import ClusterHandle, Replicator
+from app.config import Settings
+from tests.harness import RedisServer, Workers
+
+COLUMNS = ["id:int64", "day:date", "qty:int32", "price:float64", "note:string"]
+PARTITIONS = [
+    ("p2023q1", "2023-01-01", "2023-04-01"),
+    ("p2023q2", "2023-04-01", "2023-07-01"),
+    ("p2023q3", "2023-07-01", "2023-10-01"),
+    ("p2023q4", "2023-10-01", "2024-01-01"),
+]
+
+
+def rows(n: int, seed: int, wide: bool = False) -> pa.Table:
+    """``n`` rows spread over the four partitions; ``wide`` makes them big and incompressible."""
+    rng = np.random.default_rng(seed)
+    table = pa.table(
+        {
+            "id": pa.array(rng.integers(0, 2**62, n), pa.int64()),
+            "day": pa.array(np.datetime64("2023-01-01") + rng.integers(0, 365, n).astype("timedelta64[D]")).cast(pa.date32()),
+            "qty": pa.array(rng.integers(1, 50, n), pa.int32()),
+            "price": pa.array(rng.random(n) * 1000, pa.float64()),
+            "note": pa.array(
+                [f"n{int(x):x}" * (8 if wide else 1) for x in rng.integers(0, 2**40, n)], pa.string()
+            ),
+        }
+    )
+    return table
+
+
+@dataclass
+class Rig:
+    settings: Settings
+    replicator: Replicator
+    src: ClusterHandle
+    dst: ClusterHandle
+    redis: RedisServer
+    workers: Workers
+    base: Path
+
+    def make_tables(
+        self, name: str, *, buckets: int = 8, src_replicas: int = 2, dst_replicas: int = 2,
+        create_dst: bool = True,
+    ) -> str:
+        full = f"db.{name}"
+        self.src.create_table(
+            full, COLUMNS, partition_by="day", partitions=PARTITIONS, distributed_by=["id"],
+            buckets=buckets, replication_num=src_replicas,
+        )
+        if create_dst:
+            self.dst.create_table(
+                full, COLUMNS, partition_by="day", partitions=PARTITIONS, distributed_by=["id"],
+                buckets=buckets, replication_num=dst_replicas,
+            )
+        return full
+
+    def content(self, handle: ClusterHandle, full: str) -> list[tuple[str, int, int, int, str]]:
+        return [(c.partition, c.version, c.epoch, c.rows, c.checksum) for c in handle.checksum(full)]
+
+    def count(self, handle: ClusterHandle, sql: str, **params: object) -> int:
+        with handle.catalog.engine.connect() as conn:
+            return int(conn.execute(sa.text(sql), params).scalar_one())
+
+    def missing_replica_files(self, handle: ClusterHandle, full: str) -> list[str]:
+        """Files of visible rowsets that some replica of their tablet does not hold intact."""
+        from app.catalog import model
+
+        missing = []
+        with handle.catalog.engine.connect() as conn:
+            table = model.get_table(conn, full)
+            tablets = model.list_tablets(conn, table.id)
+            backends = model.list_backends(conn)
+            rowsets = model.visible_rowsets(conn, [t.id for t in tablets])
+        for t in tablets:
+            for b in t.backend_ids:
+                for r in rowsets[t.id]:
+                    for f in r.files:
+                        path = Path(backends[b].storage_root, "data", str(t.id), r.id, f["name"])
+                        if not path.exists() or path.stat().st_size != f["size"]:
+                            missing.append(str(path))
+        return missing
+
+    def staged_files(self, handle: ClusterHandle) -> list[Path]:
+        return [
+            p for b in handle.backends() for p in Path(b.storage_root, "staging").rglob("*") if p.is_file()
+        ]
+
+    def jobs_count(self) -> int:
+        with self.dst.catalog.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(s.jobs)).scalar_one())
+
+
+def start_rig(settings: Settings, test_env: dict[str, str], base: Path, prefix: str, bandwidth: float) -> Iterator[Rig]:
+    redis = RedisServer(base / "redis").start()
+    settings = settings.with_overrides(broker_url=redis.url)
+    replicator = Replicator(settings)
+    src = replicator.cluster(f"{prefix}src")
+    dst = replicator.cluster(f"{prefix}dst")
+    for handle in (src, dst):
+        handle.init()
+        for b in ("be1", "be2"):
+            handle.add_backend(b, str(base / handle.name / b))
+    env = dict(test_env)
+    env["REPLICATOR_BROKER_URL"] = redis.url
+    env["REPLICATOR_TRANSFER_BANDWIDTH_MB_PER_SEC"] = str(bandwidth)
+    workers = Workers(env, base / "logs")
+    for handle in (src, dst):
+        for b in ("be1", "be2"):
+            workers.backend(handle.name, b)
+    workers.coordinator()
+    try:
+        workers.wait_ready()
+        yield Rig(settings, replicator, src, dst, redis, workers, base)
+    finally:
+        workers.stop_all()
+        redis.stop()
