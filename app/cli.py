@@ -232,19 +232,36 @@ def replicate(
         sys.exit(1)
 
 
-@cli.command("jobs")
+jobs_cli = typer.Typer(
+    invoke_without_command=True, no_args_is_help=False,
+    help="List replication jobs (newest first), or watch the running ones.",
+)
+cli.add_typer(jobs_cli, name="jobs")
+metrics_cli = typer.Typer(no_args_is_help=True, help="Prometheus metrics read from the catalogs.")
+cli.add_typer(metrics_cli, name="metrics")
+
+
+def _cluster_names(r: Replicator, clusters: list[str] | None) -> list[str]:
+    from app.catalog.engine import discover_clusters
+
+    if clusters:
+        return list(clusters)
+    return discover_clusters(r.settings.dsn_template, list(r.settings.clusters))
+
+
+@jobs_cli.callback()
 def jobs(
+    ctx: typer.Context,
     cluster: Annotated[str | None, typer.Option(help="Target cluster (default: all)")] = None,
     state: Annotated[str | None, typer.Option(help="Only jobs in this state")] = None,
     limit: int = 50,
 ) -> None:
-    """List replication jobs, newest first."""
-    from app.catalog.engine import discover_clusters
-
+    """List replication jobs, newest first (`jobs watch` follows the running ones)."""
+    if ctx.invoked_subcommand is not None:
+        return
     r = _replicator()
-    names = [cluster] if cluster else discover_clusters(r.settings.dsn_template, list(r.settings.clusters))
     t = Table("job", "label", "state", "source", "target", "created", "message")
-    for name in names:
+    for name in _cluster_names(r, [cluster] if cluster else None):
         for job in r.jobs(name, state=state, limit=limit):
             rec = job.record
             t.add_row(
@@ -254,30 +271,288 @@ def jobs(
     out.print(t)
 
 
+_ACTIVE_SQL = """
+SELECT j.id, j.label, j.state, j.src_cluster, j.src_table, j.dst_table,
+       extract(epoch FROM now() - j.created_at) AS age,
+       count(t.id) FILTER (WHERE t.kind = 'SNAPSHOT') AS snaps,
+       count(t.id) FILTER (WHERE t.kind = 'SNAPSHOT' AND t.state = 'DONE') AS snaps_done,
+       count(t.id) FILTER (WHERE t.kind = 'APPLY') AS applies,
+       count(t.id) FILTER (WHERE t.kind = 'APPLY' AND t.state = 'DONE') AS applies_done,
+       coalesce(sum(t.bytes_done) FILTER (WHERE t.kind = 'APPLY'), 0) AS bytes_done,
+       coalesce(sum(t.bytes_total) FILTER (WHERE t.kind = 'APPLY'), 0) AS bytes_total,
+       coalesce(sum(greatest(t.attempts - 1, 0)), 0) AS retries,
+       count(t.id) FILTER (WHERE t.state = 'RUNNING') AS running,
+       count(t.id) FILTER (WHERE t.state = 'FAILED') AS failed
+FROM jobs j LEFT JOIN job_tasks t ON t.job_id = j.id
+WHERE j.state IN ('INITIALIZING', 'SNAPSHOTING', 'REPLICATING')
+GROUP BY j.id ORDER BY j.id
+"""
+
+
+def _active_jobs(r: Replicator, name: str) -> list[Any]:
+    import sqlalchemy as sa
+
+    from app.cluster import Cluster
+
+    with Cluster(r.settings, name).engine.connect() as conn:
+        return list(conn.execute(sa.text(_ACTIVE_SQL)))
+
+
+def _size(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} PB"
+
+
+def _duration(sec: float) -> str:
+    sec = max(int(sec), 0)
+    h, rem = divmod(sec, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+@jobs_cli.command("watch")
+def jobs_watch(
+    cluster: Annotated[
+        list[str] | None, typer.Option("--cluster", help="Target cluster(s) (default: all)")
+    ] = None,
+    until_idle: Annotated[
+        bool, typer.Option("--until-idle", help="Exit once no job is running (1 if one aborted)")
+    ] = False,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes")] = 0.5,
+    timeout: Annotated[float | None, typer.Option(help="Give up after this many seconds")] = None,
+) -> None:
+    """Live progress bars of running jobs: phase, snapshots, replicas, bytes, retries."""
+    import time
+
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+    r = _replicator()
+    names = _cluster_names(r, cluster)
+    names_at = time.monotonic()
+    started = time.monotonic()
+    seen: dict[str, Any] = {}  # job ref -> progress task id
+    aborted = False
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
+        TextColumn("{task.fields[detail]}"), TextColumn("[dim]{task.fields[age]}"),
+        console=out, refresh_per_second=4,
+    ) as bars:
+        while True:
+            if not cluster and time.monotonic() - names_at > 10:
+                names, names_at = _cluster_names(r, None), time.monotonic()
+            active: dict[str, Any] = {}
+            for name in names:
+                try:
+                    for row in _active_jobs(r, name):
+                        active[f"{name}:{row.id}"] = row
+                except ReplicatorError as exc:
+                    bars.console.print(f"[yellow]cluster {name}: {exc}[/]")
+            for ref, row in active.items():
+                if row.state == "REPLICATING" and row.bytes_total:
+                    done, total = float(row.bytes_done), float(row.bytes_total)
+                elif row.state == "REPLICATING":
+                    done, total = float(row.applies_done), float(row.applies or 1)
+                else:
+                    done, total = float(row.snaps_done), float(row.snaps or 1)
+                detail = (
+                    f"snapshots {row.snaps_done}/{row.snaps}  "
+                    f"replicas {row.applies_done}/{row.applies}  "
+                    f"{_size(row.bytes_done)}/{_size(row.bytes_total)}"
+                )
+                if row.running:
+                    detail += f"  running {row.running}"
+                if row.retries:
+                    detail += f"  [yellow]retries {row.retries}[/]"
+                if row.failed:
+                    detail += f"  [red]failed {row.failed}[/]"
+                desc = (
+                    f"[bold]{ref}[/] {row.src_cluster}:{row.src_table} → {row.dst_table} "
+                    f"{row.state}"
+                )
+                age = _duration(float(row.age or 0))
+                if ref not in seen:
+                    seen[ref] = bars.add_task(
+                        desc, total=total, completed=int(done), detail=detail, age=age
+                    )
+                else:
+                    bars.update(
+                        seen[ref], description=desc, total=total, completed=done,
+                        detail=detail, age=age,
+                    )
+            for ref in [x for x in seen if x not in active]:
+                bars.remove_task(seen.pop(ref))
+                try:
+                    job = r.job(ref)
+                    rec = job.record
+                    took = (
+                        (rec.finished_at - rec.created_at).total_seconds() if rec.finished_at else 0
+                    )
+                    colour = "green" if rec.state == "COMMITTED" else "red"
+                    aborted |= rec.state == "ABORTED"
+                    bars.console.print(
+                        f"[{colour}]{ref} {rec.state}[/] {rec.src} → {rec.dst} in {_duration(took)}"
+                        + (f" - {rec.message}" if rec.message else "")
+                    )
+                except ReplicatorError as exc:
+                    bars.console.print(f"{ref}: {exc}")
+            if until_idle and not active:
+                if not seen and not aborted and time.monotonic() - started < interval * 2:
+                    bars.console.print("no running jobs")
+                break
+            if timeout is not None and time.monotonic() - started > timeout:
+                bars.console.print(
+                    f"[yellow]still {len(active)} running job(s) after {timeout:.0f}s[/]"
+                )
+                sys.exit(1)
+            time.sleep(interval)
+    if aborted:
+        sys.exit(1)
+
+
 @job_cli.command("show")
-def job_show(ref: Annotated[str, typer.Argument(help="CLUSTER:ID")]) -> None:
-    """Plan, per-partition versions, tasks, events and errors of one job."""
-    job = _replicator().job(ref)
+def job_show(
+    ref: Annotated[str, typer.Argument(help="CLUSTER:ID")],
+    all_tasks: Annotated[
+        bool, typer.Option("--all-tasks", help="One row per task even when there are many")
+    ] = False,
+) -> None:
+    """Plan, per-partition versions, tasks (grouped when many), events and errors of one job."""
+    from collections import Counter, defaultdict
+
+    r = _replicator()
+    job = r.job(ref)
     rec = job.record
-    out.print(f"[bold]job {rec.ref}[/] {rec.label}: [bold]{rec.state}[/] {rec.src} -> {rec.dst}")
+    out.print(f"[bold]job {rec.ref}[/] {rec.label}: [bold]{rec.state}[/] {rec.src} → {rec.dst}")
+    ended = rec.finished_at.strftime("%Y-%m-%d %H:%M:%S") if rec.finished_at else "-"
+    took = ((rec.finished_at - rec.created_at).total_seconds() if rec.finished_at else None)
+    opts = ", ".join(f"{k}={v}" for k, v in sorted(rec.options.items()) if v not in (None, False))
+    out.print(
+        f"created {rec.created_at:%Y-%m-%d %H:%M:%S}, finished {ended}"
+        + (f" ({_duration(took)})" if took is not None else "")
+        + f", transaction {rec.txn_id or '-'}"
+        + (f", options: {opts}" if opts else "")
+        + (", cancel requested" if rec.cancel_requested and not rec.state.final else "")
+    )
     if rec.message:
         out.print(f"message: {rec.message}")
-    out.print(_progress_line(job))
-    pt = Table("partition", "mode", "source version", "source epoch", "target version (before)")
-    for p in job.partitions():
-        pt.add_row(p.partition_name, p.mode, str(p.src_version), str(p.src_epoch), str(p.dst_version))
-    out.print(pt)
-    tt = Table("task", "kind", "partition", "bucket", "queue", "state", "attempts", "bytes", "error")
-    for task in job.tasks():
-        tt.add_row(
-            str(task.id), task.kind, task.partition_name, str(task.bucket), task.queue, task.state,
-            str(task.attempts), f"{task.bytes_done}/{task.bytes_total}", task.error or "",
+    p = job.progress
+    out.print(
+        f"progress: snapshots {p.snapshots_done}/{p.snapshots_total} "
+        f"({p.incremental_tablets} incremental, {p.full_tablets} full), "
+        f"replicas {p.tablets_done}/{p.tablets_total}, "
+        f"{_size(p.bytes_done)} of {_size(p.bytes_total)} ({p.bytes_done}/{p.bytes_total} bytes)"
+    )
+    # Plan: versions per partition, and what the target has now.
+    now: dict[str, Any] = {}
+    try:
+        dst_cluster, _, dst_table = rec.dst.partition(":")
+        now = {x.name: x for x in r.cluster(dst_cluster).partitions(dst_table)}
+    except ReplicatorError:
+        pass
+    pt = Table("partition", "mode", "source v (epoch)", "target before", "target now", title="plan")
+    for jp in job.partitions():
+        cur = now.get(jp.partition_name)
+        pt.add_row(
+            jp.partition_name, jp.mode, f"{jp.src_version} ({jp.src_epoch})",
+            f"{jp.dst_version} ({jp.dst_epoch})",
+            f"{cur.visible_version} ({cur.version_epoch})" if cur else "-",
         )
-    out.print(tt)
-    et = Table("at", "from", "to", "reason", "by")
+    out.print(pt)
+    tasks = job.tasks()
+    if tasks and (len(tasks) <= 50 or all_tasks):
+        tt = Table("task", "kind", "partition", "bucket", "queue", "state", "attempts", "bytes",
+                   "worker", "error", title="tasks")
+        for task in tasks:
+            tt.add_row(
+                str(task.id), task.kind, task.partition_name, str(task.bucket), task.queue,
+                task.state, str(task.attempts), f"{task.bytes_done}/{task.bytes_total}",
+                task.worker or "", task.error or "",
+            )
+        out.print(tt)
+    elif tasks:
+        states = ("PENDING", "QUEUED", "RUNNING", "DONE", "FAILED")
+        groups: dict[tuple[str, str], list[Any]] = defaultdict(list)
+        for task in tasks:
+            groups[(task.kind, task.queue)].append(task)
+        gt = Table("kind", "queue", "tasks", *[x.lower() for x in states], "retries", "bytes",
+                   title=f"tasks ({len(tasks)}, grouped; --all-tasks lists each)")
+        for (kind, queue), rows in sorted(groups.items()):
+            c = Counter(x.state for x in rows)
+            done_b = sum(x.bytes_done for x in rows)
+            total_b = sum(x.bytes_total for x in rows)
+            gt.add_row(
+                kind, queue, str(len(rows)), *[str(c.get(x, 0) or "") for x in states],
+                str(sum(max(x.attempts - 1, 0) for x in rows) or ""),
+                f"{_size(done_b)}/{_size(total_b)}",
+            )
+        out.print(gt)
+    errors: dict[str, list[int]] = defaultdict(list)
+    for task in tasks:
+        if task.error:
+            errors[task.error].append(task.id)
+    if errors:
+        et = Table("count", "tasks", "error", title="task errors")
+        for message, ids in sorted(errors.items(), key=lambda kv: -len(kv[1]))[:10]:
+            shown = ", ".join(map(str, ids[:5])) + (", …" if len(ids) > 5 else "")
+            et.add_row(str(len(ids)), shown, message)
+        out.print(et)
+    ev = Table("at", "from", "to", "reason", "by", title="events")
     for e in job.events:
-        et.add_row(e.at.strftime("%H:%M:%S.%f")[:-3], e.from_state or "", e.to_state, e.reason, e.actor or "")
-    out.print(et)
+        ev.add_row(
+            e.at.strftime("%H:%M:%S.%f")[:-3], e.from_state or "", e.to_state, e.reason,
+            e.actor or "",
+        )
+    out.print(ev)
+
+
+@metrics_cli.command("serve")
+def metrics_serve(
+    port: Annotated[int, typer.Option(help="HTTP port of /metrics")] = 9808,
+    addr: Annotated[str, typer.Option(help="Address to listen on")] = "0.0.0.0",
+    cluster: Annotated[
+        list[str] | None, typer.Option("--cluster", help="Target cluster(s) (default: all found)")
+    ] = None,
+    consumers_ttl: Annotated[
+        float, typer.Option(help="Seconds to reuse the worker inspect answer")
+    ] = 15.0,
+) -> None:
+    """Serve Prometheus metrics read from the catalogs and the broker at every scrape."""
+    import contextlib
+    import logging
+    import signal
+    import threading
+
+    from app import metrics
+
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    settings = _replicator().settings
+    server, _thread = metrics.serve(
+        settings, port=port, addr=addr, clusters=cluster, consumers_ttl=consumers_ttl
+    )
+    scope = ", ".join(cluster) if cluster else "all clusters"
+    err.print(f"metrics on http://{addr}:{port}/metrics ({scope})")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with contextlib.suppress(KeyboardInterrupt):
+        stop.wait()
+    server.shutdown()
+
+
+@metrics_cli.command("show")
+def metrics_show(
+    cluster: Annotated[
+        list[str] | None, typer.Option("--cluster", help="Target cluster(s)")
+    ] = None,
+) -> None:
+    """Print one scrape in Prometheus text format."""
+    from app import metrics
+
+    out.file.write(metrics.render(_replicator().settings, clusters=cluster))
 
 
 @job_cli.command("cancel")

@@ -215,7 +215,7 @@ class Replicator:
             self._notify = notify
         try:
             notify(cluster, job_id)
-        except Exception:  # noqa: BLE001 - the periodic tick is the safety net
+        except Exception:
             pass
 
     def replicate(
@@ -227,9 +227,11 @@ class Replicator:
         label: str | None = None,
         create_target: bool = False,
         replication_num: int | None = None,
+        timeout_sec: int | None = None,
     ) -> Job:
         """Replicate ``CLUSTER:DB.TABLE`` into ``CLUSTER[:DB.TABLE]``; the same label returns the
-        same job. Bad input raises a UserError and creates nothing."""
+        same job. Bad input raises a UserError and creates nothing. ``timeout_sec`` overrides
+        replication_transaction_timeout_sec for this job."""
         cluster, job_id, created = _jobs.submit(
             self.settings,
             src,
@@ -238,6 +240,7 @@ class Replicator:
             label=label,
             create_target=create_target,
             replication_num=replication_num,
+            timeout_sec=timeout_sec,
         )
         job = Job(self, cluster, job_id)
         if created and not job.state.final:

@@ -39,6 +39,8 @@ class Settings:
     # Tasks.
     task_lease_sec: int = 60
     task_max_attempts: int = 5
+    # A task whose message nobody picked up in this time is sent again (lost in Redis).
+    task_queued_timeout_sec: int = 60
     tablets_per_message: int = 256
     coordinator_tick_sec: float = 1.0
     hold_lease_sec: int = 3600

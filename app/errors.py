@@ -62,6 +62,10 @@ class RetryableError(ReplicatorError):
     retryable = True
 
 
+class AdmissionRefused(RetryableError):
+    """A parallelism limit is reached; submit again when running jobs have finished."""
+
+
 class StorageUnavailable(RetryableError):
     """A backend's storage root cannot be reached right now."""
 
@@ -78,6 +82,10 @@ class ChecksumMismatch(FatalError):
     """A transferred or stored file does not match its recorded size or checksum."""
 
     retryable = True  # another attempt, or another source replica, may deliver good bytes
+
+
+class CorruptSource(FatalError):
+    """Every source replica of a file fails its checksum, again and again: the data is bad."""
 
 
 class SourceDataGone(FatalError):

@@ -77,10 +77,14 @@ def lineitem_files(scale_factor: float = 1, parts: int | None = None) -> list[Pa
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         cmd = [
-            tpchgen_executable(), "parquet",
-            "--scale-factor", f"{scale_factor:g}",
-            "--tables", "lineitem",
-            "--output-dir", str(tmp),
+            tpchgen_executable(),
+            "parquet",
+            "--scale-factor",
+            f"{scale_factor:g}",
+            "--tables",
+            "lineitem",
+            "--output-dir",
+            str(tmp),
             "--quiet",
         ]
         if parts:
@@ -164,8 +168,13 @@ def create_lineitem(
 # -- a throw-away cluster ------------------------------------------------------------------
 
 
-def bench_settings() -> Settings:
-    return Settings(dsn_template=f"{PG_URL}/{DB_PREFIX}_{{cluster}}")
+def bench_settings(tag: str = "", pg_url: str | None = None, **overrides: Any) -> Settings:
+    """Settings whose catalogs are ``<DB_PREFIX><tag>_<cluster>`` databases on PG_URL.
+
+    A run-specific ``tag`` keeps the coordinator's cluster discovery (every database the DSN
+    template matches) to this run's clusters only.
+    """
+    return Settings(dsn_template=f"{pg_url or PG_URL}/{DB_PREFIX}{tag}_{{cluster}}", **overrides)
 
 
 def unique_name(prefix: str) -> str:
@@ -190,18 +199,20 @@ class BenchCluster:
 
 
 @contextlib.contextmanager
-def bench_cluster(prefix: str, backends: int = 1) -> Iterator[BenchCluster]:
+def bench_cluster(
+    prefix: str, backends: int = 1, settings: Settings | None = None
+) -> Iterator[BenchCluster]:
     """A fresh, uniquely named cluster with ``backends`` backends under bench/out/clusters/.
 
     Its catalog database and storage are removed on exit, whatever happened.
     """
-    settings = bench_settings()
+    settings = settings or bench_settings()
     name = unique_name(prefix)
     root = CLUSTERS_DIR / name
     handle = Replicator(settings).cluster(name)
     bc = BenchCluster(name, settings, handle, root)
     try:
-        handle.init()
+        retry_busy(handle.init)
         for i in range(1, backends + 1):
             be_root = root / f"be{i}"
             handle.add_backend(f"be{i}", str(be_root))
@@ -267,6 +278,191 @@ def time_rsync(src_files: Path | Sequence[Path], dst_dir: Path) -> float:
 
 def total_bytes(files: Sequence[Path]) -> int:
     return sum(Path(f).stat().st_size for f in files)
+
+
+def sync_disks() -> None:
+    """Flush dirty pages so that a timed copy does not pay for the previous one's writeback."""
+    os.sync()
+
+
+def file_digests(dirs: Sequence[Path]) -> list[tuple[int, str]]:
+    """Sorted (size, xxh3-64) of every file under ``dirs``: equal lists = the same bytes."""
+    import xxhash
+
+    out = []
+    buf = bytearray(8 * MB)
+    view = memoryview(buf)
+    for d in dirs:
+        for p in sorted(Path(d).rglob("*")):
+            if not p.is_file():
+                continue
+            h = xxhash.xxh3_64()
+            size = 0
+            with open(p, "rb") as f:
+                while n := f.readinto(view):
+                    h.update(view[:n])
+                    size += n
+            out.append((size, h.hexdigest()))
+    return sorted(out)
+
+
+# -- the machine ---------------------------------------------------------------------------
+
+
+def _first_line(argv: list[str]) -> str:
+    try:
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+        return (out.stdout or out.stderr).strip().splitlines()[0]
+    except (OSError, IndexError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def machine_info(pg_version: str | None = None) -> dict[str, str]:
+    """What the numbers were measured on."""
+    import datetime as dt
+    import platform
+
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    mem_kb = 0
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                mem_kb = int(line.split()[1])
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    usage = shutil.disk_usage(OUT_DIR)
+    fs = "unknown"
+    with contextlib.suppress(OSError):
+        best = ""
+        for line in Path("/proc/mounts").read_text().splitlines():
+            dev, mnt, kind, *_ = line.split()
+            if str(OUT_DIR).startswith(mnt) and len(mnt) > len(best):
+                best, fs = mnt, f"{kind} on {dev} ({mnt})"
+    commit = _first_line(["git", "-C", str(BENCH_DIR), "rev-parse", "--short", "HEAD"])
+    dirty = subprocess.run(
+        ["git", "-C", str(BENCH_DIR), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    return {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "cpu": cpu,
+        "cores": str(os.cpu_count()),
+        "ram": f"{mem_kb / 1024 / 1024:.1f} GiB",
+        "disk": f"{usage.free / 1024**3:.0f} GiB free of {usage.total / 1024**3:.0f} GiB, {fs}",
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "postgres": pg_version or "unknown",
+        "redis": _first_line(["redis-server", "--version"]),
+        "rsync": _first_line(["rsync", "--version"]),
+        "cp": _first_line(["cp", "--version"]),
+        "commit": commit + (" (with uncommitted changes)" if dirty else ""),
+    }
+
+
+# -- a private Postgres (for a machine whose shared server is busy) ------------------------
+
+
+class PrivatePostgres:
+    """A throw-away Postgres server of the installed version, on its own port, configured like
+    the machine's (fsync and synchronous commit on), with room for more connections.
+
+    Runs as the ``postgres`` user when started by root (initdb refuses root)."""
+
+    def __init__(self, workdir: Path, max_connections: int = 400) -> None:
+        import glob
+
+        import tests.harness as harness
+
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+        binary = found[-1] if found else shutil.which("initdb")
+        if binary is None:
+            raise RuntimeError("initdb is not installed (Debian: postgresql)")
+        self.bindir = Path(binary).parent
+        self.workdir = workdir
+        self.port = harness.free_port()
+        self.max_connections = max_connections
+        self.data = workdir / "data"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}"
+
+    def _as_owner(self, argv: list[str]) -> list[str]:
+        return ["runuser", "-u", "postgres", "--", *argv] if os.geteuid() == 0 else argv
+
+    def start(self) -> PrivatePostgres:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if os.geteuid() == 0:
+            shutil.chown(self.workdir, "postgres", "postgres")
+        subprocess.run(
+            self._as_owner(
+                [
+                    str(self.bindir / "initdb"),
+                    "-D",
+                    str(self.data),
+                    "-U",
+                    "postgres",
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--no-sync",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+        )
+        opts = (
+            f"-p {self.port} -c listen_addresses=127.0.0.1 -c max_connections="
+            f"{self.max_connections} -c unix_socket_directories={self.workdir} "
+            "-c fsync=on -c synchronous_commit=on -c shared_buffers=128MB"
+        )
+        subprocess.run(
+            self._as_owner(
+                [
+                    str(self.bindir / "pg_ctl"),
+                    "-D",
+                    str(self.data),
+                    "-l",
+                    str(self.workdir / "postgres.log"),
+                    "-o",
+                    opts,
+                    "-w",
+                    "start",
+                ]
+            ),
+            check=True,
+            capture_output=True,
+        )
+        return self
+
+    def stop(self) -> None:
+        subprocess.run(
+            self._as_owner(
+                [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"]
+            ),
+            check=False,
+            capture_output=True,
+        )
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def retry_busy(fn: Any, *args: Any, attempts: int = 60, **kwargs: Any) -> Any:
+    """Call ``fn``, waiting out a Postgres that refuses connections because others hold them
+    all ("too many clients"); any other error is raised at once."""
+    for attempt in range(attempts):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as exc:
+            if "too many clients" not in str(exc) or attempt == attempts - 1:
+                raise
+            time.sleep(1.0)
+    raise AssertionError("unreachable")
 
 
 # -- output --------------------------------------------------------------------------------

@@ -279,7 +279,16 @@ pg_start_cluster() {
 pg_up() {
     if pg_reachable; then
         log "postgres: reusing $PG_HOST:$PG_PORT"
-        pg_login_ok || log "postgres: WARNING: reachable, but password-less login as '$PG_USER' failed"
+        if ! pg_login_ok; then
+            # A cluster we installed earlier (e.g. an interrupted run) still needs its pg_hba fix.
+            local c=""
+            is_local_host "$PG_HOST" && c="$(pg_cluster_for_port)"
+            if [[ -n "$c" && -f "/etc/postgresql/$(awk '{print $1 "/" $2}' <<<"$c")/$PG_MARKER" ]]; then
+                pg_fix_auth $(awk '{print $1, $2}' <<<"$c")
+                sleep 1
+            fi
+            pg_login_ok || log "postgres: WARNING: reachable, but password-less login as '$PG_USER' failed"
+        fi
         return 0
     fi
     if ! is_local_host "$PG_HOST"; then

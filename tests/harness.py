@@ -183,3 +183,58 @@ def _ready(proc: Proc) -> bool:
         return False
     # Each (re)start appends a new banner; the last one must say ready.
     return text.rfind(" ready.") > text.rfind("-------------- ")
+
+
+class PostgresServer:
+    """A Postgres of the test's own (initdb in a temp dir, its own port), so a test may kill or
+    restart it without touching the machine's. Runs as the ``postgres`` user when we are root."""
+
+    def __init__(self, port: int | None = None) -> None:
+        self.port = port or free_port()
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"))
+        if found:
+            self.bindir = found[-1].parent
+        elif shutil.which("pg_ctl"):
+            self.bindir = Path(shutil.which("pg_ctl") or "").parent
+        else:
+            raise RuntimeError("Postgres server binaries are not installed: run `make services`")
+        import tempfile
+
+        self.datadir = Path(tempfile.mkdtemp(prefix="olap-pg-")) / "data"
+        self.as_root = os.geteuid() == 0
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}"
+
+    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        cmd = [str(a) for a in args]
+        if self.as_root:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=120)
+
+    def init(self) -> PostgresServer:
+        if self.as_root:
+            shutil.chown(self.datadir.parent, "postgres", "postgres")
+        self._run(self.bindir / "initdb", "-D", str(self.datadir), "-A", "trust", "-U", "postgres",
+                  "--no-sync")
+        return self.start()
+
+    def start(self) -> PostgresServer:
+        opts = f"-p {self.port} -k {self.datadir.parent} -c listen_addresses=127.0.0.1 -c fsync=off"
+        self._run(self.bindir / "pg_ctl", "-D", str(self.datadir), "-o", opts, "-l",
+                  str(self.datadir.parent / "server.log"), "-w", "start")
+        return self
+
+    def stop(self, mode: str = "fast") -> None:
+        self._run(self.bindir / "pg_ctl", "-D", str(self.datadir), "-m", mode, "-w", "stop", check=False)
+
+    def restart(self, down_for: float = 0.0) -> None:
+        """Stop at once (every connection dies), stay down a while, start again."""
+        self.stop("immediate")
+        time.sleep(down_for)
+        self.start()
+
+    def destroy(self) -> None:
+        self.stop("immediate")
+        shutil.rmtree(self.datadir.parent, ignore_errors=True)

@@ -9,11 +9,12 @@ from typing import Any
 from celery import Task
 
 from app.catalog.engine import discover_clusters
+from app.cluster import Cluster
 from app.errors import ReplicatorError
+from app.replication import jobs
 from app.replication.coordinator import Coordinator, Message
 from app.replication.work import TaskRunner
 from app.storage import gc as storage_gc
-from app.cluster import Cluster
 from workers.celery_app import app, settings
 from workers.nudge import nudge
 
@@ -53,7 +54,7 @@ def tick(self: Task, cluster: str | None = None, job_id: int | None = None) -> d
         for name in clusters():
             try:
                 targets += [(name, j) for j in coordinator.active_jobs(name)]
-            except Exception as exc:  # noqa: BLE001 - one broken catalog must not stop the rest
+            except Exception as exc:
                 log.warning("cannot list jobs of cluster %s: %s", name, exc)
     for name, jid in targets:
         try:
@@ -94,11 +95,13 @@ def apply(self: Task, cluster: str, job_id: int, task_ids: list[int]) -> dict[st
 
 @app.task(name="maintenance.gc", ignore_result=True)
 def gc() -> dict[str, Any]:
-    """Garbage-collect every cluster: expired transactions, stale rowsets, orphans, holds."""
-    report = {}
+    """Every cluster: purge old finished jobs, abort expired transactions, delete stale rowsets,
+    orphaned and abandoned staging files, and expired holds."""
+    report: dict[str, Any] = {}
     for name in clusters():
         try:
-            report[name] = storage_gc.collect(Cluster(settings, name)).__dict__
-        except Exception as exc:  # noqa: BLE001
-            log.warning("gc of %s failed: %s", name, exc)
+            purged = jobs.purge_history(settings, name)
+            report[name] = {"purged_jobs": purged, **storage_gc.collect(Cluster(settings, name)).__dict__}
+        except Exception as exc:
+            log.warning("maintenance of %s failed: %s", name, exc)
     return report

@@ -37,7 +37,6 @@ from app.replication.state import (
 
 log = logging.getLogger(__name__)
 
-QUEUED_TIMEOUT_SEC = 120
 
 
 def queue_name(cluster: str, backend: str) -> str:
@@ -193,7 +192,8 @@ class Coordinator:
             table,
             label=f"REPLICATION_{table.db_name}_{table.name}_{job.id}",
             kind="REPLICATION",
-            timeout_sec=self.settings.replication_transaction_timeout_sec,
+            timeout_sec=job.options.get("timeout_sec")
+            or self.settings.replication_transaction_timeout_sec,
         )
         conn.execute(sa.update(s.jobs).where(s.jobs.c.id == job.id).values(txn_id=txn.id))
         conn.execute(
@@ -308,7 +308,7 @@ class Coordinator:
                     sa.and_(t.c.state == "PENDING", t.c.next_attempt_at <= now),
                     sa.and_(
                         t.c.state == "QUEUED",
-                        t.c.dispatched_at < now - dt.timedelta(seconds=QUEUED_TIMEOUT_SEC),
+                        t.c.dispatched_at < now - dt.timedelta(seconds=self.settings.task_queued_timeout_sec),
                     ),
                     sa.and_(t.c.state == "RUNNING", t.c.lease_until < now),
                 ),
@@ -336,7 +336,7 @@ class Coordinator:
             if txn_id is not None:
                 finish.clean_target(dst, txn_id)
             finish.release_holds(Cluster(self.settings, src_cluster), dst.name, job_id)
-        except Exception:  # noqa: BLE001 - GC and hold expiry finish the job later
+        except Exception:
             log.exception("cleanup after job %s on %s did not finish", job_id, dst.name)
 
 

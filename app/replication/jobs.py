@@ -15,7 +15,7 @@ from app.catalog import model
 from app.catalog import schema as s
 from app.cluster import Cluster
 from app.config import Settings
-from app.errors import InvalidRequest, LabelConflict, NotFound, TableBusy
+from app.errors import AdmissionRefused, InvalidRequest, LabelConflict, NotFound, TableBusy
 from app.replication.coordinator import record_event
 from app.replication.plan import TablePair, create_target_like, make_plan
 from app.replication.state import ACTIVE_STATES, JobState
@@ -90,6 +90,7 @@ def submit(
     label: str | None = None,
     create_target: bool = False,
     replication_num: int | None = None,
+    timeout_sec: int | None = None,
 ) -> tuple[str, int, bool]:
     """Validate, plan and record a job. Returns (cluster, job id, created).
 
@@ -105,7 +106,10 @@ def submit(
         "partitions": sorted(partitions) if partitions is not None else None,
         "create_target": create_target,
         "replication_num": replication_num,
+        "timeout_sec": timeout_sec,
     }
+    if timeout_sec is not None and timeout_sec < 1:
+        raise InvalidRequest(f"timeout_sec must be at least 1, got {timeout_sec}")
     digest = _digest(pair, options)
     label = label or f"job-{uuid.uuid4().hex[:12]}"
     existing = _by_label(dst_c, label)
@@ -123,7 +127,12 @@ def submit(
         create_target_like(dst_c, pair, plan.src, src_parts, replication_num)
         plan = make_plan(src_c, dst_c, pair, partitions=partitions)
     assert plan.dst is not None
+    replicas = sum(len(t.dst_backend_ids) for t in plan.tablets)
     with dst_c.engine.begin() as conn:
+        # Admission and the duplicate-table check must see every other submit's job row.
+        conn.execute(sa.text("SELECT pg_advisory_xact_lock(727274002)"))
+        if not plan.up_to_date:
+            _admit(conn, settings, replicas, plan.data_size)
         busy = conn.execute(
             sa.select(s.jobs.c.id, s.jobs.c.label).where(
                 s.jobs.c.dst_table == pair.dst_table,
@@ -153,7 +162,7 @@ def submit(
                         src_cluster=pair.src_cluster,
                         src_table=pair.src_table,
                         dst_table=pair.dst_table,
-                        options=options,
+                        options=options | {"replicas": replicas, "data_size": plan.data_size},
                         args_digest=digest,
                         message=message,
                         finished_at=sa.func.now() if up_to_date else None,
@@ -170,6 +179,47 @@ def submit(
             assert message is not None
             record_event(conn, job_id, JobState.INITIALIZING, JobState.COMMITTED, message, "client")
     return pair.dst_cluster, job_id, True
+
+
+def _admit(conn: sa.Connection, settings: Settings, replicas: int, data_size: int) -> None:
+    active = conn.execute(
+        sa.select(s.jobs.c.options).where(s.jobs.c.state.in_([str(x) for x in ACTIVE_STATES]))
+    ).scalars().all()
+    limit = settings.replication_max_parallel_table_count
+    if len(active) >= limit:
+        raise AdmissionRefused(
+            f"{len(active)} replication jobs are running, the limit is {limit} "
+            "(replication_max_parallel_table_count); submit again when one has finished"
+        )
+    running_replicas = sum(int(o.get("replicas", 0)) for o in active)
+    limit = settings.replication_max_parallel_replica_count
+    if running_replicas + replicas > limit:
+        raise AdmissionRefused(
+            f"this job needs {replicas} tablet replicas and running jobs hold {running_replicas}; "
+            f"the limit is {limit} (replication_max_parallel_replica_count). Submit again later "
+            "or replicate fewer partitions at a time"
+        )
+    running_mb = sum(int(o.get("data_size", 0)) for o in active) / 2**20
+    limit_mb = settings.replication_max_parallel_data_size_mb
+    if running_mb + data_size / 2**20 > limit_mb:
+        raise AdmissionRefused(
+            f"this job moves {data_size / 2**20:.1f} MB and running jobs {running_mb:.1f} MB; the "
+            f"limit is {limit_mb} MB (replication_max_parallel_data_size_mb). Submit again later "
+            "or replicate fewer partitions at a time"
+        )
+
+
+def purge_history(settings: Settings, cluster: str) -> int:
+    """Delete finished jobs older than history_job_keep_max_second (their tasks and events too)."""
+    dst = Cluster(settings, cluster)
+    keep = dt.timedelta(seconds=settings.history_job_keep_max_second)
+    with dst.engine.begin() as conn:
+        return conn.execute(
+            sa.delete(s.jobs).where(
+                s.jobs.c.state.in_([str(JobState.COMMITTED), str(JobState.ABORTED)]),
+                s.jobs.c.finished_at < sa.func.now() - keep,
+            )
+        ).rowcount
 
 
 def _by_label(dst: Cluster, label: str) -> tuple[int, str] | None:

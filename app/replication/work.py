@@ -19,12 +19,14 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from app import faults
 from app.catalog import model
 from app.catalog import schema as s
 from app.cluster import Cluster
 from app.config import Settings
 from app.errors import (
     ChecksumMismatch,
+    CorruptSource,
     ReplicatorError,
     SourceDataGone,
     StorageUnavailable,
@@ -213,7 +215,7 @@ class TaskRunner:
             except LeaseLost as exc:
                 log.info("%s", exc)
                 out.skipped += 1
-            except Exception as exc:  # noqa: BLE001 - every failure is recorded on the task row
+            except Exception as exc:
                 if self.fail(claim, exc) == "retried":
                     out.retried += 1
                 else:
@@ -274,8 +276,17 @@ class TaskRunner:
             ],
         }
         total = sum(int(f["size"]) for r in chosen for f in r.files)
-        with self.dst.engine.begin() as conn:
-            self.complete(conn, claim, manifest=manifest, incremental=incremental, bytes_total=total)
+        try:
+            with self.dst.engine.begin() as conn:
+                self.complete(
+                    conn, claim, manifest=manifest, incremental=incremental, bytes_total=total
+                )
+        finally:
+            # The coordinator releases holds when the job ends; holds placed after that
+            # release would pin files until they expire, so a late snapshot drops them itself.
+            if self._job().state in ("COMMITTED", "ABORTED"):
+                with src.engine.begin() as conn:
+                    holds.release(conn, hold_owner(self.dst.name, self.job_id))
 
     # -- apply -----------------------------------------------------------------------------
     def _apply(self, job: Any, claim: Claimed, out: BatchOutcome, progress: ProgressFn | None) -> int:
@@ -420,21 +431,52 @@ def fetch(
     meta: FileMeta,
     on_progress: Callable[[int], None],
 ) -> int:
-    """Copy one file, verifying size and checksum in the same pass; try each source replica."""
-    errors = []
-    for backend_id, source in sources:
-        try:
-            with source.open_read(src_path) as fin, target.open_write(staged) as fout:
-                return copy_verified(fin, fout, meta, on_progress=on_progress)
-        except FileNotFoundError:
-            errors.append(f"backend {backend_id}: missing")
-        except ChecksumMismatch as exc:
-            errors.append(f"backend {backend_id}: {exc}")
-        except StorageUnavailable as exc:
-            errors.append(f"backend {backend_id}: {exc}")
+    """Copy one file, verifying size and checksum in the same pass, trying each source replica.
+
+    A checksum mismatch on every replica is tried once more (bytes can be damaged in flight);
+    if it repeats on every replica the data itself is bad and retrying cannot help.
+    """
+    errors: list[str] = []
+    for _attempt in range(2):
+        mismatches = 0
+        for backend_id, source in sources:
+            try:
+                with source.open_read(src_path) as raw, target.open_write(staged) as fout:
+                    fin = _Corrupting(raw) if faults.fire("transfer.corrupt") else raw
+                    return copy_verified(fin, fout, meta, on_progress=on_progress)  # type: ignore[arg-type]
+            except FileNotFoundError:
+                errors.append(f"backend {backend_id}: missing")
+            except ChecksumMismatch as exc:
+                mismatches += 1
+                errors.append(f"backend {backend_id}: {exc}")
+            except StorageUnavailable as exc:
+                errors.append(f"backend {backend_id}: {exc}")
+            except BaseException:
+                target.delete_tree(staged)
+                raise
+            target.delete_tree(staged)
+        if mismatches < len(sources):
+            break
     detail = "; ".join(errors)
     if all("missing" in e for e in errors):
         raise SourceDataGone(f"{meta.name} of {src_path} is gone from every source replica: {detail}")
+    if sum("checksum" in e for e in errors) >= 2 * len(sources):
+        raise CorruptSource(f"every source replica of {src_path} fails its checksum, twice: {detail}")
     if any("checksum" in e for e in errors):
         raise ChecksumMismatch(f"no source replica delivered {src_path} intact: {detail}")
     raise StorageUnavailable(f"no source replica of {src_path} could be read: {detail}")
+
+
+class _Corrupting:
+    """A reader that flips one byte of the first chunk: the ``transfer.corrupt`` failpoint."""
+
+    def __init__(self, raw: Any) -> None:
+        self.raw = raw
+        self.done = False
+
+    def readinto(self, view: memoryview) -> int:
+        n = int(self.raw.readinto(view))
+        if n and not self.done:
+            view[0] = view[0] ^ 0xFF
+            self.done = True
+        return n

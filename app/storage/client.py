@@ -46,7 +46,7 @@ class LocalStorage:
 
     def open_read(self, path: str) -> BinaryIO:
         try:
-            return open(self._abs(path), "rb")  # noqa: SIM115 - the caller closes it
+            return open(self._abs(path), "rb")
         except FileNotFoundError:
             raise
         except OSError as exc:
@@ -55,7 +55,7 @@ class LocalStorage:
     def open_write(self, path: str) -> BinaryIO:
         target = self._abs(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        return open(target, "wb")  # noqa: SIM115 - the caller closes it
+        return open(target, "wb")
 
     def local_path(self, path: str) -> str | None:
         return str(self._abs(path))

@@ -26,7 +26,8 @@ def place(conn: sa.Connection, rowset_ids: Iterable[str], owner: str, lease_sec:
     stmt = stmt.on_conflict_do_update(
         index_elements=["rowset_id", "owner"], set_={"expires_at": stmt.excluded.expires_at}
     )
-    return conn.execute(stmt).rowcount
+    # SQLAlchemy keeps an INSERT's rowcount only when asked; without this it reports -1.
+    return conn.execute(stmt.execution_options(preserve_rowcount=True)).rowcount
 
 
 def renew(conn: sa.Connection, owner: str, lease_sec: int) -> int:

@@ -310,7 +310,7 @@ class Loader:
             for sink in sinks.values():
                 try:
                     sink.writer.abandon()
-                except Exception:  # noqa: BLE001 - cleanup of an already failing load
+                except Exception:
                     pass
             raise
 

@@ -31,7 +31,12 @@ def main(cluster_name: str, full_name: str, path: str, label: str) -> None:
     staged = loader.stage(table, txn.id, path, None)
     print(
         json.dumps(
-            {"txn_id": txn.id, "timeout_sec": timeout, "rows": staged.checksum.rows, "files": staged.files}
+            {
+                "txn_id": txn.id,
+                "timeout_sec": timeout,
+                "rows": staged.checksum.rows,
+                "files": staged.files,
+            }
         ),
         flush=True,
     )

@@ -1,4 +1,4 @@
-"""Clusters, backends, tables and replica placement, against real Postgres and real storage roots."""
+"""Clusters, backends, tables and replica placement, on real Postgres and real storage roots."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import subprocess
 import sys
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
+from app.catalog import engine as engine_module
 from app.catalog import model
 from app.catalog import schema as s
 from app.catalog.migrate import head_revision
@@ -20,6 +22,16 @@ from app.client import ClusterHandle, Replicator
 from app.config import Settings
 from app.errors import AlreadyExists, InvalidRequest, NotFound
 from app.storage.checksum import checksum_file
+
+
+@pytest.fixture(autouse=True)
+def _drop_test_catalogs() -> Iterator[None]:
+    """Drop the catalogs a test created as soon as it ends, not at the end of the run: each one
+    left around holds pooled connections here and in any coordinator that discovers it."""
+    before = set(engine_module._engines)
+    yield
+    for dsn in set(engine_module._engines) - before:
+        engine_module.drop_database(dsn)
 
 
 def cli(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -58,7 +70,9 @@ def four_partition_table(handle: ClusterHandle, name: str = "db.placed") -> mode
 # -- cluster init ------------------------------------------------------------------------
 
 
-def test_cluster_init_twice_is_harmless(test_env: dict[str, str], tmp_path: Path) -> None:
+def test_cluster_init_twice_is_harmless(
+    test_env: dict[str, str], tmp_path: Path, settings: Settings
+) -> None:
     name = unique("init")
     first = cli(test_env, tmp_path, "cluster", "init", name)
     assert first.returncode == 0, first.stderr
@@ -67,13 +81,18 @@ def test_cluster_init_twice_is_harmless(test_env: dict[str, str], tmp_path: Path
     assert second.returncode == 0, second.stderr
     assert f"cluster {name}: catalog already at revision {head_revision()}" in second.stdout
     assert second.stderr == ""
+    handle = Replicator(settings).cluster(name)
+    handle.catalog.ensure_ready()  # the catalog exists, at the newest revision
+    assert handle.tables() == [] and handle.backends() == []
 
 
-def test_init_through_the_api_reports_created_then_already_current(settings: Settings) -> None:
+def test_init_through_the_api_reports_created_then_already_current(
+    settings: Settings, tmp_path: Path
+) -> None:
     handle = Replicator(settings).cluster(unique("api"))
     created, before, after = handle.init()
     assert created and before is None and after == head_revision()
-    handle.add_backend("be1", "/tmp/unused-" + handle.name)
+    handle.add_backend("be1", str(tmp_path / "be1"))
     created, before, after = handle.init()
     assert not created and before == after == head_revision()
     assert [b.name for b in handle.backends()] == ["be1"]  # the catalog survived
@@ -91,27 +110,29 @@ def test_an_uninitialised_cluster_is_named_in_the_error(settings: Settings) -> N
 def test_backend_add_list_and_decommission_through_the_cli(
     test_env: dict[str, str], tmp_path: Path, settings: Settings
 ) -> None:
-    name = unique("be")
-    assert cli(test_env, tmp_path, "cluster", "init", name).returncode == 0
-    for be in ("be1", "be2"):
-        res = cli(test_env, tmp_path, "backend", "add", name, be, "--storage", str(tmp_path / be))
-        assert res.returncode == 0, res.stderr
-        assert f"queue be.{name}.{be}" in res.stdout
-        assert (tmp_path / be).is_dir()
-    again = cli(test_env, tmp_path, "backend", "add", name, "be1", "--storage", str(tmp_path / "be1"))
-    assert again.returncode == 0, again.stderr  # the same backend again is harmless
-    moved = cli(test_env, tmp_path, "backend", "add", name, "be1", "--storage", str(tmp_path / "x"))
-    assert moved.returncode == 2
-    assert "backend 'be1' already exists" in moved.stderr
+    handle = Replicator(settings).cluster(unique("be"))
+    handle.init()
+    res = cli(
+        test_env, tmp_path, "backend", "add", handle.name, "be1", "--storage", str(tmp_path / "be1")
+    )
+    assert res.returncode == 0, res.stderr
+    assert (
+        f"backend be1 (ACTIVE) storage {tmp_path / 'be1'} queue be.{handle.name}.be1" in res.stdout
+    )
+    assert (tmp_path / "be1").is_dir()
+    handle.add_backend("be2", str(tmp_path / "be2"))
+    # The same backend again is harmless; the same name with other storage is refused.
+    assert handle.add_backend("be1", str(tmp_path / "be1")).id == handle.catalog.backend("be1").id
+    with pytest.raises(AlreadyExists, match="backend 'be1' already exists"):
+        handle.add_backend("be1", str(tmp_path / "elsewhere"))
 
-    handle = Replicator(settings).cluster(name)
     handle.create_table("db.t", ["id:int64"], buckets=2, replication_num=1)
     assert {tuple(t.backend_ids) for t in replica_backends(handle, "db.t")} == {
         (handle.catalog.backend("be1").id,),
         (handle.catalog.backend("be2").id,),
     }
 
-    refused = cli(test_env, tmp_path, "backend", "decommission", name, "be1")
+    refused = cli(test_env, tmp_path, "backend", "decommission", handle.name, "be1")
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines() == [
         "error: backend 'be1' still holds 1 tablet replicas; drop or move those tables before "
@@ -119,23 +140,25 @@ def test_backend_add_list_and_decommission_through_the_cli(
     ]
     assert handle.catalog.backend("be1").state == "ACTIVE"
 
-    assert cli(test_env, tmp_path, "backend", "add", name, "be3", "--storage", str(tmp_path / "be3")).returncode == 0
-    done = cli(test_env, tmp_path, "backend", "decommission", name, "be3")
+    handle.add_backend("be3", str(tmp_path / "be3"))
+    done = cli(test_env, tmp_path, "backend", "decommission", handle.name, "be3")
     assert done.returncode == 0, done.stderr
     assert "backend be3 is DECOMMISSIONED" in done.stdout
+    assert handle.catalog.backend("be3").state == "DECOMMISSIONED"
 
-    listed = cli(test_env, tmp_path, "backend", "list", name)
+    listed = cli(test_env, tmp_path, "backend", "list", handle.name)
     assert listed.returncode == 0, listed.stderr
     states = {
-        line.split()[1]: line.split()[3]
-        for line in listed.stdout.splitlines()
-        if line.split()[1:2] and line.split()[1].startswith("be")
+        cells[1]: cells[2]
+        for cells in (line.replace("\u2502", "|").split("|") for line in listed.stdout.splitlines())
+        if len(cells) > 3
+        for cells in [[c.strip() for c in cells]]
+        if cells[1].startswith("be")
     }
     assert states == {"be1": "ACTIVE", "be2": "ACTIVE", "be3": "DECOMMISSIONED"}
 
-    unknown = cli(test_env, tmp_path, "backend", "decommission", name, "be9")
-    assert unknown.returncode == 2 and "backend 'be9' does not exist" in unknown.stderr
-
+    with pytest.raises(NotFound, match="backend 'be9' does not exist"):
+        handle.decommission_backend("be9")
     # A decommissioned backend gets no new replicas and does not count as a replica home.
     with pytest.raises(InvalidRequest, match="replication_num 3 needs 3 active backends"):
         handle.create_table("db.three", ["id:int64"], replication_num=3)
@@ -179,6 +202,20 @@ def test_a_table_records_its_schema_partitions_and_tablets(make_cluster) -> None
     assert [t.full_name for t in handle.tables()] == ["sales.orders"]
 
 
+@pytest.fixture(scope="module")
+def refusing_cluster(
+    settings: Settings, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ClusterHandle]:
+    """One cluster for all the refused definitions: none of them may leave anything behind."""
+    handle = Replicator(settings).cluster(unique("refuse"))
+    handle.init()
+    root = tmp_path_factory.mktemp("refuse")
+    handle.add_backend("be1", str(root / "be1"))
+    handle.add_backend("be2", str(root / "be2"))
+    yield handle
+    engine_module.drop_database(handle.catalog.dsn)
+
+
 @pytest.mark.parametrize(
     ("kwargs", "words"),
     [
@@ -194,9 +231,9 @@ def test_a_table_records_its_schema_partitions_and_tablets(make_cluster) -> None
     ],
 )
 def test_bad_table_definitions_are_refused_and_create_nothing(
-    make_cluster, kwargs: dict[str, object], words: str
+    refusing_cluster: ClusterHandle, kwargs: dict[str, object], words: str
 ) -> None:
-    handle = make_cluster(backends=2)
+    handle = refusing_cluster
     with pytest.raises(InvalidRequest, match=words):
         handle.create_table("db.bad", ["id:int64", "k:int64"], **kwargs)
     assert handle.tables() == []
@@ -205,7 +242,7 @@ def test_bad_table_definitions_are_refused_and_create_nothing(
 def test_a_duplicate_table_is_refused_and_the_first_is_unchanged(make_cluster) -> None:
     handle = make_cluster(backends=1)
     first = handle.create_table("db.t", ["id:int64"], buckets=2)
-    with pytest.raises(AlreadyExists, match="table db.t already exists"):
+    with pytest.raises(AlreadyExists, match=r"table db\.t already exists"):
         handle.create_table("db.t", ["id:int64", "x:string"], buckets=5)
     assert handle.tables() == [first]
     assert len(replica_backends(handle, "db.t")) == 2

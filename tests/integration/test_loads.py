@@ -11,6 +11,7 @@ import multiprocessing
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from decimal import Decimal
 from pathlib import Path
@@ -24,6 +25,7 @@ import pytest
 import sqlalchemy as sa
 
 from app import txn as txns
+from app.catalog import engine as engine_module
 from app.catalog import model
 from app.catalog import schema as s
 from app.client import ClusterHandle, Replicator
@@ -34,6 +36,17 @@ from app.storage import load as load_module
 from app.storage.load import Loader
 
 CRASH_SCRIPT = Path(__file__).with_name("crash_load.py")
+
+
+@pytest.fixture(autouse=True)
+def _drop_test_catalogs() -> Iterator[None]:
+    """Drop the catalogs a test created as soon as it ends, not at the end of the run: each one
+    left around holds pooled connections here and in any coordinator that discovers it."""
+    before = set(engine_module._engines)
+    yield
+    for dsn in set(engine_module._engines) - before:
+        engine_module.drop_database(dsn)
+
 
 # -- helpers -------------------------------------------------------------------------------
 
@@ -61,7 +74,9 @@ def rows(start: int, n: int) -> pa.Table:
     )
 
 
-def expected_checksums(data: pa.Table, bounds: dict[str, tuple[int, int]]) -> dict[str, tuple[int, str]]:
+def expected_checksums(
+    data: pa.Table, bounds: dict[str, tuple[int, int]]
+) -> dict[str, tuple[int, str]]:
     out = {}
     for name, (lo, hi) in bounds.items():
         part = data.filter(pc.and_(pc.greater_equal(data["k"], lo), pc.less(data["k"], hi)))
@@ -152,7 +167,9 @@ def test_the_same_label_with_other_data_is_refused_and_changes_nothing(make_clus
     handle.load("db.t", rows(0, 300), label="batch-1")
     before = state(handle, "db.t")
     with handle.catalog.engine.connect() as conn:
-        txn_count = conn.execute(sa.select(sa.func.count()).select_from(s.transactions)).scalar_one()
+        txn_count = conn.execute(
+            sa.select(sa.func.count()).select_from(s.transactions)
+        ).scalar_one()
 
     with pytest.raises(LabelConflict, match="label 'batch-1' was already used to load other data"):
         handle.load("db.t", rows(0, 301), label="batch-1")
@@ -162,9 +179,14 @@ def test_the_same_label_with_other_data_is_refused_and_changes_nothing(make_clus
         handle.load("db.other", rows(0, 300), label="batch-1")
 
     assert state(handle, "db.t") == before
-    assert versions(handle, "db.other") == {k: (1, v[1]) for k, v in versions(handle, "db.other").items()}
+    assert versions(handle, "db.other") == {
+        k: (1, v[1]) for k, v in versions(handle, "db.other").items()
+    }
     with handle.catalog.engine.connect() as conn:
-        assert conn.execute(sa.select(sa.func.count()).select_from(s.transactions)).scalar_one() == txn_count
+        assert (
+            conn.execute(sa.select(sa.func.count()).select_from(s.transactions)).scalar_one()
+            == txn_count
+        )
 
 
 def test_a_label_is_free_again_after_its_load_failed(make_cluster) -> None:
@@ -188,7 +210,9 @@ def _init_worker(barrier: Any) -> None:
     _barrier = barrier
 
 
-def _load_in_process(settings: Settings, cluster: str, table: str, start: int, n: int, label: str) -> Any:
+def _load_in_process(
+    settings: Settings, cluster: str, table: str, start: int, n: int, label: str
+) -> Any:
     _barrier.wait(timeout=30)  # every process starts its load at the same moment
     try:
         res = Replicator(settings).cluster(cluster).load(table, rows(start, n), label=label)
@@ -200,7 +224,9 @@ def _load_in_process(settings: Settings, cluster: str, table: str, start: int, n
 def run_in_processes(calls: list[tuple[Any, ...]]) -> list[Any]:
     ctx = multiprocessing.get_context("fork")
     barrier = ctx.Barrier(len(calls))
-    with ProcessPoolExecutor(len(calls), mp_context=ctx, initializer=_init_worker, initargs=(barrier,)) as pool:
+    with ProcessPoolExecutor(
+        len(calls), mp_context=ctx, initializer=_init_worker, initargs=(barrier,)
+    ) as pool:
         futures = [pool.submit(_load_in_process, *call) for call in calls]
         return [f.result(timeout=120) for f in futures]
 
@@ -258,8 +284,19 @@ def test_a_load_killed_before_commit_leaves_nothing_visible_and_gc_removes_it_af
 
     env = {**test_env, "REPLICATOR_LOAD_TRANSACTION_TIMEOUT_SEC": "2"}
     proc = subprocess.run(
-        [sys.executable, str(CRASH_SCRIPT), handle.name, "db.t", str(tmp_path / "crash.parquet"), "crashed"],
-        env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60,
+        [
+            sys.executable,
+            str(CRASH_SCRIPT),
+            handle.name,
+            "db.t",
+            str(tmp_path / "crash.parquet"),
+            "crashed",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert proc.returncode == -9, proc.stderr
     info = json.loads(proc.stdout.strip().splitlines()[-1])
@@ -273,7 +310,9 @@ def test_a_load_killed_before_commit_leaves_nothing_visible_and_gc_removes_it_af
     assert len(paths) == 6 and all(p.is_file() for p in paths)
     with handle.catalog.engine.connect() as conn:
         txn = txns.get(conn, info["txn_id"])
-        early = conn.execute(sa.select(sa.func.now() + dt.timedelta(seconds=0.5) < txn.deadline)).scalar_one()
+        early = conn.execute(
+            sa.select(sa.func.now() + dt.timedelta(seconds=0.5) < txn.deadline)
+        ).scalar_one()
     assert txn.state == "PREPARE"
 
     if early:  # GC must not touch a transaction that may still commit.
@@ -290,7 +329,9 @@ def test_a_load_killed_before_commit_leaves_nothing_visible_and_gc_removes_it_af
     with handle.catalog.engine.connect() as conn:
         txn = txns.get(conn, info["txn_id"])
     assert txn.state == "ABORTED" and "timeout" in (txn.reason or "")
-    assert {r.state for r in rowsets_of(handle, s.rowsets.c.txn_id == info["txn_id"])} == {"DELETED"}
+    assert {r.state for r in rowsets_of(handle, s.rowsets.c.txn_id == info["txn_id"])} == {
+        "DELETED"
+    }
     assert handle.checksum("db.t") == before
     # The label of the dead load is free again.
     assert handle.load("db.t", rows(1000, 600), label="crashed").versions == {"t": 3}
@@ -326,10 +367,8 @@ def test_a_failed_load_leaves_no_files_and_no_versions(make_cluster) -> None:
     before = state(handle, "db.t")
     good = rows(100, 500)
     bad = rows(600, 10).set_column(1, "k", pa.array([250] * 10, pa.int64()))
-    reader = pa.RecordBatchReader.from_batches(
-        good.schema, good.to_batches() + bad.to_batches()
-    )
-    with pytest.raises(RowsOutsidePartitions, match="10 rows fit no partition of db.t"):
+    reader = pa.RecordBatchReader.from_batches(good.schema, good.to_batches() + bad.to_batches())
+    with pytest.raises(RowsOutsidePartitions, match=r"10 rows fit no partition of db\.t"):
         handle.load("db.t", reader, label="half-bad")
     assert state(handle, "db.t") == before
     failed = rowsets_of(handle, s.rowsets.c.state != "VISIBLE")
@@ -357,14 +396,18 @@ def rich_data(n: int = 600) -> pa.Table:
             "name": pa.array([None if i % 11 == 0 else f"name {i}" for i in range(n)]),
             "day": pa.array([dt.date(2024, 1, 1) + dt.timedelta(days=i % 60) for i in range(n)]),
             "amount": pa.array([i * 1.37 + 0.1 for i in range(n)], pa.float64()),
-            "ts": pa.array([base + dt.timedelta(seconds=i * 977) for i in range(n)], pa.timestamp("us")),
+            "ts": pa.array(
+                [base + dt.timedelta(seconds=i * 977) for i in range(n)], pa.timestamp("us")
+            ),
             "price": pa.array([Decimal(i * 7) / 100 for i in range(n)], pa.decimal128(10, 2)),
             "flag": pa.array([None if i % 13 == 0 else i % 2 == 0 for i in range(n)]),
         }
     )
 
 
-def test_parquet_csv_arrow_and_python_rows_give_equal_checksums(make_cluster, tmp_path: Path) -> None:
+def test_parquet_csv_arrow_and_python_rows_give_equal_checksums(
+    make_cluster, tmp_path: Path
+) -> None:
     handle = make_cluster(backends=2)
     data = rich_data()
     pq.write_table(data, tmp_path / "in.parquet", row_group_size=200)
@@ -395,8 +438,9 @@ def test_parquet_csv_arrow_and_python_rows_give_equal_checksums(make_cluster, tm
         assert res.rows == 600 and res.versions == {"jan": 2, "feb": 2}
         results[kind] = [c.content() for c in handle.checksum(f"db.{kind}")]
 
-    jan, feb = data.filter(pc.less(data["day"], dt.date(2024, 2, 1))), data.filter(
-        pc.greater_equal(data["day"], dt.date(2024, 2, 1))
+    jan, feb = (
+        data.filter(pc.less(data["day"], dt.date(2024, 2, 1))),
+        data.filter(pc.greater_equal(data["day"], dt.date(2024, 2, 1))),
     )
     expected = []
     for name, part in (("jan", jan), ("feb", feb)):
@@ -434,7 +478,9 @@ def test_an_overwrite_replaces_the_data_and_starts_a_new_epoch(make_cluster) -> 
     got = {c.partition: (c.rows, c.checksum) for c in handle.checksum("db.t")}
     assert got == expected_checksums(new, BOUNDS)
     assert got["p2"] == (0, f"{0:016x}")
-    assert {r.state for r in rowsets_of(handle, s.rowsets.c.id.in_([r.id for r in old]))} == {"STALE"}
+    assert {r.state for r in rowsets_of(handle, s.rowsets.c.id.in_([r.id for r in old]))} == {
+        "STALE"
+    }
 
     # The replaced files stay until GC, then go.
     assert all(p.is_file() for p in old_paths)

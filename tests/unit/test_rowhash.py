@@ -1,4 +1,4 @@
-"""Row hashes: order-independent content checksums and deterministic bucket routing (no database)."""
+"""Row hashes: order-independent content checksums and deterministic bucket routing (no DB)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Column types, schema parsing, the schema hash and conforming batches to a schema (no database)."""
+"""Column types, schema parsing, the schema hash and conforming batches to a schema (no DB)."""
 
 from __future__ import annotations
 
@@ -101,7 +101,7 @@ def test_an_unknown_type_message_names_the_known_types() -> None:
 
 
 def test_the_arrow_schema_follows_the_columns() -> None:
-    schema = arrow_schema(columns_from(SPECS + ["ts:datetime", "ok:bool"]))
+    schema = arrow_schema(columns_from([*SPECS, "ts:datetime", "ok:bool"]))
     assert schema.field("id").type == pa.int64() and not schema.field("id").nullable
     assert schema.field("amount").type == pa.decimal128(10, 2)
     assert schema.field("day").type == pa.date32()

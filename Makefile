@@ -1,0 +1,47 @@
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := test
+
+VENV   := .venv
+PYTHON := $(VENV)/bin/python
+RUFF   := $(VENV)/bin/ruff
+MYPY   := $(VENV)/bin/mypy
+
+# Extra pytest arguments, e.g. `make test PYTEST_ARGS='-k catalog -x'`.
+PYTEST_ARGS ?=
+LINT_PATHS  := app workers tests bench
+
+.PHONY: install services test faults lint demo demo-down bench bench-load clean
+
+install:
+	bash scripts/bootstrap.sh
+
+services:
+	bash scripts/services.sh up
+
+## The test command: unit + integration (everything except tests/faults).
+test: install services
+	$(PYTHON) -m pytest -q tests --ignore=tests/faults -p no:cacheprovider $(PYTEST_ARGS)
+
+faults: install services
+	$(PYTHON) -m pytest -q tests/faults -p no:cacheprovider $(PYTEST_ARGS)
+
+lint: install
+	$(RUFF) check $(LINT_PATHS)
+	$(RUFF) format --check $(LINT_PATHS)
+	$(MYPY)
+
+demo: install services
+	$(PYTHON) -m app.demo
+
+demo-down:
+	$(PYTHON) -m app.demo --down
+
+bench: install services
+	$(PYTHON) bench/run.py
+
+bench-load: install services
+	$(PYTHON) bench/load.py
+
+clean:
+	rm -rf $(VENV) var/

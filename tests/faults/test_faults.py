@@ -1,0 +1,204 @@
+"""The fault suite: each scenario ends COMMITTED with equal checksums, or ABORTED with the target
+unchanged, and in both cases with no pending rowsets, staged files or unexpired holds left."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import sqlalchemy as sa
+
+from app.replication.state import JobState
+from tests.faults.conftest import FaultRig, record
+from tests.harness import wait_until
+
+JOB_TIMEOUT = 180
+
+
+def _start(rig: FaultRig, name: str, **kwargs: object):  # type: ignore[no-untyped-def]
+    table = rig.big_table(name)
+    before = rig.content(rig.dst, table)
+    job = rig.replicator.replicate(f"{rig.src.name}:{table}", rig.dst.name, **kwargs)  # type: ignore[arg-type]
+    return table, before, job
+
+
+def test_a_killed_apply_child_process_is_retried_and_the_job_commits(rig: FaultRig) -> None:
+    table, before, job = _start(rig, "kill_child")
+    task = rig.wait_for_transfer(job)
+    worker = str(task.worker).split("@")[0]
+    children = rig.workers.procs[worker].child_pids()
+    assert children, f"{worker} has no pool process"
+    struck = time.time()
+    for pid in children:
+        os.kill(pid, signal.SIGKILL)
+
+    job.wait(JOB_TIMEOUT)
+
+    assert job.state is JobState.COMMITTED, job.message
+    attempts = rig.scalar(rig.dst, "SELECT attempts FROM job_tasks WHERE id = :t", t=task.id)
+    assert attempts >= 2  # the killed attempt, then the one that finished
+    rig.assert_clean_end(job, table, before)
+    record("a: SIGKILL apply child", job, struck, job.state, f"task {task.id} took {attempts} attempts")
+
+
+def test_a_killed_backend_worker_restarted_later_lets_the_job_commit(rig: FaultRig) -> None:
+    table, before, job = _start(rig, "kill_worker")
+    task = rig.wait_for_transfer(job)
+    worker = str(task.worker).split("@")[0]
+    struck = time.time()
+    rig.workers.kill(worker)
+    time.sleep(3)  # down for a while: its leases expire, nobody serves its queue
+    assert not job.refresh().state.final
+    rig.workers.restart(worker)
+
+    job.wait(JOB_TIMEOUT)
+
+    assert job.state is JobState.COMMITTED, job.message
+    rig.assert_clean_end(job, table, before)
+    record("b: SIGKILL backend worker, restart after 3 s", job, struck, job.state, worker)
+
+
+def test_a_killed_coordinator_and_beat_resume_the_job_after_restart(rig: FaultRig) -> None:
+    table, before, job = _start(rig, "kill_coordinator")
+    rig.wait_for_transfer(job)
+    struck = time.time()
+    rig.workers.kill("coordinator")
+    time.sleep(2)
+    rig.workers.restart("coordinator")
+
+    job.wait(JOB_TIMEOUT)
+
+    assert job.state is JobState.COMMITTED, job.message
+    rig.assert_clean_end(job, table, before)
+    record("c: SIGKILL coordinator + beat, restart after 2 s", job, struck, job.state, "")
+
+
+def test_redis_restarted_empty_loses_every_message_and_the_job_still_commits(rig: FaultRig) -> None:
+    table, before, job = _start(rig, "redis_restart")
+    rig.wait_for_transfer(job)
+    struck = time.time()
+    rig.redis.restart_empty()
+
+    job.wait(JOB_TIMEOUT)
+
+    assert job.state is JobState.COMMITTED, job.message
+    rig.assert_clean_end(job, table, before)
+    record("d: Redis restarted empty", job, struck, job.state, "messages re-sent from Postgres")
+
+
+def test_postgres_restarted_mid_job_ends_cleanly(rig: FaultRig) -> None:
+    table, before, job = _start(rig, "pg_restart")
+    rig.wait_for_transfer(job)
+    struck = time.time()
+    rig.pg.restart(down_for=2)
+
+    job.wait(JOB_TIMEOUT)
+
+    rig.assert_clean_end(job, table, before)
+    assert job.state is JobState.COMMITTED, job.message
+    record("e: Postgres restarted (down 2 s)", job, struck, job.state, "")
+
+
+def test_a_file_corrupted_in_flight_once_is_fetched_again_and_the_job_commits(rig: FaultRig) -> None:
+    rig.arm({"transfer.corrupt": 1})
+    table, before, job = _start(rig, "corrupt_once")
+    struck = time.time()
+
+    job.wait(JOB_TIMEOUT)
+
+    assert rig.failpoint_left("transfer.corrupt") == 0  # it did fire
+    assert job.state is JobState.COMMITTED, job.message
+    rig.assert_clean_end(job, table, before)
+    record("f1: one file corrupted in flight", job, struck, job.state, "re-read from a replica")
+
+
+def test_a_file_corrupt_on_every_source_replica_aborts_the_job(rig: FaultRig) -> None:
+    table = rig.big_table("corrupt_all")
+    before = rig.content(rig.dst, table)
+    with rig.src.catalog.engine.connect() as conn:
+        rowset = conn.execute(
+            sa.text(
+                "SELECT r.id, r.tablet_id FROM rowsets r JOIN transactions t ON t.id = r.txn_id "
+                "WHERE t.label = 'corrupt_all-1' ORDER BY r.id LIMIT 1"
+            )
+        ).one()
+    damaged = 0
+    for backend in rig.src.backends():
+        path = Path(backend.storage_root, "data", str(rowset.tablet_id), rowset.id, "0.parquet")
+        if path.exists():
+            with path.open("r+b") as f:
+                f.seek(path.stat().st_size // 2)
+                byte = f.read(1)
+                f.seek(-1, os.SEEK_CUR)
+                f.write(bytes([byte[0] ^ 0xFF]))
+            damaged += 1
+    assert damaged == 2
+    struck = time.time()
+
+    job = rig.replicator.replicate(f"{rig.src.name}:{table}", rig.dst.name).wait(JOB_TIMEOUT)
+
+    assert job.state is JobState.ABORTED
+    assert "fails its checksum" in (job.message or "")
+    rig.assert_clean_end(job, table, before)
+    record("f2: file corrupt on every source replica", job, struck, job.state, job.message or "")
+
+
+def test_source_compaction_and_gc_during_the_job_do_not_break_it(rig: FaultRig) -> None:
+    table = rig.big_table("compact_during")
+    rig.src.load(table, __import__("tests.integration.rig", fromlist=["rows"]).rows(20_000, seed=5),
+                 label="compact_during-2")
+    before = rig.content(rig.dst, table)
+    job = rig.replicator.replicate(f"{rig.src.name}:{table}", rig.dst.name)
+    rig.wait_for_transfer(job)
+    struck = time.time()
+    compacted = rig.src.compact(table)
+    collected = rig.src.gc(orphan_grace_sec=0)
+
+    job.wait(JOB_TIMEOUT)
+
+    assert compacted.rowsets_merged > 0
+    assert collected.kept_by_holds > 0  # the job's holds kept the inputs' files
+    assert job.state is JobState.COMMITTED, job.message
+    rig.assert_clean_end(job, table, before)
+    # Once the job released its holds, GC may delete the compacted inputs.
+    assert rig.src.gc(orphan_grace_sec=0).deleted_rowsets > 0
+    assert rig.content(rig.dst, table) == rig.content(rig.src, table)
+    record("g: source compaction + GC mid-job", job, struck, job.state,
+           f"{collected.kept_by_holds} rowsets kept by holds")
+
+
+def test_two_coordinators_and_two_beats_never_make_a_transition_twice(rig: FaultRig) -> None:
+    rig.workers.coordinator(name="extra-coordinator")
+    rig.workers.wait_ready()
+    table, before, job = _start(rig, "two_coordinators")
+    struck = time.time()
+
+    job.wait(JOB_TIMEOUT)
+
+    assert job.state is JobState.COMMITTED, job.message
+    edges = [(e.from_state, e.to_state) for e in job.events]
+    assert edges == [
+        (None, "INITIALIZING"),
+        ("INITIALIZING", "SNAPSHOTING"),
+        ("SNAPSHOTING", "REPLICATING"),
+        ("REPLICATING", "COMMITTED"),
+    ]
+    actors = {e.actor for e in job.events[1:]}
+    rig.assert_clean_end(job, table, before)
+    record("h: two coordinators + two beats", job, struck, job.state, f"actors: {sorted(map(str, actors))}")
+
+
+def test_a_transaction_timeout_aborts_the_job_and_cleans_up(rig: FaultRig) -> None:
+    table, before, job = _start(rig, "txn_timeout", timeout_sec=2)
+    struck = time.time()
+
+    job.wait(JOB_TIMEOUT)
+
+    assert job.state is JobState.ABORTED
+    assert job.message == "transaction timeout reached"
+    wait_until(lambda: rig.scalar(rig.dst, "SELECT count(*) FROM rowsets WHERE state = 'PENDING'") == 0,
+               10, "pending rowsets to go")
+    rig.assert_clean_end(job, table, before)
+    record("i: transaction timeout (2 s)", job, struck, job.state, job.message or "")

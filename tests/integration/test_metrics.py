@@ -1,0 +1,216 @@
+"""The Prometheus endpoint and the operator CLI views, against real workers, Postgres and Redis."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+import redis
+from prometheus_client.parser import text_string_to_metric_families
+
+from app import metrics
+from app.config import Settings
+from app.replication.state import JobState
+from tests.harness import ROOT, free_port, wait_until
+from tests.integration.rig import Rig, rows, start_rig
+
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+@pytest.fixture(scope="module")
+def rig(
+    settings: Settings, test_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Rig]:
+    # 8 MB/s per apply process, so the big job of the watch test runs for a few seconds.
+    yield from start_rig(settings, test_env, tmp_path_factory.mktemp("rig"), "m", bandwidth=8.0)
+
+
+@pytest.fixture(scope="module")
+def endpoint(rig: Rig) -> Iterator[str]:
+    server, thread = metrics.serve(
+        rig.settings, port=free_port(), addr="127.0.0.1", consumers_ttl=0.0
+    )
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/metrics"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def scrape(url: str) -> Samples:
+    with urllib.request.urlopen(url, timeout=30) as resp:
+        text = resp.read().decode()
+    out: Samples = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def pick(samples: Samples, name: str, **labels: str) -> dict[tuple[tuple[str, str], ...], float]:
+    """Samples of ``name`` whose labels include ``labels``."""
+    want = set(labels.items())
+    return {lab: v for (n, lab), v in samples.items() if n == name and want <= set(lab)}
+
+
+def one(samples: Samples, name: str, **labels: str) -> float:
+    found = pick(samples, name, **labels)
+    assert len(found) == 1, f"{name}{labels}: {found}"
+    return next(iter(found.values()))
+
+
+def test_metrics_report_bytes_jobs_lag_and_queues(rig: Rig, endpoint: str) -> None:
+    table = rig.make_tables("mt", buckets=2)
+    rig.src.load(table, rows(4_000, seed=1), label="mt-1")
+    job = rig.replicator.replicate(f"{rig.src.name}:{table}", rig.dst.name).wait(120)
+    assert job.state is JobState.COMMITTED, job.message
+
+    s = scrape(endpoint)
+    dst, src = rig.dst.name, rig.src.name
+    assert one(s, "replicator_up") == 1
+    assert one(s, "replicator_catalog_up", cluster=dst) == 1
+    assert one(s, "replicator_broker_up") == 1
+    assert one(s, "replicator_jobs", cluster=dst, state="COMMITTED") >= 1
+    assert one(s, "replicator_jobs", cluster=dst, state="ABORTED") == 0
+    applied = one(s, "replicator_replicated_bytes_total", cluster=dst, table=table)
+    assert applied == job.progress.bytes_done > 0
+    # 4 partitions x 2 buckets x 2 target replicas, one load: one file per replica at least.
+    assert one(s, "replicator_replicated_files_total", cluster=dst, table=table) >= 16
+    assert one(s, "replicator_task_attempts_total", cluster=dst, kind="APPLY") >= 16
+    assert one(s, "replicator_task_retries_total", cluster=dst, kind="APPLY") >= 0
+    assert one(s, "replicator_task_duration_seconds_count", cluster=dst, kind="APPLY") >= 16
+    assert one(s, "replicator_task_duration_seconds_sum", cluster=dst, kind="APPLY") > 0
+    assert one(s, "replicator_job_duration_seconds_count", cluster=dst, state="COMMITTED") >= 1
+    assert one(s, "replicator_table_last_commit_timestamp_seconds", cluster=dst, table=table) > 0
+    lag = pick(s, "replicator_table_version_lag", cluster=dst, table=table)
+    assert len(lag) == 4 and set(lag.values()) == {0}, lag
+    assert set(pick(s, "replicator_table_lag_seconds", cluster=dst, table=table).values()) == {0}
+    # Every backend queue of both clusters and the coordinator queue have a depth, and each
+    # backend queue has the one rig worker consuming it.
+    for queue in [f"be.{c}.{b}" for c in (src, dst) for b in ("be1", "be2")] + ["coordinator"]:
+        assert one(s, "replicator_queue_length", queue=queue) >= 0
+        assert one(s, "replicator_queue_consumers", queue=queue) == 1, queue
+    assert one(s, "replicator_workers_online") >= 5
+
+    # A new source load: the target is one version behind in the partitions it touched.
+    rig.src.load(table, rows(500, seed=2), label="mt-2")
+    time.sleep(0.05)
+    s = scrape(endpoint)
+    lag = pick(s, "replicator_table_version_lag", cluster=dst, table=table, src_cluster=src)
+    assert set(lag.values()) == {1}, lag  # 500 random days reach every quarter
+    seconds = pick(s, "replicator_table_lag_seconds", cluster=dst, table=table)
+    assert all(v > 0 for v in seconds.values()), seconds
+
+    # ... and caught up again after the next job; the byte counter only grew.
+    again = rig.replicator.replicate(f"{rig.src.name}:{table}", rig.dst.name).wait(120)
+    assert again.state is JobState.COMMITTED, again.message
+    s = scrape(endpoint)
+    assert set(pick(s, "replicator_table_version_lag", cluster=dst, table=table).values()) == {0}
+    assert one(s, "replicator_replicated_bytes_total", cluster=dst, table=table) > applied
+    assert one(s, "replicator_jobs", cluster=dst, state="COMMITTED") >= 2
+
+
+def test_queue_depth_counts_priority_sublists(rig: Rig, endpoint: str) -> None:
+    client = redis.Redis.from_url(rig.settings.broker_url)
+    queue = "be.mnone.be9"  # no worker and no catalog: found by the SCAN of be.*
+    keys = [queue, f"{queue}\x06\x163", f"{queue}\x06\x169"]
+    try:
+        client.lpush(keys[0], "a", "b")
+        client.lpush(keys[1], "c")
+        client.lpush(keys[2], "d")
+        s = scrape(endpoint)
+        assert one(s, "replicator_queue_length", queue=queue) == 4
+        assert one(s, "replicator_queue_consumers", queue=queue) == 0
+    finally:
+        client.delete(*keys)
+
+
+def _cli(rig: Rig, *args: str) -> list[str]:
+    return [sys.executable, "-m", "app.cli", *args]
+
+
+def test_cli_serves_metrics_and_watches_a_running_job(rig: Rig) -> None:
+    env = dict(rig.workers.env)
+    port = free_port()
+    server = subprocess.Popen(
+        _cli(
+            rig,
+            "metrics",
+            "serve",
+            "--port",
+            str(port),
+            "--addr",
+            "127.0.0.1",
+            "--cluster",
+            rig.dst.name,
+            "--cluster",
+            rig.src.name,
+        ),
+        env=env,
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        url = f"http://127.0.0.1:{port}/metrics"
+
+        def up() -> bool:
+            try:
+                return one(scrape(url), "replicator_catalog_up", cluster=rig.dst.name) == 1
+            except OSError:
+                return False
+
+        wait_until(up, 30, "replicator metrics serve", interval=0.2)
+
+        # A table big enough (8 MB/s per apply worker) that the job runs for a few seconds.
+        table = rig.make_tables("mwatch", buckets=8)
+        rig.src.load(table, rows(150_000, seed=3, wide=True), label="mwatch-1")
+        job = rig.replicator.replicate(f"{rig.src.name}:{table}", rig.dst.name)
+        watch = subprocess.run(
+            _cli(
+                rig,
+                "jobs",
+                "watch",
+                "--until-idle",
+                "--cluster",
+                rig.dst.name,
+                "--interval",
+                "0.2",
+                "--timeout",
+                "120",
+            ),
+            env={**env, "COLUMNS": "200"},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=150,
+        )
+        assert watch.returncode == 0, watch.stdout + watch.stderr
+        assert f"{job.ref} COMMITTED" in watch.stdout, watch.stdout
+        assert job.refresh().state is JobState.COMMITTED
+
+        s = scrape(url)
+        assert one(s, "replicator_replicated_bytes_total", cluster=rig.dst.name, table=table) > 0
+        assert not pick(s, "replicator_active_job_bytes", job=job.ref)
+
+        show = subprocess.run(
+            _cli(rig, "job", "show", job.ref),
+            env={**env, "COLUMNS": "200"},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert show.returncode == 0, show.stdout + show.stderr
+        text = show.stdout
+        # 4 partitions x 8 buckets: 32 snapshots and 64 applies, so tasks are grouped.
+        assert "grouped" in text and "plan" in text and "events" in text, text
+        assert f"be.{rig.dst.name}.be1" in text and "p2023q4" in text, text
+    finally:
+        server.terminate()
+        server.wait(10)
