@@ -619,12 +619,24 @@ def main(argv: list[str] | None = None) -> Any:
     except typer.Abort:
         sys.exit(130)
     except Exception as exc:  # click usage errors arrive here with standalone_mode=False
-        import click
-
-        if isinstance(exc, click.ClickException):
-            exc.show()
-            sys.exit(exc.exit_code)
+        if isinstance(exc, _click_exceptions()):
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
         raise
+
+
+def _click_exceptions() -> tuple[type[BaseException], ...]:
+    """Usage errors: click's, and those of the copy of click that newer typer releases bundle."""
+    import click
+
+    found: list[type[BaseException]] = [click.ClickException]
+    try:
+        from typer._click.exceptions import ClickException as TyperClickException
+
+        found.append(TyperClickException)
+    except ImportError:
+        pass
+    return tuple(found)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ import signal
 import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -674,24 +673,30 @@ def replicate(replicator: Any, title: str, label: str, *, create_target: bool) -
 # -- verification ---------------------------------------------------------------------------
 
 
+def _partition_checksum(settings: Any, cluster: str, partition: str) -> Any:
+    """One partition's checksum; runs in a pool process (hashing rows is CPU-bound)."""
+    from app.client import Replicator
+
+    return Replicator(settings).cluster(cluster).checksum(TABLE, [partition])[0]
+
+
 def checksums(replicator: Any) -> tuple[bool, Table]:
-    results: dict[str, Any] = {}
-    errors: dict[str, BaseException] = {}
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
 
-    def compute(name: str) -> None:
-        try:
-            results[name] = {c.partition: c for c in replicator.cluster(name).checksum(TABLE)}
-        except BaseException as exc:  # re-raised in the main thread
-            errors[name] = exc
-
-    with console.status(f"Computing checksums of {TABLE} on {SOURCE} and {TARGET}..."):
-        threads = [threading.Thread(target=compute, args=(n,)) for n in CLUSTERS]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    for exc in errors.values():
-        raise exc
+    units = [
+        (name, p.name) for name in CLUSTERS for p in replicator.cluster(name).partitions(TABLE)
+    ]
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    results: dict[str, dict[str, Any]] = {name: {} for name in CLUSTERS}
+    workers = max(1, min(len(units), os.cpu_count() or 1))
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context(method)) as pool:
+        futures = {
+            unit: pool.submit(_partition_checksum, replicator.settings, *unit) for unit in units
+        }
+        with console.status(f"Computing checksums of {TABLE} on {SOURCE} and {TARGET}..."):
+            for (name, partition), future in futures.items():
+                results[name][partition] = future.result()
     src, dst = results[SOURCE], results[TARGET]
     table = Table(
         title=f"{TABLE} per partition ({SOURCE} / {TARGET} where they differ)",
@@ -768,9 +773,10 @@ class Steps:
         self.times: dict[str, float] = {}
         self._current: tuple[str, float] | None = None
 
-    def begin(self, number: int, title: str, key: str) -> None:
+    def begin(self, number: int, title: str, key: str, *, header: bool = True) -> None:
         self.end()
-        console.print(f"[bold]{number}. {title}[/]")
+        if header:
+            console.print(f"[bold]{number}. {title}[/]")
         self._current = (key, time.monotonic())
 
     def end(self) -> None:
@@ -809,7 +815,15 @@ def run() -> int:
     replicator = Replicator(settings)
     create_clusters(replicator)
 
-    steps.begin(2, f"Data: TPC-H lineitem into {SOURCE}", "data")
+    steps.begin(2, "Workers", "workers")
+    procs, flower_port = start_processes()
+    console.print(
+        f"  started {len(CLUSTERS) * len(BACKENDS)} backend workers (queues "
+        "be.<cluster>.<backend>), the coordinator with beat, and Flower; they boot while the "
+        "data loads"
+    )
+
+    steps.begin(3, f"Data: TPC-H lineitem into {SOURCE}", "data")
     files = generate(sf)
     first, second = files[:-1], files[-1:]
     prod = replicator.cluster(SOURCE)
@@ -823,12 +837,11 @@ def run() -> int:
     load1 = load_files(prod, first, "demo-lineitem-1", f"parts 1-{len(first)} of {PARTS}")
     print_load(load1, SOURCE)
 
-    steps.begin(3, "Workers", "workers")
-    procs, flower_port = start_processes()
+    steps.begin(2, "Workers", "workers", header=False)
     flower_ok = wait_ready(procs, flower_port)
     console.print(
-        f"  {len(CLUSTERS) * len(BACKENDS)} backend workers (queues be.<cluster>.<backend>) "
-        f"and the coordinator with beat are ready; logs in {LOG_DIR.relative_to(ROOT)}/"
+        f"  workers ready: {len(CLUSTERS) * len(BACKENDS)} backend queues and the coordinator "
+        f"(logs in {LOG_DIR.relative_to(ROOT)}/, pids in {PID_DIR.relative_to(ROOT)}/)"
     )
     flower_url = f"http://127.0.0.1:{flower_port}"
     if flower_ok:

@@ -65,7 +65,7 @@ ClusterFactory = Callable[..., ClusterHandle]
 
 
 @pytest.fixture
-def make_cluster(settings: Settings, tmp_path: Path) -> ClusterFactory:
+def make_cluster(settings: Settings, tmp_path: Path) -> Iterator[ClusterFactory]:
     """``make_cluster(backends=3)`` → an initialised cluster with that many backends."""
 
     def make(backends: int = 2, name: str | None = None) -> ClusterHandle:
@@ -76,4 +76,7 @@ def make_cluster(settings: Settings, tmp_path: Path) -> ClusterFactory:
             handle.add_backend(f"be{i}", str(tmp_path / cname / f"be{i}"))
         return handle
 
-    return make
+    yield make
+    # Every cluster is its own database: give their pooled connections back at once, or a
+    # long run exhausts the server's max_connections.
+    dispose_all()

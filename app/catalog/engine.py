@@ -23,7 +23,8 @@ def engine_for(dsn: str) -> Engine:
             return cached[1]
         if cached is not None:  # inherited from the parent: never reuse its sockets
             cached[1].dispose(close=False)
-        engine = sa.create_engine(dsn, pool_pre_ping=True, pool_size=5, max_overflow=10)
+        # Worker processes run one task at a time: a small pool per catalog is plenty.
+        engine = sa.create_engine(dsn, pool_pre_ping=True, pool_size=2, max_overflow=8)
         _engines[dsn] = (pid, engine)
         return engine
 

@@ -254,6 +254,7 @@ class Coordinator:
         for snap in snaps:
             manifest = snap.manifest
             sources = list(manifest["src_backend_ids"])
+            fallback = list(manifest.get("fallback_backend_ids", []))
             for i, backend_id in enumerate(replicas[snap.dst_tablet_id]):
                 rows.append(
                     {
@@ -265,7 +266,7 @@ class Coordinator:
                         "dst_tablet_id": snap.dst_tablet_id,
                         "dst_backend_id": backend_id,
                         # Spread the replicas of one tablet over different source replicas.
-                        "src_backend_ids": _rotate(sources, i),
+                        "src_backend_ids": _rotate(sources, i) + fallback,
                         "queue": queue_name(dst.name, backends[backend_id].name),
                         "manifest": manifest,
                         "incremental": snap.incremental,

@@ -257,11 +257,12 @@ class TaskRunner:
                         self.settings.hold_lease_sec)
             backends = model.list_backends(conn)
         candidates = [int(b) for b in task.src_backend_ids]
-        ordered = order_sources(chosen, [backends[b] for b in candidates])
+        good, fallback = order_sources(chosen, [backends[b] for b in candidates])
         manifest = {
             "incremental": incremental,
             "src_version": plan.src_version,
-            "src_backend_ids": [b.id for b in ordered],
+            "src_backend_ids": [b.id for b in good],
+            "fallback_backend_ids": [b.id for b in fallback],
             "src_roots": {str(b.id): b.storage_root for b in backends.values()},
             "rowsets": [
                 {
@@ -392,15 +393,18 @@ def choose_rowsets(
     return upto, False
 
 
-def order_sources(rowsets: list[model.RowsetInfo], candidates: list[model.Backend]) -> list[model.Backend]:
-    """Candidates that hold every file (by size) first; raise if none can be read at all."""
-    good, bad = [], []
+def order_sources(
+    rowsets: list[model.RowsetInfo], candidates: list[model.Backend]
+) -> tuple[list[model.Backend], list[model.Backend]]:
+    """(replicas that hold every file, by size; the others as a last resort). Raises if no
+    replica holds them all."""
+    good, bad, unreachable = [], [], []
     for backend in candidates:
         storage = storage_for(backend.storage_root)
         try:
             storage.check()
         except StorageUnavailable:
-            bad.append(backend)
+            unreachable.append(backend)
             continue
         complete = all(
             storage.size(f"{rowset_dir(r.tablet_id, r.id)}/{f['name']}") == int(f["size"])
@@ -408,12 +412,18 @@ def order_sources(rowsets: list[model.RowsetInfo], candidates: list[model.Backen
             for f in r.files
         )
         (good if complete else bad).append(backend)
+    if not good and unreachable:
+        # A storage root that cannot be reached may come back: worth another attempt.
+        raise StorageUnavailable(
+            f"source replicas {', '.join(b.name for b in unreachable)} cannot be reached and "
+            f"{', '.join(b.name for b in bad) or 'no other'} lacks files of the snapshot"
+        )
     if not good:
         raise SourceDataGone(
             "no source replica holds every file of the snapshot "
             f"(tried {', '.join(b.name for b in candidates)})"
         )
-    return good + bad
+    return good, bad + unreachable
 
 
 def _verified(storage: StorageClient, path: str, meta: FileMeta) -> bool:

@@ -50,24 +50,25 @@ def flower(rig: Rig, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     env = dict(rig.workers.env)
     env["FLOWER_UNAUTHENTICATED_API"] = "true"  # the JSON API answers 401 without it
     log = tmp_path_factory.mktemp("flower") / "flower.log"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers",
-            f"--broker={rig.redis.url}",
-            "flower",
-            f"--port={port}",
-            "--address=127.0.0.1",
-        ],
-        env=env,
-        cwd=ROOT,
-        stdout=open(log, "wb"),
-        stderr=subprocess.STDOUT,  # noqa: SIM115
-        start_new_session=True,
-    )
+    with open(log, "wb") as out:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "workers",
+                f"--broker={rig.redis.url}",
+                "flower",
+                f"--port={port}",
+                "--address=127.0.0.1",
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     url = f"http://127.0.0.1:{port}"
 
     def healthy() -> bool:

@@ -1,0 +1,108 @@
+"""Admission limits and job history: decided at submit time, so no workers are needed."""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+from app.catalog import schema as s
+from app.client import ClusterHandle, Replicator
+from app.config import Settings
+from app.errors import AdmissionRefused
+from app.replication import jobs
+from tests.conftest import ClusterFactory
+from tests.integration.rig import COLUMNS, PARTITIONS, rows
+
+
+def _pair(make_cluster: ClusterFactory, table: str = "db.t") -> tuple[ClusterHandle, ClusterHandle]:
+    src, dst = make_cluster(backends=2), make_cluster(backends=2)
+    for handle in (src, dst):
+        handle.create_table(table, COLUMNS, partition_by="day", partitions=PARTITIONS, buckets=4,
+                            replication_num=2)
+    src.load(table, rows(2_000, seed=1), label="one")
+    return src, dst
+
+
+def _job_count(dst: ClusterHandle) -> int:
+    with dst.catalog.engine.connect() as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(s.jobs)).scalar_one())
+
+
+def _no_nudge(_cluster: str, _job: int) -> None:
+    return None
+
+
+def test_a_job_over_the_replica_limit_is_refused_and_nothing_is_made(
+    settings: Settings, make_cluster: ClusterFactory
+) -> None:
+    src, dst = _pair(make_cluster)
+    r = Replicator(settings.with_overrides(replication_max_parallel_replica_count=10), _no_nudge)
+    try:
+        r.replicate(f"{src.name}:db.t", dst.name)
+        raise AssertionError("expected AdmissionRefused")
+    except AdmissionRefused as exc:
+        assert "needs 32 tablet replicas" in str(exc)
+        assert "replication_max_parallel_replica_count" in str(exc)
+    assert _job_count(dst) == 0
+
+
+def test_a_job_over_the_data_size_limit_is_refused(settings: Settings, make_cluster: ClusterFactory) -> None:
+    src, dst = _pair(make_cluster)
+    r = Replicator(settings.with_overrides(replication_max_parallel_data_size_mb=0), _no_nudge)
+    try:
+        r.replicate(f"{src.name}:db.t", dst.name)
+        raise AssertionError("expected AdmissionRefused")
+    except AdmissionRefused as exc:
+        assert "replication_max_parallel_data_size_mb" in str(exc)
+    assert _job_count(dst) == 0
+
+
+def test_the_table_count_limit_counts_running_jobs(settings: Settings, make_cluster: ClusterFactory) -> None:
+    src, dst = _pair(make_cluster)
+    for handle in (src, dst):
+        handle.create_table("db.u", COLUMNS, partition_by="day", partitions=PARTITIONS, buckets=2)
+    src.load("db.u", rows(100, seed=2), label="u-one")
+    r = Replicator(settings.with_overrides(replication_max_parallel_table_count=1), _no_nudge)
+    first = r.replicate(f"{src.name}:db.t", dst.name)  # no workers here: it stays running
+    assert first.state == "INITIALIZING"
+    try:
+        r.replicate(f"{src.name}:db.u", dst.name)
+        raise AssertionError("expected AdmissionRefused")
+    except AdmissionRefused as exc:
+        assert "1 replication jobs are running, the limit is 1" in str(exc)
+    assert _job_count(dst) == 1
+    assert first.cancel() is True
+
+
+def test_a_second_job_on_a_table_with_a_running_job_is_refused(
+    settings: Settings, make_cluster: ClusterFactory
+) -> None:
+    src, dst = _pair(make_cluster)
+    r = Replicator(settings, _no_nudge)
+    first = r.replicate(f"{src.name}:db.t", dst.name)
+    try:
+        r.replicate(f"{src.name}:db.t", dst.name)
+        raise AssertionError("expected TableBusy")
+    except Exception as exc:  # noqa: BLE001
+        assert type(exc).__name__ == "TableBusy"
+        assert first.ref in str(exc)
+    assert _job_count(dst) == 1
+
+
+def test_finished_jobs_are_purged_after_the_history_window(
+    settings: Settings, make_cluster: ClusterFactory
+) -> None:
+    src, dst = make_cluster(backends=1), make_cluster(backends=1)
+    for handle in (src, dst):
+        handle.create_table("db.t", COLUMNS, partition_by="day", partitions=PARTITIONS)
+    r = Replicator(settings, _no_nudge)
+    done = r.replicate(f"{src.name}:db.t", dst.name)  # nothing loaded: up to date at once
+    assert done.state == "COMMITTED"
+    src.load("db.t", rows(10, seed=3), label="x")
+    running = r.replicate(f"{src.name}:db.t", dst.name)
+    assert running.state == "INITIALIZING"
+
+    assert jobs.purge_history(settings, dst.name) == 0  # within the 7-day default
+    purged = jobs.purge_history(settings.with_overrides(history_job_keep_max_second=0), dst.name)
+
+    assert purged == 1
+    assert [j.id for j in r.jobs(dst.name)] == [running.id]
