@@ -21,6 +21,7 @@ services:
 
 ## The test command: unit + integration (everything except tests/faults).
 test: install services
+	bash scripts/ensure_chromium.sh
 	$(PYTHON) -m pytest -q tests --ignore=tests/faults -p no:cacheprovider $(PYTEST_ARGS)
 
 faults: install services

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from app.client import Replicator
@@ -85,14 +86,18 @@ def table_create(
     replication_num: int = 1,
 ) -> None:
     """Create a table with range partitions and hash buckets."""
-    info = _replicator().cluster(cluster).create_table(
-        table,
-        column,
-        partition_by=partition_by,
-        partitions=[PartitionSpec.parse(p) for p in partition or []],
-        distributed_by=distributed_by or [],
-        buckets=buckets,
-        replication_num=replication_num,
+    info = (
+        _replicator()
+        .cluster(cluster)
+        .create_table(
+            table,
+            column,
+            partition_by=partition_by,
+            partitions=[PartitionSpec.parse(p) for p in partition or []],
+            distributed_by=distributed_by or [],
+            buckets=buckets,
+            replication_num=replication_num,
+        )
     )
     out.print(
         f"table {info.full_name} created: schema hash {info.schema_hash}, "
@@ -106,8 +111,12 @@ def table_list(cluster: str) -> None:
     t = Table("table", "columns", "partition by", "buckets", "replicas", "schema hash")
     for info in _replicator().cluster(cluster).tables():
         t.add_row(
-            info.full_name, str(len(info.columns)), info.partition_column or "-",
-            str(info.buckets), str(info.replication_num), str(info.schema_hash),
+            info.full_name,
+            str(len(info.columns)),
+            info.partition_column or "-",
+            str(info.buckets),
+            str(info.replication_num),
+            str(info.schema_hash),
         )
     out.print(t)
 
@@ -135,8 +144,10 @@ def load(
     overwrite: bool = False,
 ) -> None:
     """Load a Parquet, CSV or Arrow file as one transaction."""
-    res = _replicator().cluster(cluster).load(
-        table, str(path), label=label, overwrite=overwrite, format=format
+    res = (
+        _replicator()
+        .cluster(cluster)
+        .load(table, str(path), label=label, overwrite=overwrite, format=format)
     )
     if res.already_loaded:
         out.print(f"label {label} was already loaded (transaction {res.txn_id}); nothing to do")
@@ -153,7 +164,9 @@ def compact(
 ) -> None:
     """Merge each tablet's visible rowsets into one."""
     rep = _replicator().cluster(cluster).compact(table, partitions=partition)
-    out.print(f"compacted {rep.tablets} tablets: {rep.rowsets_merged} rowsets into {rep.rowsets_written}")
+    out.print(
+        f"compacted {rep.tablets} tablets: {rep.rowsets_merged} rowsets into {rep.rowsets_written}"
+    )
 
 
 @cli.command("gc")
@@ -204,10 +217,17 @@ def replicate(
 
     r = _replicator()
     job = r.replicate(
-        src, dst, partitions=partition, label=label, create_target=create_target,
+        src,
+        dst,
+        partitions=partition,
+        label=label,
+        create_target=create_target,
         replication_num=replication_num,
     )
-    out.print(f"job {job.ref} ({job.label}): {job.state}" + (f" - {job.message}" if job.message else ""))
+    out.print(
+        f"job {job.ref} ({job.label}): {job.state}"
+        + (f" - {escape(job.message)}" if job.message else "")
+    )
     if not wait or job.state.final:
         if job.state == "ABORTED":
             sys.exit(1)
@@ -216,24 +236,31 @@ def replicate(
 
     deadline = time.monotonic() + timeout
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TimeElapsedColumn(),
-        console=err, transient=True,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=True,
     ) as bar:
         task = bar.add_task(job.ref, total=None)
         while not job.refresh().state.final and time.monotonic() < deadline:
             p = job.progress
             bar.update(
-                task, description=f"{job.ref} {job.state}", completed=p.bytes_done,
+                task,
+                description=f"{job.ref} {job.state}",
+                completed=p.bytes_done,
                 total=p.bytes_total or None,
             )
             time.sleep(0.2)
-    out.print(f"job {job.ref}: {job.state} - {job.message or ''}")
+    out.print(f"job {job.ref}: {job.state} - {escape(job.message or '')}")
     if job.state != "COMMITTED":
         sys.exit(1)
 
 
 jobs_cli = typer.Typer(
-    invoke_without_command=True, no_args_is_help=False,
+    invoke_without_command=True,
+    no_args_is_help=False,
     help="List replication jobs (newest first), or watch the running ones.",
 )
 cli.add_typer(jobs_cli, name="jobs")
@@ -265,8 +292,13 @@ def jobs(
         for job in r.jobs(name, state=state, limit=limit):
             rec = job.record
             t.add_row(
-                rec.ref, rec.label, rec.state, rec.src, rec.dst,
-                rec.created_at.strftime("%Y-%m-%d %H:%M:%S"), rec.message or "",
+                rec.ref,
+                rec.label,
+                rec.state,
+                rec.src,
+                rec.dst,
+                rec.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                escape(rec.message or ""),
             )
     out.print(t)
 
@@ -336,9 +368,13 @@ def jobs_watch(
     seen: dict[str, Any] = {}  # job ref -> progress task id
     aborted = False
     with Progress(
-        TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(),
-        TextColumn("{task.fields[detail]}"), TextColumn("[dim]{task.fields[age]}"),
-        console=out, refresh_per_second=4,
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[detail]}"),
+        TextColumn("[dim]{task.fields[age]}"),
+        console=out,
+        refresh_per_second=4,
     ) as bars:
         while True:
             if not cluster and time.monotonic() - names_at > 10:
@@ -379,8 +415,12 @@ def jobs_watch(
                     )
                 else:
                     bars.update(
-                        seen[ref], description=desc, total=total, completed=done,
-                        detail=detail, age=age,
+                        seen[ref],
+                        description=desc,
+                        total=total,
+                        completed=done,
+                        detail=detail,
+                        age=age,
                     )
             for ref in [x for x in seen if x not in active]:
                 bars.remove_task(seen.pop(ref))
@@ -394,10 +434,11 @@ def jobs_watch(
                     aborted |= rec.state == "ABORTED"
                     bars.console.print(
                         f"[{colour}]{ref} {rec.state}[/] {rec.src} → {rec.dst} in {_duration(took)}"
-                        + (f" - {rec.message}" if rec.message else "")
+                        + (f" - {escape(rec.message)}" if rec.message else ""),
+                        highlight=False,
                     )
                 except ReplicatorError as exc:
-                    bars.console.print(f"{ref}: {exc}")
+                    bars.console.print(f"{ref}: {escape(str(exc))}", highlight=False)
             if until_idle and not active:
                 if not seen and not aborted and time.monotonic() - started < interval * 2:
                     bars.console.print("no running jobs")
@@ -407,7 +448,10 @@ def jobs_watch(
                     f"[yellow]still {len(active)} running job(s) after {timeout:.0f}s[/]"
                 )
                 sys.exit(1)
-            time.sleep(interval)
+            try:
+                time.sleep(interval)
+            except KeyboardInterrupt:
+                break  # Ctrl-C: leave the last frame on screen, exit quietly
     if aborted:
         sys.exit(1)
 
@@ -427,7 +471,7 @@ def job_show(
     rec = job.record
     out.print(f"[bold]job {rec.ref}[/] {rec.label}: [bold]{rec.state}[/] {rec.src} → {rec.dst}")
     ended = rec.finished_at.strftime("%Y-%m-%d %H:%M:%S") if rec.finished_at else "-"
-    took = ((rec.finished_at - rec.created_at).total_seconds() if rec.finished_at else None)
+    took = (rec.finished_at - rec.created_at).total_seconds() if rec.finished_at else None
     opts = ", ".join(f"{k}={v}" for k, v in sorted(rec.options.items()) if v not in (None, False))
     out.print(
         f"created {rec.created_at:%Y-%m-%d %H:%M:%S}, finished {ended}"
@@ -437,7 +481,7 @@ def job_show(
         + (", cancel requested" if rec.cancel_requested and not rec.state.final else "")
     )
     if rec.message:
-        out.print(f"message: {rec.message}")
+        out.print(f"message: {escape(rec.message)}")
     p = job.progress
     out.print(
         f"progress: snapshots {p.snapshots_done}/{p.snapshots_total} "
@@ -456,20 +500,42 @@ def job_show(
     for jp in job.partitions():
         cur = now.get(jp.partition_name)
         pt.add_row(
-            jp.partition_name, jp.mode, f"{jp.src_version} ({jp.src_epoch})",
+            jp.partition_name,
+            jp.mode,
+            f"{jp.src_version} ({jp.src_epoch})",
             f"{jp.dst_version} ({jp.dst_epoch})",
             f"{cur.visible_version} ({cur.version_epoch})" if cur else "-",
         )
     out.print(pt)
     tasks = job.tasks()
     if tasks and (len(tasks) <= 50 or all_tasks):
-        tt = Table("task", "kind", "partition", "bucket", "queue", "state", "attempts", "bytes",
-                   "worker", "error", title="tasks")
+        tt = Table(
+            "task",
+            "kind",
+            "partition",
+            "bucket",
+            "queue",
+            "state",
+            "attempts",
+            "bytes",
+            "worker",
+            "error",
+            title="tasks",
+        )
         for task in tasks:
             tt.add_row(
-                str(task.id), task.kind, task.partition_name, str(task.bucket), task.queue,
-                task.state, str(task.attempts), f"{task.bytes_done}/{task.bytes_total}",
-                task.worker or "", task.error or "",
+                str(task.id),
+                task.kind,
+                task.partition_name,
+                str(task.bucket),
+                task.queue,
+                task.state,
+                str(task.attempts),
+                str(task.bytes_total)
+                if task.kind == "SNAPSHOT"
+                else f"{task.bytes_done}/{task.bytes_total}",
+                task.worker or "",
+                escape(task.error or ""),
             )
         out.print(tt)
     elif tasks:
@@ -477,16 +543,26 @@ def job_show(
         groups: dict[tuple[str, str], list[Any]] = defaultdict(list)
         for task in tasks:
             groups[(task.kind, task.queue)].append(task)
-        gt = Table("kind", "queue", "tasks", *[x.lower() for x in states], "retries", "bytes",
-                   title=f"tasks ({len(tasks)}, grouped; --all-tasks lists each)")
+        gt = Table(
+            "kind",
+            "queue",
+            "tasks",
+            *[x.lower() for x in states],
+            "retries",
+            "bytes",
+            title=f"tasks ({len(tasks)}, grouped; --all-tasks lists each)",
+        )
         for (kind, queue), rows in sorted(groups.items()):
             c = Counter(x.state for x in rows)
             done_b = sum(x.bytes_done for x in rows)
             total_b = sum(x.bytes_total for x in rows)
             gt.add_row(
-                kind, queue, str(len(rows)), *[str(c.get(x, 0) or "") for x in states],
+                kind,
+                queue,
+                str(len(rows)),
+                *[str(c.get(x, 0) or "") for x in states],
                 str(sum(max(x.attempts - 1, 0) for x in rows) or ""),
-                f"{_size(done_b)}/{_size(total_b)}",
+                _size(total_b) if kind == "SNAPSHOT" else f"{_size(done_b)}/{_size(total_b)}",
             )
         out.print(gt)
     errors: dict[str, list[int]] = defaultdict(list)
@@ -497,12 +573,15 @@ def job_show(
         et = Table("count", "tasks", "error", title="task errors")
         for message, ids in sorted(errors.items(), key=lambda kv: -len(kv[1]))[:10]:
             shown = ", ".join(map(str, ids[:5])) + (", …" if len(ids) > 5 else "")
-            et.add_row(str(len(ids)), shown, message)
+            et.add_row(str(len(ids)), shown, escape(message))
         out.print(et)
     ev = Table("at", "from", "to", "reason", "by", title="events")
     for e in job.events:
         ev.add_row(
-            e.at.strftime("%H:%M:%S.%f")[:-3], e.from_state or "", e.to_state, e.reason,
+            e.at.strftime("%H:%M:%S.%f")[:-3],
+            e.from_state or "",
+            e.to_state,
+            escape(e.reason),
             e.actor or "",
         )
     out.print(ev)
@@ -572,35 +651,68 @@ def worker(
     backend: Annotated[str, typer.Option(help="Backend whose queue to serve")],
     concurrency: int = 2,
 ) -> None:
-    """Start a Celery worker for one backend's queue be.CLUSTER.BACKEND (extra args go to celery)."""
+    """Start a Celery worker for the queue be.CLUSTER.BACKEND (extra args go to celery)."""
     import os
 
     r = _replicator()
     r.cluster(cluster).catalog.backend(backend)  # a clear error for unknown names
     queue = f"be.{cluster}.{backend}"
     args = [
-        sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", queue,
-        "-n", f"{queue}@%h", "-c", str(concurrency), "--prefetch-multiplier", "1", "-E",
-        "--loglevel", "INFO", *ctx.args,
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers",
+        "worker",
+        "-Q",
+        queue,
+        "-n",
+        f"{queue}@%h",
+        "-c",
+        str(concurrency),
+        "--prefetch-multiplier",
+        "1",
+        "-E",
+        "--loglevel",
+        "INFO",
+        *ctx.args,
     ]
     os.execv(sys.executable, args)
 
 
-@cli.command("coordinator", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@cli.command(
+    "coordinator", context_settings={"allow_extra_args": True, "ignore_unknown_options": True}
+)
 def coordinator(
     ctx: typer.Context,
     concurrency: int = 2,
     beat: Annotated[bool, typer.Option(help="Also run the beat scheduler in this process")] = True,
-    schedule: Annotated[Path, typer.Option(help="Beat schedule file")] = Path("var/celerybeat-schedule"),
+    schedule: Annotated[Path, typer.Option(help="Beat schedule file")] = Path(
+        "var/celerybeat-schedule"
+    ),
 ) -> None:
     """Start the coordinator worker (queue `coordinator`) and, by default, the beat tick."""
     import os
 
     schedule.parent.mkdir(parents=True, exist_ok=True)
     args = [
-        sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", "coordinator",
-        "-n", "coordinator@%h", "-c", str(concurrency), "--prefetch-multiplier", "1", "-E",
-        "--loglevel", "INFO",
+        sys.executable,
+        "-m",
+        "celery",
+        "-A",
+        "workers",
+        "worker",
+        "-Q",
+        "coordinator",
+        "-n",
+        "coordinator@%h",
+        "-c",
+        str(concurrency),
+        "--prefetch-multiplier",
+        "1",
+        "-E",
+        "--loglevel",
+        "INFO",
     ]
     if beat:
         args += ["-B", "-s", str(schedule)]

@@ -14,7 +14,7 @@ What it does, end to end, on one machine:
 7. prints a summary. The workers and Flower keep running until ``make demo-down``.
 
 Settings come from ``load_settings()`` (``replicator.toml`` / ``REPLICATOR_*``); the workers inherit
-the same environment. ``DEMO_SCALE_FACTOR`` changes the size of the data (default 0.25).
+the same environment. ``DEMO_SCALE_FACTOR`` changes the size of the data (default 0.3).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ import argparse
 import contextlib
 import itertools
 import os
+import re
 import shutil
 import signal
 import socket
@@ -40,15 +41,14 @@ if str(ROOT) not in sys.path:  # bench/ is not a package: make `bench.common` im
 
 from rich import box  # noqa: E402
 from rich.console import Console  # noqa: E402
+from rich.markup import escape  # noqa: E402
 from rich.progress import (  # noqa: E402
     BarColumn,
-    DownloadColumn,
     Progress,
     SpinnerColumn,
     TaskProgressColumn,
     TextColumn,
     TimeElapsedColumn,
-    TransferSpeedColumn,
 )
 from rich.table import Table  # noqa: E402
 
@@ -67,14 +67,19 @@ REPLICATION_NUM = 2
 # tpchgen writes PARTS disjoint slices of the data; the first load takes all but the last one,
 # the second load (the incremental step) takes the last one.
 PARTS = 10
-DEFAULT_SCALE_FACTOR = 0.25
+DEFAULT_SCALE_FACTOR = 0.3
 FLOWER_PORT = 5555
 READY_TIMEOUT_SEC = 120.0
 JOB_TIMEOUT_SEC = 900.0
+STALL_TIMEOUT_SEC = 180.0  # a job whose progress does not move for this long is reported
 STOP_TIMEOUT_SEC = 20.0
 MB = 1_000_000
 
-console = Console(highlight=False)
+# Piped output (CI logs) has no width to respect; rich would wrap it at 80 columns.
+console = Console(
+    highlight=False, width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 110
+)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 class DemoError(Exception):
@@ -112,7 +117,8 @@ def _is_demo_process(pid: int) -> bool:
             return True
         return True
     stat = _proc_stat(pid)
-    return b"celery" in cmdline and stat is not None and stat[0] != "Z"
+    ours = b"celery" in cmdline and b"workers" in cmdline
+    return ours and stat is not None and stat[0] != "Z"
 
 
 def _group_alive(pgid: int) -> bool:
@@ -265,58 +271,14 @@ def start_processes() -> tuple[list[Spawned], int]:
     env = _worker_env()
     celery = [sys.executable, "-m", "celery", "-A", "workers"]
     procs: list[Spawned] = []
+    worker = "worker --prefetch-multiplier 1 -E --loglevel INFO --without-mingle --without-gossip"
     for cluster in CLUSTERS:
         for backend in BACKENDS:
             queue = f"be.{cluster}.{backend}"
-            procs.append(
-                _spawn(
-                    queue,
-                    [
-                        *celery,
-                        "worker",
-                        "-Q",
-                        queue,
-                        "-n",
-                        f"{queue}@%h",
-                        "-c",
-                        "1",
-                        "--prefetch-multiplier",
-                        "1",
-                        "-E",
-                        "--loglevel",
-                        "INFO",
-                        "--without-mingle",
-                        "--without-gossip",
-                    ],
-                    env,
-                )
-            )
-    procs.append(
-        _spawn(
-            "coordinator",
-            [
-                *celery,
-                "worker",
-                "-Q",
-                "coordinator",
-                "-n",
-                "coordinator@%h",
-                "-c",
-                "2",
-                "--prefetch-multiplier",
-                "1",
-                "-E",
-                "--loglevel",
-                "INFO",
-                "--without-mingle",
-                "--without-gossip",
-                "-B",
-                "-s",
-                str(BEAT_SCHEDULE),
-            ],
-            env,
-        )
-    )
+            args = [*celery, *worker.split(), "-Q", queue, "-n", f"{queue}@%h", "-c", "1"]
+            procs.append(_spawn(queue, args, env))
+    args = [*celery, *worker.split(), "-Q", "coordinator", "-n", "coordinator@%h", "-c", "2"]
+    procs.append(_spawn("coordinator", [*args, "-B", "-s", str(BEAT_SCHEDULE)], env))
     port = FLOWER_PORT if _port_free(FLOWER_PORT) else _free_port()
     procs.append(
         _spawn(
@@ -420,6 +382,22 @@ def reset_clusters(settings: Any) -> None:
     for leftover in DEMO_DIR.glob("beat-schedule*"):
         leftover.unlink(missing_ok=True)
     shutil.rmtree(LOG_DIR, ignore_errors=True)
+
+
+def note_other_clusters(settings: Any) -> None:
+    """The coordinator serves every cluster its DSN template matches, not only the demo's."""
+    from app.catalog.engine import discover_clusters
+
+    others = [
+        c
+        for c in discover_clusters(settings.dsn_template, list(settings.clusters))
+        if c not in CLUSTERS
+    ]
+    if others:
+        console.print(
+            f"  [yellow]note:[/] {len(others)} other clusters match the DSN template "
+            f"(e.g. {others[0]}); the demo's coordinator will also tick their jobs"
+        )
 
 
 def purge_demo_queues(broker_url: str) -> int:
@@ -537,11 +515,14 @@ def load_files(handle: Any, files: Sequence[Path], label: str, what: str) -> Loa
 
 
 def print_load(report: LoadReport, cluster: str) -> None:
-    versions = ", ".join(f"{p}=v{v}" for p, v in sorted(report.versions.items()))
+    versions = sorted(set(report.versions.values()))
+    if len(versions) == 1:
+        where = f"partitions now at v{versions[0]}"
+    else:
+        where = ", ".join(f"{p}=v{v}" for p, v in sorted(report.versions.items()))
     console.print(
-        f"  loaded {report.rows:,} rows into {cluster}:{TABLE} in {report.seconds:.1f}s: "
-        f"{report.files} rowset files, {report.bytes / MB:.1f} MB with replicas "
-        f"({versions})"
+        f"  loaded {report.rows:,} rows in {report.seconds:.1f}s: {report.files} rowsets, "
+        f"{report.bytes / MB:.1f} MB with replicas; {where}"
     )
 
 
@@ -603,17 +584,19 @@ def replicate(replicator: Any, title: str, label: str, *, create_target: bool) -
         f"  submitted job [bold]{job.ref}[/] ({job.label}): {SOURCE}:{TABLE} -> {TARGET}:{TABLE}"
     )
     deadline = started + JOB_TIMEOUT_SEC
+    last_change, last_seen = time.monotonic(), None
     with Progress(
         TextColumn("  {task.description:<12}"),
         BarColumn(bar_width=24),
-        DownloadColumn(),
-        TransferSpeedColumn(),
+        TextColumn("{task.fields[size]:>15}"),
+        TextColumn("{task.fields[speed]:>11}"),
         TextColumn("{task.fields[detail]}"),
         TimeElapsedColumn(),
         console=console,
         disable=not console.is_terminal,
     ) as bar:
-        task = bar.add_task(str(job.state), total=None, detail="")
+        task = bar.add_task(str(job.state), total=None, size="", speed="", detail="")
+        copy_started: float | None = None
         while True:
             job.refresh()
             p = job.progress
@@ -621,21 +604,39 @@ def replicate(replicator: Any, title: str, label: str, *, create_target: bool) -
                 detail = f"snapshots {p.snapshots_done}/{p.snapshots_total}"
             else:
                 detail = f"replicas {p.tablets_done}/{p.tablets_total}"
+            size = speed = ""
+            if p.bytes_total:
+                copy_started = copy_started or time.monotonic()
+                size = f"{p.bytes_done / MB:.1f}/{p.bytes_total / MB:.1f} MB"
+                took = time.monotonic() - copy_started
+                if took > 0.5 and p.bytes_done:
+                    speed = f"{p.bytes_done / MB / took:.1f} MB/s"
             bar.update(
                 task,
                 description=str(job.state),
                 completed=p.bytes_done,
                 total=p.bytes_total or None,
+                size=size,
+                speed=speed,
                 detail=detail,
             )
             if job.state.final:
                 if p.bytes_total:
                     bar.update(task, completed=p.bytes_total, total=p.bytes_total)
                 break
-            if time.monotonic() > deadline:
+            seen = (job.state, p.snapshots_done, p.tablets_done, p.bytes_done)
+            if seen != last_seen:
+                last_seen, last_change = seen, time.monotonic()
+            stalled = time.monotonic() - last_change
+            if stalled > STALL_TIMEOUT_SEC or time.monotonic() > deadline:
+                why = (
+                    f"made no progress for {stalled:.0f}s"
+                    if stalled > STALL_TIMEOUT_SEC
+                    else (f"is not done after {JOB_TIMEOUT_SEC:.0f}s")
+                )
                 raise DemoError(
-                    f"job {job.ref} is still {job.state} after {JOB_TIMEOUT_SEC:.0f}s; see "
-                    f"`replicator job show {job.ref}` and {LOG_DIR.relative_to(ROOT)}/"
+                    f"job {job.ref} {why} (state {job.state}, {detail}); see "
+                    f"`replicator job show {job.ref}`, Flower and {LOG_DIR.relative_to(ROOT)}/"
                 )
             time.sleep(0.2)
     client_seconds = time.monotonic() - started
@@ -661,12 +662,13 @@ def replicate(replicator: Any, title: str, label: str, *, create_target: bool) -
     colour = "green" if report.state == "COMMITTED" else "red"
     phases = ", ".join(f"{k.lower()} {v:.1f}s" for k, v in report.phases.items())
     console.print(
-        f"  job {report.ref} [{colour}]{report.state}[/] in {report.seconds:.1f}s"
-        + (f" ({phases})" if phases else "")
-        + f": {report.bytes / MB:.1f} MB, {report.replicas_done}/{report.replicas} replicas, "
-        f"tablets {report.incremental_tablets} incremental / {report.full_tablets} full"
-        + (f" - {report.message}" if report.message else "")
+        f"  job {report.ref} [{colour}]{report.state}[/] in {report.seconds:.1f}s: "
+        f"{report.bytes / MB:.1f} MB, {report.replicas_done}/{report.replicas} replicas, "
+        f"{report.full_tablets} full + {report.incremental_tablets} incremental tablets"
+        + (f" - {escape(report.message)}" if report.message and report.state != "COMMITTED" else "")
     )
+    if phases:
+        console.print(f"    {phases}")
     return report
 
 
@@ -699,9 +701,10 @@ def checksums(replicator: Any) -> tuple[bool, Table]:
                 results[name][partition] = future.result()
     src, dst = results[SOURCE], results[TARGET]
     table = Table(
-        title=f"{TABLE} per partition ({SOURCE} / {TARGET} where they differ)",
+        title=f"{TABLE} per partition (where they differ: {SOURCE} above, {TARGET} below)",
         title_justify="left",
         box=box.SIMPLE_HEAD,
+        pad_edge=False,
     )
     for col, right in (
         ("partition", False),
@@ -709,9 +712,9 @@ def checksums(replicator: Any) -> tuple[bool, Table]:
         ("version", True),
         ("epoch", True),
         ("checksum", False),
-        (f"{SOURCE} = {TARGET}", False),
+        ("same", False),
     ):
-        table.add_column(col, justify="right" if right else "left")
+        table.add_column(col, justify="right" if right else "left", no_wrap=True)
     all_equal = set(src) == set(dst) and bool(src)
     for name in sorted(set(src) | set(dst)):
         a, b = src.get(name), dst.get(name)
@@ -725,7 +728,7 @@ def checksums(replicator: Any) -> tuple[bool, Table]:
         def pair(attr: str, fmt: str = "{}", a: Any = a, b: Any = b) -> str:
             x = fmt.format(getattr(a, attr)) if a is not None else "-"
             y = fmt.format(getattr(b, attr)) if b is not None else "-"
-            return x if x == y else f"[red]{x} / {y}[/]"
+            return x if x == y else f"[red]{x}\n{y}[/]"
 
         table.add_row(
             name,
@@ -760,7 +763,7 @@ def preflight(settings: Any) -> None:
         redis.Redis.from_url(settings.broker_url, socket_connect_timeout=3).ping()
     except Exception as exc:
         raise DemoError(
-            f"cannot reach the Redis broker at {settings.broker_url}: {_one_line(exc)} "
+            f"cannot reach the Redis broker at {_safe_url(settings.broker_url)}: {_one_line(exc)} "
             "(is it running? `make services`)"
         ) from None
 
@@ -805,10 +808,14 @@ def run() -> int:
     preflight(settings)
 
     steps.begin(1, "Clusters", "reset")
-    stopped = stop_processes()
+    stopped = stop_processes(verbose=False)
     if stopped:
-        console.print(f"  stopped {len(stopped)} processes left from a previous demo run")
+        console.print(
+            f"  stopped {len(stopped)} processes left from a previous demo run "
+            f"({', '.join(stopped)})"
+        )
     reset_clusters(settings)
+    note_other_clusters(settings)
     dropped = purge_demo_queues(settings.broker_url)
     if dropped:
         console.print(f"  dropped {dropped} stale messages from the demo's backend queues")
@@ -818,9 +825,9 @@ def run() -> int:
     steps.begin(2, "Workers", "workers")
     procs, flower_port = start_processes()
     console.print(
-        f"  started {len(CLUSTERS) * len(BACKENDS)} backend workers (queues "
-        "be.<cluster>.<backend>), the coordinator with beat, and Flower; they boot while the "
-        "data loads"
+        f"  starting in the background: {len(CLUSTERS) * len(BACKENDS)} backend workers "
+        f"(be.{CLUSTERS[0]}.{BACKENDS[0]} .. be.{CLUSTERS[-1]}.{BACKENDS[-1]}), "
+        "coordinator + beat, Flower"
     )
 
     steps.begin(3, f"Data: TPC-H lineitem into {SOURCE}", "data")
@@ -830,9 +837,8 @@ def run() -> int:
     info = create_lineitem(prod, TABLE, buckets=BUCKETS, replication_num=REPLICATION_NUM)
     n_parts = len(prod.partitions(TABLE))
     console.print(
-        f"  created {SOURCE}:{info.full_name}: {n_parts} range partitions on l_shipdate x "
-        f"{info.buckets} buckets = {n_parts * info.buckets} tablets, replication_num "
-        f"{info.replication_num}"
+        f"  created {SOURCE}:{info.full_name}: {n_parts} range partitions x {info.buckets} "
+        f"buckets = {n_parts * info.buckets} tablets, {info.replication_num} replicas each"
     )
     load1 = load_files(prod, first, "demo-lineitem-1", f"parts 1-{len(first)} of {PARTS}")
     print_load(load1, SOURCE)
@@ -840,8 +846,8 @@ def run() -> int:
     steps.begin(2, "Workers", "workers", header=False)
     flower_ok = wait_ready(procs, flower_port)
     console.print(
-        f"  workers ready: {len(CLUSTERS) * len(BACKENDS)} backend queues and the coordinator "
-        f"(logs in {LOG_DIR.relative_to(ROOT)}/, pids in {PID_DIR.relative_to(ROOT)}/)"
+        f"  workers ready ({len(CLUSTERS) * len(BACKENDS)} backends + coordinator); "
+        f"logs {LOG_DIR.relative_to(ROOT)}/, pids {PID_DIR.relative_to(ROOT)}/"
     )
     flower_url = f"http://127.0.0.1:{flower_port}"
     if flower_ok:
@@ -923,7 +929,7 @@ def run() -> int:
     if not committed:
         failed = next((j for j in jobs if j.state != "COMMITTED"), None)
         why = f"job {failed.ref} {failed.state}: {failed.message or 'no message'}" if failed else ""
-        console.print(f"[red]demo failed:[/] {why}")
+        console.print(f"[red]demo failed:[/] {escape(why)}")
         return 1
     if not equal:
         console.print(f"[red]demo failed:[/] {TARGET}:{TABLE} does not equal {SOURCE}:{TABLE}")
@@ -939,6 +945,11 @@ def down() -> int:
     else:
         console.print("no demo processes are running")
     return 0
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password."""
+    return re.sub(r"://[^@/]*@", "://***@", url)
 
 
 def _one_line(exc: BaseException) -> str:
@@ -960,13 +971,13 @@ def main(argv: list[str] | None = None) -> int:
         console.print("\n[yellow]interrupted[/]")
         code = 130
     except DemoError as exc:
-        console.print(f"[red]error:[/] {exc}")
+        err_console.print(f"[red]error:[/] {escape(str(exc))}")
         code = 1
     except ReplicatorError as exc:
-        console.print(f"[red]error:[/] {_one_line(exc)}")
+        err_console.print(f"[red]error:[/] {escape(_one_line(exc))}")
         code = 1
     except Exception as exc:  # one clear line, never a traceback
-        console.print(f"[red]error:[/] {type(exc).__name__}: {_one_line(exc)}")
+        err_console.print(f"[red]error:[/] {type(exc).__name__}: {escape(_one_line(exc))}")
         if os.environ.get("DEMO_DEBUG"):
             raise
         code = 1

@@ -40,8 +40,10 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.registry import Collector, CollectorRegistry
+from sqlalchemy.engine import Engine
+from sqlalchemy.pool import NullPool
 
-from app.catalog.engine import discover_clusters, engine_for
+from app.catalog.engine import discover_clusters
 from app.config import Settings
 
 log = logging.getLogger(__name__)
@@ -84,12 +86,12 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "gauge",
         "Bytes of a running job's apply tasks: done and total (total known once "
         "snapshots are done).",
-        ("cluster", "job", "table", "kind"),
+        ("cluster", "job_ref", "table", "kind"),
     ),
     "replicator_active_job_replicas": (
         "gauge",
         "Target replicas of a running job: applied and total.",
-        ("cluster", "job", "table", "kind"),
+        ("cluster", "job_ref", "table", "kind"),
     ),
     "replicator_replicated_bytes": (
         "counter",
@@ -317,6 +319,17 @@ class ReplicatorCollector(Collector):
         self._consumers: tuple[float, dict[str, int] | None, int] = (0.0, None, 0)
         self._celery: Any = None
         self._redis: Any = None
+        self._engines: dict[str, Engine] = {}
+
+    def _engine(self, cluster: str) -> Engine:
+        # No pool: a scrape every 15-30 s must not hold a connection to every catalog between
+        # scrapes (an exporter over many clusters would eat into max_connections for nothing).
+        dsn = self.settings.dsn(cluster)
+        engine = self._engines.get(dsn)
+        if engine is None:
+            engine = sa.create_engine(dsn, poolclass=NullPool)
+            self._engines[dsn] = engine
+        return engine
 
     # prometheus_client calls describe() at registration; answering it avoids a scrape then.
     def describe(self) -> Iterable[Metric]:
@@ -360,7 +373,7 @@ class ReplicatorCollector(Collector):
 
     def _scrape_cluster(self, name: str) -> ClusterScrape:
         sc = ClusterScrape(name)
-        engine = engine_for(self.settings.dsn(name))
+        engine = self._engine(name)
         with engine.connect() as conn:
             sc.queues = {
                 f"be.{name}.{b}" for (b,) in conn.execute(sa.text("SELECT name FROM backends"))
@@ -488,7 +501,7 @@ class ReplicatorCollector(Collector):
             if src_cluster in down:
                 continue
             try:
-                with engine_for(self.settings.dsn(src_cluster)).connect() as conn:
+                with self._engine(src_cluster).connect() as conn:
                     parts: dict[str, dict[str, tuple[int, float]]] = defaultdict(dict)
                     for r in conn.execute(PARTITIONS_SQL, {"names": sorted(tables)}):
                         parts[r.full_name][r.name] = (int(r.visible_version), float(r.age or 0.0))

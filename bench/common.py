@@ -441,6 +441,9 @@ class PrivatePostgres:
         )
         return self
 
+    def postmaster_pid(self) -> int:
+        return int((self.data / "postmaster.pid").read_text().split()[0])
+
     def stop(self) -> None:
         subprocess.run(
             self._as_owner(

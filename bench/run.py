@@ -126,6 +126,12 @@ class Run:
     results: list[dict[str, Any]] = field(default_factory=list)
     machine: dict[str, str] = field(default_factory=dict)
     profile_dir: Path | None = None
+    pg_pid: int | None = None  # postmaster of a private Postgres (its CPU time is measured)
+    started: float = field(default_factory=time.perf_counter)
+    budget_seconds: float = 12 * 60
+
+    def remaining(self) -> float:
+        return self.budget_seconds - (time.perf_counter() - self.started)
 
     def workers(self, name: str) -> Workers:
         return Workers(self.env, self.logdir / name)
@@ -154,7 +160,10 @@ def start_run(sizes: Sizes, quick: bool, private_pg: bool, profile: bool) -> Ite
             stack.callback(pg.stop)
             pg_url = pg.url
             log(f"private Postgres on port {pg.port}")
-        yield from _start_run(run_id, logdir, sizes, quick, pg_url, profile)
+        for run in _start_run(run_id, logdir, sizes, quick, pg_url, profile):
+            if private_pg:
+                run.pg_pid = pg.postmaster_pid()
+            yield run
 
 
 def _start_run(
@@ -197,12 +206,32 @@ def _start_run(
 def start_backend_workers(
     run: Run, name: str, clusters: Sequence[tuple[BenchCluster, int]]
 ) -> Workers:
-    """One worker per backend of each cluster, with the given pool concurrency, all ready."""
+    """One worker per backend of each cluster, with the given pool concurrency, all ready and
+    warmed up: the first cluster replicates a small table to each other one, so that every
+    worker process has met both catalogs (connection pools, schema checks) before anything is
+    timed, as long-running workers have."""
     workers = run.workers(name)
     for bc, concurrency in clusters:
         for b in bc.handle.backends():
             workers.backend(bc.name, b.name, concurrency=concurrency)
     workers.wait_ready()
+    src = clusters[0][0]
+    warm = "warmup.t"
+    for bc, _ in clusters:
+        retry_busy(
+            bc.handle.create_table,
+            warm,
+            SMALL_COLUMNS,
+            distributed_by=["id"],
+            buckets=4,
+            replication_num=1,
+        )
+    retry_busy(src.handle.load, warm, small_rows(1000, seed=1, days=30), label="warmup")
+    for dst, _ in clusters[1:]:
+        job = retry_busy(run.replicator.replicate, f"{src.name}:{warm}", dst.name)
+        _, states = wait_jobs(dst.handle, [job.id], 120)
+        if states[job.id] != "COMMITTED":
+            raise RuntimeError(f"warm-up job {job.ref} ended {states[job.id]}")
     return workers
 
 
@@ -248,6 +277,7 @@ def replicate_timed(
     timeout: float = 900,
     workers: Workers | None = None,
     label: str | None = None,
+    cancel_late: bool = False,
 ) -> dict[str, Any]:
     """submit -> COMMITTED, as a client sees it (5 ms polling of the job row); with
     ``workers``, also the CPU seconds each kind of process spent meanwhile."""
@@ -257,11 +287,29 @@ def replicate_timed(
     t0 = time.perf_counter()
     job = retry_busy(run.replicator.replicate, f"{src.name}:{table}", dst.name)
     t_submitted = time.perf_counter()
-    t1, states = wait_jobs(dst.handle, [job.id], timeout)
+    unfinished = None
+    try:
+        t1, states = wait_jobs(dst.handle, [job.id], timeout)
+    except TimeoutError:
+        if not cancel_late:
+            raise
+        # Out of time: record how far it got, then cancel it (the bench must end).
+        t1 = time.perf_counter()
+        prog = job.progress
+        unfinished = {
+            "phase": prog.phase,
+            "snapshots_done": prog.snapshots_done,
+            "snapshots_total": prog.snapshots_total,
+            "applies_done": prog.tablets_done,
+            "applies_total": prog.tablets_total,
+        }
+        job.cancel()
+        _, states = wait_jobs(dst.handle, [job.id], 120)
     job.refresh()
     out = {
         "job": job.ref,
         "state": states[job.id],
+        "unfinished": unfinished,
         "seconds": t1 - t0,
         "submit_seconds": t_submitted - t0,
         "message": job.message,
@@ -271,7 +319,7 @@ def replicate_timed(
         time.sleep(0.3)  # the last nudge tick
         out["cpu_seconds"] = meter.read()
     profiles.summarize()
-    if states[job.id] != "COMMITTED":
+    if states[job.id] != "COMMITTED" and unfinished is None:
         raise RuntimeError(f"job {job.ref} ended {states[job.id]}: {job.message}")
     return out
 
@@ -412,38 +460,60 @@ def proc_cpu(pid: int) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def _children(pid: int) -> list[int]:
+    try:
+        text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    except OSError:
+        return []
+    return [int(c) for c in text.split()]
+
+
+def _proc_tree(procs: Sequence[Proc]) -> Callable[[], list[int]]:
+    def pids() -> list[int]:
+        out = []
+        for p in procs:
+            if p.popen is not None:
+                out += [p.popen.pid, *_children(p.popen.pid)]
+        return out
+
+    return pids
+
+
 def cpu_roles(
     run: Run, workers: Workers | None, src: BenchCluster, dst: BenchCluster
-) -> dict[str, list[Proc]]:
-    roles: dict[str, list[Proc]] = {"coordinator": list(run.coordinator.procs.values())}
+) -> dict[str, Callable[[], list[int]]]:
+    roles = {"coordinator": _proc_tree(list(run.coordinator.procs.values()))}
     if workers is not None:
-        roles["source workers"] = [p for n, p in workers.procs.items() if f".{src.name}." in n]
-        roles["target workers"] = [p for n, p in workers.procs.items() if f".{dst.name}." in n]
+        roles["source workers"] = _proc_tree(
+            [p for n, p in workers.procs.items() if f".{src.name}." in n]
+        )
+        roles["target workers"] = _proc_tree(
+            [p for n, p in workers.procs.items() if f".{dst.name}." in n]
+        )
+    if run.pg_pid is not None:
+        pg = run.pg_pid
+        roles["postgres"] = lambda: [pg, *_children(pg)]
     return roles
 
 
 class CpuMeter:
-    """CPU seconds that groups of worker processes (main + pool children) and this client
-    process spend between construction and ``read``."""
+    """CPU seconds that groups of processes (a worker's main and pool processes; a private
+    Postgres and its backends) and this client process spend between construction and
+    ``read``. Exited children count through their parent's cutime/cstime."""
 
-    def __init__(self, roles: dict[str, list[Proc]]) -> None:
+    def __init__(self, roles: dict[str, Callable[[], list[int]]]) -> None:
         self.roles = roles
-        self.start = {r: self._pids(ps) for r, ps in roles.items()}
+        self.start = {r: self._cpu(pids()) for r, pids in roles.items()}
         self.client = sum(os.times()[:2])
 
     @staticmethod
-    def _pids(procs: Sequence[Proc]) -> dict[int, float]:
-        pids = []
-        for p in procs:
-            if p.popen is not None:
-                pids.append(p.popen.pid)
-                pids += p.child_pids()
+    def _cpu(pids: Sequence[int]) -> dict[int, float]:
         return {pid: proc_cpu(pid) for pid in pids}
 
     def read(self) -> dict[str, float]:
         out = {}
-        for role, procs in self.roles.items():
-            now = self._pids(procs)
+        for role, pids in self.roles.items():
+            now = self._cpu(pids())
             before = self.start[role]
             out[role] = round(sum(v - before.get(pid, 0.0) for pid, v in now.items()), 2)
         out["client (bench process)"] = round(sum(os.times()[:2]) - self.client, 2)
@@ -475,6 +545,7 @@ class ProfileWindow:
             stats = pstats.Stats(files[0], stream=buf)
             for f in files[1:]:
                 stats.add(f)
+            stats.files = []  # not the list of dump files in the header
             buf.write(f"{self.label}: {len(files)} {task} tasks\n")
             stats.sort_stats("cumulative").print_stats(45)
             stats.sort_stats("tottime").print_stats(25)
@@ -531,6 +602,13 @@ class RssSampler(threading.Thread):
 
 def pool_children(workers: Workers, names: Sequence[str]) -> dict[int, str]:
     return {pid: name for name in names for pid in workers.procs[name].child_pids()}
+
+
+def baseline(copy: Callable[[Sequence[Path], Path], float], src: BenchCluster) -> float:
+    """One timed copy of the source backends' data/ directories, after a sync."""
+    sync_disks()
+    with scratch_dir(copy.__name__) as target:
+        return copy(src.data_dirs(), target)
 
 
 # -- loads -------------------------------------------------------------------------------------
@@ -646,14 +724,9 @@ def bulk_group(run: Run, wanted: set[str]) -> None:
 def scenario_bulk(
     run: Run, workers: Workers, src: BenchCluster, dst: BenchCluster, nbytes: int, nfiles: int
 ) -> dict[str, Any]:
+    cp_runs, rsync_runs = [baseline(time_cp, src)], [baseline(time_rsync, src)]
     sync_disks()
-    with scratch_dir("bulk_cp") as target:
-        cp_seconds = time_cp(src.data_dirs(), target)
-    sync_disks()
-    with scratch_dir("bulk_rsync") as target:
-        rsync_seconds = time_rsync(src.data_dirs(), target)
-    sync_disks()
-    log(f"bulk: cp -r {cp_seconds:.2f}s, rsync -a {rsync_seconds:.2f}s; replicating")
+    log(f"bulk: cp -r {cp_runs[0]:.2f}s, rsync -a {rsync_runs[0]:.2f}s; replicating")
     dst_workers = [n for n in workers.procs if n.startswith(f"be.{dst.name}.")]
     children = pool_children(workers, dst_workers)
     for pid in children:
@@ -666,6 +739,10 @@ def scenario_bulk(
     done, total = apply_bytes(dst.handle, job_id)
     verified = verify_copy(src, dst, LINEITEM)
     applies = succeeded(window.text(), "replication.apply")
+    # The baselines again after the job; the best of the two runs is the one compared with.
+    cp_runs.append(baseline(time_cp, src))
+    rsync_runs.append(baseline(time_rsync, src))
+    cp_seconds, rsync_seconds = min(cp_runs), min(rsync_runs)
     seconds = rep["seconds"]
     log(
         f"bulk: {seconds:.2f}s = {seconds / cp_seconds:.2f}x cp, "
@@ -679,6 +756,8 @@ def scenario_bulk(
         "mb_per_s": round(nbytes / MB / seconds, 1),
         "cp_seconds": round(cp_seconds, 3),
         "rsync_seconds": round(rsync_seconds, 3),
+        "cp_runs": [round(x, 3) for x in cp_runs],
+        "rsync_runs": [round(x, 3) for x in rsync_runs],
         "ratio_to_cp": round(seconds / cp_seconds, 2),
         "ratio_to_rsync": round(seconds / rsync_seconds, 2),
         "apply_bytes_verified": done,
@@ -810,11 +889,12 @@ def scenario_latency(
     names = [f"lat.t{i:02d}" for i in range(n)]
     make_small_tables(src, dst, names, buckets=1, rows=100)
     log(f"latency: {n} one-tablet tables, one job at a time")
-    times, all_phases, cpu = [], [], []
+    times, submits, all_phases, cpu = [], [], [], []
     for i, name in enumerate(names):
         label = "latency" if i == len(names) - 1 else None
         rep = replicate_timed(run, src, dst, name, timeout=120, workers=workers, label=label)
         times.append(rep["seconds"])
+        submits.append(rep["submit_seconds"])
         all_phases.append(rep["phases"])
         cpu.append(rep["cpu_seconds"])
     median = statistics.median(times)
@@ -831,6 +911,7 @@ def scenario_latency(
         "min_seconds": round(min(times), 4),
         "max_seconds": round(max(times), 4),
         "seconds": [round(t, 4) for t in times],
+        "median_submit_call_seconds": round(statistics.median(submits), 4),
         "median_phase_reached": {s: med(s) for s in ("SNAPSHOTING", "REPLICATING", "COMMITTED")},
         "median_cpu_seconds": {
             role: round(statistics.median(c[role] for c in cpu), 3) for role in cpu[0]
@@ -885,11 +966,13 @@ def scenario_concurrency(
         "job_ticks": len(one_job),
         "job_tick_p50_ms": round(pct(one_job, 0.5) * 1000, 1),
         "job_tick_p95_ms": round(pct(one_job, 0.95) * 1000, 1),
-        "job_tick_max_ms": round(max(one_job, default=float("nan")) * 1000, 1),
+        "job_tick_max_ms": round(max(one_job, default=0.0) * 1000, 1),
         "sweep_ticks": len(sweeps),
-        "sweep_tick_max_s": round(max((s for s, _ in sweeps), default=float("nan")), 3),
+        "sweep_tick_max_s": round(max((s for s, _ in sweeps), default=0.0), 3),
         "sweep_tick_max_jobs": max((j for _, j in sweeps), default=0),
-        "sweep_ms_per_job_p50": round(pct([s / j for s, j in sweeps], 0.5) * 1000, 1),
+        "sweep_ms_per_job_p50": round(pct([s / j for s, j in sweeps], 0.5) * 1000, 1)
+        if sweeps
+        else None,
         "messages_received": {**received(text), **received(btext)},
         "cpu_seconds": cpu,
         "how": "job ticks: coordinator log lines 'Task replication.tick[...] succeeded in Xs' "
@@ -938,37 +1021,59 @@ def scenario_small(run: Run) -> dict[str, Any]:
         nbytes = total_bytes(files)
         if len(files) != tablets:
             raise RuntimeError(f"expected one rowset file per tablet ({tablets}), got {len(files)}")
-        sync_disks()
-        with scratch_dir("small_cp") as target:
-            cp_seconds = time_cp(src.data_dirs(), target)
-        sync_disks()
+        cp_runs = [baseline(time_cp, src)]
+        # Whatever time is left of the run's budget (12 minutes) bounds the job.
+        timeout = max(120.0, run.remaining() - 45)
         log(
             f"small: {len(files):,} files, {nbytes / MB:.1f} MB (load {load_seconds:.0f}s); "
-            f"cp -r {cp_seconds:.2f}s; replicating"
+            f"cp -r {cp_runs[0]:.2f}s; replicating (cancelled after {timeout:.0f}s)"
         )
         src_window = LogWindow([p for n, p in workers.procs.items() if src.name in n])
         dst_window = LogWindow([p for n, p in workers.procs.items() if dst.name in n])
         coord_window = LogWindow(list(run.coordinator.procs.values()))
-        rep = replicate_timed(run, src, dst, table, timeout=1200, workers=workers, label="small")
+        rep = replicate_timed(
+            run,
+            src,
+            dst,
+            table,
+            timeout=timeout,
+            workers=workers,
+            label="small",
+            cancel_late=True,
+        )
         time.sleep(1.5)
         snap = received(src_window.text()).get("replication.snapshot", 0)
         appl = received(dst_window.text()).get("replication.apply", 0)
         ticks = received(coord_window.text()).get("replication.tick", 0)
         snap_runs = succeeded(src_window.text(), "replication.snapshot")
         apply_runs = succeeded(dst_window.text(), "replication.apply")
-        verified = verify_copy(src, dst, table)
+        unfinished = rep["unfinished"]
+        verified = verify_copy(src, dst, table) if unfinished is None else {}
+        cp_runs.append(baseline(time_cp, src))
+    cp_seconds = min(cp_runs)
     seconds = rep["seconds"]
+    if unfinished is not None:
+        # Snapshot and apply tasks cost about the same per tablet (see cpu_seconds): extrapolate
+        # the job's time from the share of tasks it finished.
+        done = unfinished["snapshots_done"] + unfinished["applies_done"]
+        total = unfinished["snapshots_total"] + max(unfinished["applies_total"], tablets)
+        seconds = rep["seconds"] * total / max(done, 1)
     log(
-        f"small: {seconds:.1f}s = {seconds / cp_seconds:.1f}x cp; {snap} snapshot + {appl} apply "
-        f"messages for {tablets} tablets"
+        f"small: {seconds:.1f}s{' (extrapolated)' if unfinished else ''} = "
+        f"{seconds / cp_seconds:.1f}x cp; {snap} snapshot + {appl} apply messages for "
+        f"{tablets} tablets"
     )
     return {
         "bench": "small",
         "tablets": tablets,
         "bytes": nbytes,
         "avg_file_kib": round(nbytes / len(files) / 1024, 1),
+        "finished": unfinished is None,
+        "unfinished": unfinished,
         "seconds": round(seconds, 3),
+        "measured_seconds": round(rep["seconds"], 3),
         "cp_seconds": round(cp_seconds, 3),
+        "cp_runs": [round(x, 3) for x in cp_runs],
         "ratio_to_cp": round(seconds / cp_seconds, 1),
         "tablets_per_s": round(tablets / seconds, 1),
         "snapshot_messages": snap,
@@ -1034,7 +1139,14 @@ def summary_rows(results: Sequence[dict[str, Any]]) -> list[tuple[str, str, str,
     if s := by.get("small"):
         add(
             "many small tablets",
-            f"{_fmt_s(s['seconds'])} for {s['tablets']:,} tablets of {s['avg_file_kib']} KiB "
+            (
+                f"{_fmt_s(s['seconds'])}"
+                if s["finished"]
+                else f"~{_fmt_s(s['seconds'])} (extrapolated: cancelled after "
+                f"{_fmt_s(s['measured_seconds'])} with {s['unfinished']['applies_done']:,} of "
+                f"{s['tablets']:,} tablets applied)"
+            )
+            + f" for {s['tablets']:,} tablets of {s['avg_file_kib']} KiB "
             f"({s['tablets_per_s']:.0f} tablets/s); cp -r {_fmt_s(s['cp_seconds'])}",
             f"{s['ratio_to_cp']:.1f}x cp",
             "≤ 5x cp",
@@ -1077,8 +1189,12 @@ def summary_rows(results: Sequence[dict[str, Any]]) -> list[tuple[str, str, str,
         add(
             "concurrency: coordinator tick",
             f"per-job tick p50 {c['job_tick_p50_ms']} ms, p95 {c['job_tick_p95_ms']} ms, max "
-            f"{c['job_tick_max_ms']} ms ({c['job_ticks']} ticks); beat sweep max "
-            f"{c['sweep_tick_max_s']} s over {c['sweep_tick_max_jobs']} jobs",
+            f"{c['job_tick_max_ms']} ms ({c['job_ticks']} ticks); "
+            + (
+                f"beat sweep max {c['sweep_tick_max_s']} s over {c['sweep_tick_max_jobs']} jobs"
+                if c["sweep_ticks"]
+                else "no beat sweep ran (beat ticks expired behind the nudges)"
+            ),
             f"{c['job_tick_p95_ms'] / 100:.2f}x target (p95)",
             "≤ 100 ms",
             c["job_tick_p95_ms"] <= 100,
@@ -1124,8 +1240,15 @@ def write_results(run: Run, path: Path, total_seconds: float, argv: Sequence[str
         "dropped at the end with their storage.",
         "- Times are submit -> COMMITTED as the client sees it (the job row polled every 5 ms). "
         "cp -r and rsync -a copy the source backends' data/ directories (the same rowset files) "
-        "to the same disk. Every timed copy starts after `sync`; the source files are in the page "
-        "cache for all three, as they are right after the loads.",
+        "to the same disk, once before and once after the job; the best of the two is the "
+        "baseline. Every timed copy starts after `sync`; the source files are in the page "
+        "cache for all three, as they are right after the loads. Each group of workers first "
+        "replicates a small warm-up table, so that no timed job pays for a worker's first "
+        "contact with a catalog. `cpu_seconds` in the raw results is the CPU time of each kind "
+        "of process during the job (Postgres only with --private-postgres); on a shared machine "
+        "it is steadier than wall time. The run has a 12-minute budget: a small-tablets job "
+        "still open when it runs out is cancelled and its time extrapolated from the share of "
+        "tasks done.",
         "- bulk: lineitem generated by tpchgen-cli in several parts, each loaded as one "
         "transaction (so tablets hold several rowsets). The bench then checks that every target "
         "file has the source's size and xxh3 and that versions and row counts match.",

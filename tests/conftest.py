@@ -1,7 +1,7 @@
 """Shared fixtures: fresh catalog databases per test run, storage roots in tmp dirs.
 
 Postgres is the machine's (``REPLICATOR_TEST_PG_URL``, default the local trust-auth server);
-every run uses databases named ``olap_t<run id>_<cluster>`` and drops them at the end, so runs
+every run uses databases named ``olaptest_<run id>_<cluster>`` and drops them at the end, so runs
 never see each other's data.
 """
 
@@ -22,7 +22,9 @@ from app.config import Settings
 
 PG_URL = os.environ.get("REPLICATOR_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432")
 RUN_ID = uuid.uuid4().hex[:8]
-DB_PREFIX = f"olap_t{RUN_ID}_"
+# Not matched by the default template olap_{cluster}: a coordinator on this machine never
+# mistakes a test run's catalogs for real clusters.
+DB_PREFIX = f"olaptest_{RUN_ID}_"
 
 
 def _drop_run_databases() -> None:

@@ -5,6 +5,7 @@ Every process is a subprocess the test can SIGKILL and restart. Nothing here is 
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import signal
@@ -142,7 +143,7 @@ class Workers:
 
     def wait_ready(self, timeout: float = 60) -> None:
         for proc in self.procs.values():
-            wait_until(lambda p=proc: _ready(p), timeout, f"worker {proc.name} to be ready")
+            wait_until(functools.partial(_ready, proc), timeout, f"worker {proc.name} to be ready")
 
     def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
         proc = self.procs[name]
@@ -207,7 +208,7 @@ class PostgresServer:
     def url(self) -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}"
 
-    def _run(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    def _run(self, *args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
         cmd = [str(a) for a in args]
         if self.as_root:
             cmd = ["runuser", "-u", "postgres", "--", *cmd]

@@ -10,7 +10,6 @@ from celery import Task
 
 from app.catalog.engine import discover_clusters
 from app.cluster import Cluster
-from app.errors import ReplicatorError
 from app.replication import jobs
 from app.replication.coordinator import Coordinator, Message
 from app.replication.work import TaskRunner
@@ -59,7 +58,7 @@ def tick(self: Task, cluster: str | None = None, job_id: int | None = None) -> d
     for name, jid in targets:
         try:
             result = coordinator.tick(name, jid)
-        except ReplicatorError as exc:
+        except Exception as exc:  # noqa: BLE001 - Postgres trouble must not stop other jobs
             log.warning("tick of job %s:%s failed: %s", name, jid, exc)
             continue
         send(result.messages)

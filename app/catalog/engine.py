@@ -29,6 +29,20 @@ def engine_for(dsn: str) -> Engine:
         return engine
 
 
+_scan_engines: dict[str, tuple[int, Engine]] = {}
+
+
+def scan_engine(dsn: str) -> Engine:
+    """An engine without a pool, for short periodic looks at many catalogs."""
+    pid = os.getpid()
+    with _lock:
+        cached = _scan_engines.get(dsn)
+        if cached is None or cached[0] != pid:
+            cached = (pid, sa.create_engine(dsn, poolclass=sa.pool.NullPool))
+            _scan_engines[dsn] = cached
+        return cached[1]
+
+
 def dispose_all() -> None:
     with _lock:
         for _pid, engine in _engines.values():

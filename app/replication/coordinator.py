@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from app import txn as txns
 from app.catalog import model
 from app.catalog import schema as s
-from app.catalog.engine import engine_for
+from app.catalog.engine import scan_engine
 from app.cluster import Cluster
 from app.config import Settings
 from app.errors import ReplicatorError, UserError
@@ -66,7 +66,9 @@ class Coordinator:
 
     # -- discovery -------------------------------------------------------------------------
     def active_jobs(self, cluster: str) -> list[int]:
-        engine = engine_for(self.settings.dsn(cluster))
+        # Unpooled: the beat scans every cluster each second, and a pool per idle cluster per
+        # process would hold connections for nothing.
+        engine = scan_engine(self.settings.dsn(cluster))
         with engine.connect() as conn:
             return list(
                 conn.execute(
@@ -216,8 +218,9 @@ class Coordinator:
         with src.engine.connect() as sconn:
             src_backends = model.list_backends(sconn)
         rows = []
-        for t in plan.tablets:
-            candidates = _rotate(list(t.src_backend_ids), t.bucket)
+        for i, t in enumerate(plan.tablets):
+            # Spread snapshots over the source replicas whatever order placement left them in.
+            candidates = _rotate(sorted(t.src_backend_ids), i)
             rows.append(
                 {
                     "job_id": job.id,

@@ -104,8 +104,8 @@ def clean_target(dst: Cluster, txn_id: int) -> int:
                 .where(s.rowsets.c.id.in_([r.id for r in rows]))
                 .values(state="DELETED")
             )
-    for b in backends.values():
-        storage_for(b.storage_root).delete_tree(staging_dir(txn_id))
+    for backend in backends.values():
+        storage_for(backend.storage_root).delete_tree(staging_dir(txn_id))
     return len(rows)
 
 

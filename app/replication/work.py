@@ -398,7 +398,9 @@ def order_sources(
 ) -> tuple[list[model.Backend], list[model.Backend]]:
     """(replicas that hold every file, by size; the others as a last resort). Raises if no
     replica holds them all."""
-    good, bad, unreachable = [], [], []
+    good: list[model.Backend] = []
+    bad: list[model.Backend] = []
+    unreachable: list[model.Backend] = []
     for backend in candidates:
         storage = storage_for(backend.storage_root)
         try:

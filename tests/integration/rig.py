@@ -103,27 +103,31 @@ class Rig:
             return int(conn.execute(sa.select(sa.func.count()).select_from(s.jobs)).scalar_one())
 
 
-def start_rig(settings: Settings, test_env: dict[str, str], base: Path, prefix: str, bandwidth: float) -> Iterator[Rig]:
+def start_rig(
+    settings: Settings, test_env: dict[str, str], base: Path, prefix: str, bandwidth: float
+) -> Iterator[Rig]:
     redis = RedisServer(base / "redis").start()
-    settings = settings.with_overrides(broker_url=redis.url)
-    replicator = Replicator(settings)
-    src = replicator.cluster(f"{prefix}src")
-    dst = replicator.cluster(f"{prefix}dst")
-    for handle in (src, dst):
-        handle.init()
-        for b in ("be1", "be2"):
-            handle.add_backend(b, str(base / handle.name / b))
-    env = dict(test_env)
-    env["REPLICATOR_BROKER_URL"] = redis.url
-    env["REPLICATOR_TRANSFER_BANDWIDTH_MB_PER_SEC"] = str(bandwidth)
-    workers = Workers(env, base / "logs")
-    for handle in (src, dst):
-        for b in ("be1", "be2"):
-            workers.backend(handle.name, b)
-    workers.coordinator()
+    workers: Workers | None = None
     try:
+        settings = settings.with_overrides(broker_url=redis.url)
+        replicator = Replicator(settings)
+        src = replicator.cluster(f"{prefix}src")
+        dst = replicator.cluster(f"{prefix}dst")
+        for handle in (src, dst):
+            handle.init()
+            for b in ("be1", "be2"):
+                handle.add_backend(b, str(base / handle.name / b))
+        env = dict(test_env)
+        env["REPLICATOR_BROKER_URL"] = redis.url
+        env["REPLICATOR_TRANSFER_BANDWIDTH_MB_PER_SEC"] = str(bandwidth)
+        workers = Workers(env, base / "logs")
+        for handle in (src, dst):
+            for b in ("be1", "be2"):
+                workers.backend(handle.name, b)
+        workers.coordinator()
         workers.wait_ready()
         yield Rig(settings, replicator, src, dst, redis, workers, base)
     finally:
-        workers.stop_all()
+        if workers is not None:
+            workers.stop_all()
         redis.stop()

@@ -163,10 +163,17 @@ def test_flower_lists_the_replication_tasks(
 
     # The tasks page, rendered by a real browser: a screenshot for people, the DOM for us.
     shot = tmp_path / "flower-tasks.png"
-    res = _chromium(chromium, f"--screenshot={shot}", "--window-size=1600,1000", f"{flower}/tasks")
-    assert res.returncode == 0 and shot.exists() and shot.stat().st_size > 10_000, res.stderr[
-        -2000:
-    ]
+    # The table is filled by an XHR after load: give the page virtual time to run it.
+    res = _chromium(
+        chromium,
+        "--virtual-time-budget=8000",
+        "--run-all-compositor-stages-before-draw",
+        f"--screenshot={shot}",
+        "--window-size=1600,1000",
+        f"{flower}/tasks",
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert shot.exists() and shot.stat().st_size > 10_000
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     (ROOT / "var").mkdir(exist_ok=True)
     shutil.copyfile(shot, ROOT / "var" / "flower-screenshot.png")

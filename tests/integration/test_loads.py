@@ -179,9 +179,7 @@ def test_the_same_label_with_other_data_is_refused_and_changes_nothing(make_clus
         handle.load("db.other", rows(0, 300), label="batch-1")
 
     assert state(handle, "db.t") == before
-    assert versions(handle, "db.other") == {
-        k: (1, v[1]) for k, v in versions(handle, "db.other").items()
-    }
+    assert [v for v, _epoch in versions(handle, "db.other").values()] == [1, 1]
     with handle.catalog.engine.connect() as conn:
         assert (
             conn.execute(sa.select(sa.func.count()).select_from(s.transactions)).scalar_one()
@@ -514,11 +512,11 @@ def test_a_load_bigger_than_the_tablet_flush_threshold_streams_in_row_groups(
 ) -> None:
     handle = make_cluster(backends=1)
     handle.create_table("db.big", ["id:int64", "x:float64", "payload:string"], buckets=1)
-    n = 400_000
+    n = 300_000
     data = _big_table(n)
     assert data.nbytes > load_module.FLUSH_TABLET_BYTES  # really above the threshold
     pq.write_table(data, tmp_path / "big.parquet", row_group_size=50_000)
-    assert pq.ParquetFile(tmp_path / "big.parquet").metadata.num_row_groups == 8
+    assert pq.ParquetFile(tmp_path / "big.parquet").metadata.num_row_groups == 6
 
     res = handle.load("db.big", tmp_path / "big.parquet", label="big")
     assert res.rows == n and res.files == 1

@@ -438,6 +438,14 @@ def test_dashboard_queries_exported_metrics() -> None:
         assert var in variables or var.startswith("__"), var
 
 
+def test_metric_labels_do_not_clash_with_target_labels() -> None:
+    from app.metrics import FAMILIES
+
+    for name, (_kind, _help, labels) in FAMILIES.items():
+        # Prometheus renames a scraped `job` or `instance` label to exported_*.
+        assert not {"job", "instance", "le"} & set(labels), name
+
+
 def test_dockerfile_installs_the_package() -> None:
     text = DOCKERFILE.read_text()
     assert re.search(r"^FROM python:3\.11-slim\b", text, re.M)
