@@ -43,6 +43,8 @@ class Settings:
     task_queued_timeout_sec: int = 60
     tablets_per_message: int = 256
     coordinator_tick_sec: float = 1.0
+    # Target clusters this coordinator serves, comma-separated; empty: every catalog found.
+    coordinator_clusters: str = ""
     hold_lease_sec: int = 3600
     copy_buffer_bytes: int = 8 * 1024 * 1024
     # Per worker process; 0 = unlimited. Keeps replication from starving a backend's disk.

@@ -260,6 +260,8 @@ def _port_answers(port: int) -> bool:
 def _worker_env() -> dict[str, str]:
     env = dict(os.environ)
     env["PYTHONUNBUFFERED"] = "1"
+    # The demo's coordinator serves the demo's clusters only, whatever else the server holds.
+    env.setdefault("REPLICATOR_COORDINATOR_CLUSTERS", ",".join(CLUSTERS))
     # Workers run with cwd=ROOT; make them read the same settings file the demo read.
     if "REPLICATOR_CONFIG" not in env and Path("replicator.toml").is_file():
         env["REPLICATOR_CONFIG"] = str(Path("replicator.toml").resolve())

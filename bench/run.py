@@ -528,6 +528,20 @@ class ProfileWindow:
         self.label = label
         self.before = set(os.listdir(self.dir)) if self.dir and self.dir.is_dir() else set()
 
+    def _counters(self, names: Sequence[str]) -> dict[str, dict[str, float]]:
+        """Sum the per-task counters (SQL statements, commits, CPU...) by task name."""
+        assert self.dir is not None
+        out: dict[str, dict[str, float]] = {}
+        for name in names:
+            if not name.endswith(".json"):
+                continue
+            info = json.loads((self.dir / name).read_text())
+            total = out.setdefault(info.pop("task"), {})
+            for key, value in info.items():
+                if isinstance(value, int | float):
+                    total[key] = total.get(key, 0) + value
+        return out
+
     def summarize(self) -> None:
         import io
         import pstats
@@ -540,8 +554,16 @@ class ProfileWindow:
         for name in new:
             if name.endswith(".prof"):
                 by_task.setdefault(name.split("-", 1)[0], []).append(str(self.dir / name))
+        counters = self._counters(new)
         for task, files in by_task.items():
             buf = io.StringIO()
+            if task in counters:
+                buf.write(f"{self.label}: {task} totals (per task row in brackets):\n")
+                total = counters[task]
+                rows = max(total.get("task_rows", 0), 1)
+                for key, value in sorted(total.items()):
+                    buf.write(f"  {key}: {value:.3f} [{value / rows:.3f}]\n")
+                buf.write("\n")
             stats = pstats.Stats(files[0], stream=buf)
             for f in files[1:]:
                 stats.add(f)

@@ -26,7 +26,8 @@ def clusters() -> list[str]:
     global _clusters_cache
     at, names = _clusters_cache
     if time.monotonic() - at > 10:
-        names = discover_clusters(settings.dsn_template, list(settings.clusters))
+        chosen = [c.strip() for c in settings.coordinator_clusters.split(",") if c.strip()]
+        names = chosen or discover_clusters(settings.dsn_template, list(settings.clusters))
         _clusters_cache = (time.monotonic(), names)
     return names
 

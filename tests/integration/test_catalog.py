@@ -8,6 +8,7 @@ import sys
 import uuid
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -112,38 +113,40 @@ def test_backend_add_list_and_decommission_through_the_cli(
 ) -> None:
     handle = Replicator(settings).cluster(unique("be"))
     handle.init()
-    res = cli(
-        test_env, tmp_path, "backend", "add", handle.name, "be1", "--storage", str(tmp_path / "be1")
-    )
-    assert res.returncode == 0, res.stderr
-    assert (
-        f"backend be1 (ACTIVE) storage {tmp_path / 'be1'} queue be.{handle.name}.be1" in res.stdout
-    )
-    assert (tmp_path / "be1").is_dir()
+    handle.add_backend("be1", str(tmp_path / "be1"))
     handle.add_backend("be2", str(tmp_path / "be2"))
+    handle.add_backend("be3", str(tmp_path / "be3"))
     # The same backend again is harmless; the same name with other storage is refused.
     assert handle.add_backend("be1", str(tmp_path / "be1")).id == handle.catalog.backend("be1").id
     with pytest.raises(AlreadyExists, match="backend 'be1' already exists"):
         handle.add_backend("be1", str(tmp_path / "elsewhere"))
-
     handle.create_table("db.t", ["id:int64"], buckets=2, replication_num=1)
-    assert {tuple(t.backend_ids) for t in replica_backends(handle, "db.t")} == {
-        (handle.catalog.backend("be1").id,),
-        (handle.catalog.backend("be2").id,),
-    }
+    homes = {b for t in replica_backends(handle, "db.t") for b in t.backend_ids}
+    assert homes == {handle.catalog.backend("be1").id, handle.catalog.backend("be2").id}
 
-    refused = cli(test_env, tmp_path, "backend", "decommission", handle.name, "be1")
+    # Three independent commands, side by side: add, a refused and an accepted decommission.
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        add, refused, done = pool.map(
+            lambda args: cli(test_env, tmp_path, *args),
+            [
+                ("backend", "add", handle.name, "be4", "--storage", str(tmp_path / "be4")),
+                ("backend", "decommission", handle.name, "be1"),
+                ("backend", "decommission", handle.name, "be3"),
+            ],
+        )
+    assert add.returncode == 0, add.stderr
+    assert (
+        f"backend be4 (ACTIVE) storage {tmp_path / 'be4'} queue be.{handle.name}.be4" in add.stdout
+    )
+    assert (tmp_path / "be4").is_dir()
     assert refused.returncode == 2
     assert refused.stderr.strip().splitlines() == [
         "error: backend 'be1' still holds 1 tablet replicas; drop or move those tables before "
         "decommissioning it"
     ]
-    assert handle.catalog.backend("be1").state == "ACTIVE"
-
-    handle.add_backend("be3", str(tmp_path / "be3"))
-    done = cli(test_env, tmp_path, "backend", "decommission", handle.name, "be3")
     assert done.returncode == 0, done.stderr
     assert "backend be3 is DECOMMISSIONED" in done.stdout
+    assert handle.catalog.backend("be1").state == "ACTIVE"
     assert handle.catalog.backend("be3").state == "DECOMMISSIONED"
 
     listed = cli(test_env, tmp_path, "backend", "list", handle.name)
@@ -155,11 +158,12 @@ def test_backend_add_list_and_decommission_through_the_cli(
         for cells in [[c.strip() for c in cells]]
         if cells[1].startswith("be")
     }
-    assert states == {"be1": "ACTIVE", "be2": "ACTIVE", "be3": "DECOMMISSIONED"}
+    assert states == {"be1": "ACTIVE", "be2": "ACTIVE", "be3": "DECOMMISSIONED", "be4": "ACTIVE"}
 
     with pytest.raises(NotFound, match="backend 'be9' does not exist"):
         handle.decommission_backend("be9")
     # A decommissioned backend gets no new replicas and does not count as a replica home.
+    handle.decommission_backend("be4")
     with pytest.raises(InvalidRequest, match="replication_num 3 needs 3 active backends"):
         handle.create_table("db.three", ["id:int64"], replication_num=3)
     handle.create_table("db.two", ["id:int64"], buckets=4, replication_num=2)
