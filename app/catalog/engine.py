@@ -29,6 +29,12 @@ def engine_for(dsn: str) -> Engine:
         return engine
 
 
+def cached_dsns() -> set[str]:
+    """DSNs this process has a pooled engine for (tests use it to drop what they created)."""
+    with _lock:
+        return set(_engines)
+
+
 _scan_engines: dict[str, tuple[int, Engine]] = {}
 
 

@@ -42,9 +42,9 @@ CRASH_SCRIPT = Path(__file__).with_name("crash_load.py")
 def _drop_test_catalogs() -> Iterator[None]:
     """Drop the catalogs a test created as soon as it ends, not at the end of the run: each one
     left around holds pooled connections here and in any coordinator that discovers it."""
-    before = set(engine_module._engines)
+    before = engine_module.cached_dsns()
     yield
-    for dsn in set(engine_module._engines) - before:
+    for dsn in engine_module.cached_dsns() - before:
         engine_module.drop_database(dsn)
 
 
