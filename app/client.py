@@ -1,19 +1,20 @@
 """The Python API.
 
-    from app.client import Replicator
-    r = Replicator()                       # settings from replicator.toml / REPLICATOR_* env
-    prod = r.cluster("prod")
-    prod.init()
-    prod.add_backend("be1", "/data/prod/be1")
-    prod.create_table("sales.orders", ["id:int64", "day:date", "amount:float64"],
-                      partition_by="day", partitions=[("p2024", "2024-01-01", "2025-01-01")],
-                      buckets=8, replication_num=1)
-    prod.load("sales.orders", "orders.parquet", label="orders-2024-06-01")
-    prod.checksum("sales.orders")
+from app.client import Replicator
+r = Replicator()                       # settings from replicator.toml / REPLICATOR_* env
+prod = r.cluster("prod")
+prod.init()
+prod.add_backend("be1", "/data/prod/be1")
+prod.create_table("sales.orders", ["id:int64", "day:date", "amount:float64"],
+                  partition_by="day", partitions=[("p2024", "2024-01-01", "2025-01-01")],
+                  buckets=8, replication_num=1)
+prod.load("sales.orders", "orders.parquet", label="orders-2024-06-01")
+prod.checksum("sales.orders")
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import time
 from collections.abc import Callable, Sequence
@@ -95,7 +96,9 @@ class ClusterHandle:
         overwrite: bool = False,
         format: str | None = None,
     ) -> LoadResult:
-        return Loader(self._cluster).load(full_name, source, label=label, overwrite=overwrite, fmt=format)
+        return Loader(self._cluster).load(
+            full_name, source, label=label, overwrite=overwrite, fmt=format
+        )
 
     def compact(self, full_name: str, **kwargs: Any) -> compaction.CompactionReport:
         return compaction.compact(self._cluster, full_name, **kwargs)
@@ -213,10 +216,8 @@ class Replicator:
             except ImportError:
                 return
             self._notify = notify
-        try:
+        with contextlib.suppress(Exception):
             notify(cluster, job_id)
-        except Exception:
-            pass
 
     def replicate(
         self,
@@ -251,6 +252,10 @@ class Replicator:
         cluster, job_id = _jobs.parse_ref(ref)
         return Job(self, cluster, job_id)
 
-    def jobs(self, cluster: str, state: str | list[str] | None = None, limit: int = 100) -> list[Job]:
+    def jobs(
+        self, cluster: str, state: str | list[str] | None = None, limit: int = 100
+    ) -> list[Job]:
         states = [state] if isinstance(state, str) else state
-        return [Job(self, cluster, r.id) for r in _jobs.list_jobs(self.settings, cluster, states, limit)]
+        return [
+            Job(self, cluster, r.id) for r in _jobs.list_jobs(self.settings, cluster, states, limit)
+        ]

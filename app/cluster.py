@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import secrets
 from collections import Counter
@@ -74,7 +75,8 @@ class Cluster:
     def ensure_ready(self) -> None:
         if not database_exists(self.dsn):
             raise NotFound(
-                f"cluster {self.name!r} is not initialised: run `replicator cluster init {self.name}`"
+                f"cluster {self.name!r} is not initialised: "
+                f"run `replicator cluster init {self.name}`"
             )
         revision = current_revision(self.dsn)
         if revision != head_revision():
@@ -101,7 +103,9 @@ class Cluster:
                     f"with storage {existing.storage_root} ({existing.state})"
                 )
             new_id = conn.execute(
-                sa.insert(s.backends).values(name=name, storage_root=root).returning(s.backends.c.id)
+                sa.insert(s.backends)
+                .values(name=name, storage_root=root)
+                .returning(s.backends.c.id)
             ).scalar_one()
         return model.Backend(new_id, name, root, "ACTIVE")
 
@@ -130,7 +134,9 @@ class Cluster:
                     "tables before decommissioning it"
                 )
             conn.execute(
-                sa.update(s.backends).where(s.backends.c.id == backend.id).values(state="DECOMMISSIONED")
+                sa.update(s.backends)
+                .where(s.backends.c.id == backend.id)
+                .values(state="DECOMMISSIONED")
             )
         return model.Backend(backend.id, name, backend.storage_root, "DECOMMISSIONED")
 
@@ -169,9 +175,9 @@ class Cluster:
                     f"`replicator backend add {self.name} NAME --storage DIR`"
                 )
             conn.execute(
-                pg_insert(s.databases).values(name=db_name).on_conflict_do_nothing(
-                    index_elements=["name"]
-                )
+                pg_insert(s.databases)
+                .values(name=db_name)
+                .on_conflict_do_nothing(index_elements=["name"])
             )
             db_id = conn.execute(
                 sa.select(s.databases.c.id).where(s.databases.c.name == db_name)
@@ -202,15 +208,15 @@ class Cluster:
                 .values(table_id=table_id, name="base", is_base=True, schema_hash=h)
                 .returning(s.indexes.c.id)
             ).scalar_one()
-            load = Counter(
-                {b.id: 0 for b in active}
-                | dict(
-                    conn.execute(
-                        sa.select(s.replicas.c.backend_id, sa.func.count())
-                        .group_by(s.replicas.c.backend_id)
-                    ).all()
+            # Replicas each backend holds already: new tablets go to the least loaded first.
+            load: Counter[int] = Counter({b.id: 0 for b in active})
+            for backend_id, count in conn.execute(
+                sa.select(s.replicas.c.backend_id, sa.func.count()).group_by(
+                    s.replicas.c.backend_id
                 )
-            )
+            ):
+                if backend_id in load:
+                    load[backend_id] = count
             order = [b.id for b in active]
             replica_rows = []
             for name, lower, upper in bounds:
@@ -225,14 +231,25 @@ class Cluster:
                     )
                     .returning(s.partitions.c.id)
                 ).scalar_one()
-                tablet_ids = conn.execute(
-                    sa.insert(s.tablets).returning(s.tablets.c.id, sort_by_parameter_order=True),
-                    [{"partition_id": pid, "index_id": index_id, "bucket": b} for b in range(buckets)],
-                ).scalars().all()
+                tablet_ids = (
+                    conn.execute(
+                        sa.insert(s.tablets).returning(
+                            s.tablets.c.id, sort_by_parameter_order=True
+                        ),
+                        [
+                            {"partition_id": pid, "index_id": index_id, "bucket": b}
+                            for b in range(buckets)
+                        ],
+                    )
+                    .scalars()
+                    .all()
+                )
                 for tablet_id in tablet_ids:
                     # Least-loaded backends first; ties broken by a rotating order so that
                     # replicas spread evenly over equally loaded backends.
-                    chosen = sorted(order, key=lambda b: (load[b], order.index(b)))[:replication_num]
+                    chosen = sorted(order, key=lambda b: (load[b], order.index(b)))[
+                        :replication_num
+                    ]
                     for b in chosen:
                         load[b] += 1
                         replica_rows.append({"tablet_id": tablet_id, "backend_id": b})
@@ -249,13 +266,19 @@ class Cluster:
     ) -> list[tuple[str, Any, Any]]:
         if partition_by is None:
             if specs:
-                raise InvalidRequest("partitions were given without a partition column (partition_by)")
+                raise InvalidRequest(
+                    "partitions were given without a partition column (partition_by)"
+                )
             return [(full_name.split(".")[1], None, None)]
         col = next((c for c in cols if c.name == partition_by), None)
         if col is None:
-            raise InvalidRequest(f"partition column {partition_by!r} is not a column of {full_name}")
+            raise InvalidRequest(
+                f"partition column {partition_by!r} is not a column of {full_name}"
+            )
         if not specs:
-            raise InvalidRequest(f"table {full_name} is partitioned by {partition_by} but has no partitions")
+            raise InvalidRequest(
+                f"table {full_name} is partitioned by {partition_by} but has no partitions"
+            )
         seen: set[str] = set()
         out: list[tuple[str, Any, Any]] = []
         for spec in specs:
@@ -266,11 +289,12 @@ class Cluster:
             upper = parse_value(col.type, spec.upper)
             if lower is not None and upper is not None and (lower) >= (upper):
                 raise InvalidRequest(
-                    f"partition {spec.name!r}: lower bound {lower} must be below upper bound {upper}"
+                    f"partition {spec.name!r}: lower bound {lower} must be below "
+                    f"upper bound {upper}"
                 )
             out.append((spec.name, lower, upper))
         ordered = sorted(out, key=lambda p: (p[1] is not None, (p[1])))
-        for prev, cur in zip(ordered, ordered[1:], strict=False):
+        for prev, cur in itertools.pairwise(ordered):
             if prev[2] is None or cur[1] is None or (prev[2]) > (cur[1]):
                 raise InvalidRequest(f"partitions {prev[0]!r} and {cur[0]!r} overlap")
         return out
@@ -287,4 +311,3 @@ class Cluster:
         with self.engine.connect() as conn:
             table = model.get_table(conn, full_name, self.name)
             return model.list_partitions(conn, table.id)
-

@@ -74,6 +74,8 @@ def checksum(
         for batch in iter_partition(cluster, full_name, part.name):
             digest.add(batch)
         out.append(
-            PartitionChecksum(part.name, part.visible_version, part.version_epoch, digest.rows, digest.hexdigest)
+            PartitionChecksum(
+                part.name, part.visible_version, part.version_epoch, digest.rows, digest.hexdigest
+            )
         )
     return out

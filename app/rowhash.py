@@ -58,7 +58,9 @@ def column_hashes(arr: pa.Array | pa.ChunkedArray) -> np.ndarray:
     return h
 
 
-def row_hashes(batch: pa.RecordBatch | pa.Table, columns: Sequence[str] | None = None) -> np.ndarray:
+def row_hashes(
+    batch: pa.RecordBatch | pa.Table, columns: Sequence[str] | None = None
+) -> np.ndarray:
     names = list(columns) if columns is not None else batch.schema.names
     out = np.zeros(batch.num_rows, dtype=np.uint64)
     for name in names:

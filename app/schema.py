@@ -148,7 +148,9 @@ def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
                     f"{field.type}: {str(exc).splitlines()[0]}"
                 ) from None
         if not field.nullable and col.null_count:
-            raise SchemaMismatch(f"column {field.name!r} is NOT NULL but has {col.null_count} nulls")
+            raise SchemaMismatch(
+                f"column {field.name!r} is NOT NULL but has {col.null_count} nulls"
+            )
         arrays.append(col)
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
@@ -161,7 +163,9 @@ def parse_value(type_name: str, raw: Any) -> Any:
         if type_name.startswith("int"):
             return int(raw)
         if type_name == "date":
-            return (raw if isinstance(raw, dt.date) else dt.date.fromisoformat(str(raw))).isoformat()
+            return (
+                raw if isinstance(raw, dt.date) else dt.date.fromisoformat(str(raw))
+            ).isoformat()
         if type_name == "datetime":
             value = raw if isinstance(raw, dt.datetime) else dt.datetime.fromisoformat(str(raw))
             return value.isoformat()

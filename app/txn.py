@@ -35,8 +35,14 @@ class Txn:
 def _txn(row: sa.Row[tuple[object, ...]]) -> Txn:
     m = row._mapping
     return Txn(
-        m["id"], m["table_id"], m["label"], m["kind"], m["state"], m["deadline"],
-        m["content_digest"], m["reason"],
+        m["id"],
+        m["table_id"],
+        m["label"],
+        m["kind"],
+        m["state"],
+        m["deadline"],
+        m["content_digest"],
+        m["reason"],
     )
 
 
@@ -159,11 +165,17 @@ def abort(engine_or_conn: Engine | sa.Connection, txn_id: int, reason: str) -> b
 def abort_expired(engine: Engine) -> list[int]:
     """Abort every PREPARE transaction past its deadline (a crashed load, a stuck job)."""
     with engine.begin() as conn:
-        ids = conn.execute(
-            sa.select(s.transactions.c.id)
-            .where(s.transactions.c.state == "PREPARE", s.transactions.c.deadline < sa.func.now())
-            .with_for_update(skip_locked=True)
-        ).scalars().all()
+        ids = (
+            conn.execute(
+                sa.select(s.transactions.c.id)
+                .where(
+                    s.transactions.c.state == "PREPARE", s.transactions.c.deadline < sa.func.now()
+                )
+                .with_for_update(skip_locked=True)
+            )
+            .scalars()
+            .all()
+        )
         for txn_id in ids:
             abort(conn, txn_id, "transaction timeout reached")
     return list(ids)
@@ -176,4 +188,6 @@ def _cas(conn: sa.Connection, txn_id: int, expected: str, new: str, reason: str 
         .values(state=new, reason=reason, finished_at=sa.func.now())
     ).rowcount
     if done != 1:
-        raise TransactionConflict(f"transaction {txn_id} was not {expected}; it cannot become {new}")
+        raise TransactionConflict(
+            f"transaction {txn_id} was not {expected}; it cannot become {new}"
+        )

@@ -31,10 +31,14 @@ def _drop_run_databases() -> None:
     admin = sa.create_engine(f"{PG_URL}/postgres", isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
-            names = conn.execute(
-                sa.text("SELECT datname FROM pg_database WHERE datname LIKE :p"),
-                {"p": DB_PREFIX + "%"},
-            ).scalars().all()
+            names = (
+                conn.execute(
+                    sa.text("SELECT datname FROM pg_database WHERE datname LIKE :p"),
+                    {"p": DB_PREFIX + "%"},
+                )
+                .scalars()
+                .all()
+            )
             for name in names:
                 conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     finally:

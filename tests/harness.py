@@ -28,7 +28,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def wait_until(check: Callable[[], bool], timeout: float, what: str, interval: float = 0.05) -> None:
+def wait_until(
+    check: Callable[[], bool], timeout: float, what: str, interval: float = 0.05
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if check():
@@ -46,7 +48,9 @@ class RedisServer:
         self.proc: subprocess.Popen[bytes] | None = None
         binary = shutil.which("redis-server")
         if binary is None:
-            raise RuntimeError("redis-server is not installed: run `make services` (scripts/services.sh)")
+            raise RuntimeError(
+                "redis-server is not installed: run `make services` (scripts/services.sh)"
+            )
         self.binary = binary
 
     @property
@@ -57,8 +61,19 @@ class RedisServer:
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
             [
-                self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-                "--appendonly", "no", "--dir", str(self.workdir), "--maxmemory-policy", "noeviction",
+                self.binary,
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.workdir),
+                "--maxmemory-policy",
+                "noeviction",
             ],
             stdout=open(self.workdir / f"redis-{self.port}.log", "ab"),  # noqa: SIM115
             stderr=subprocess.STDOUT,
@@ -114,7 +129,11 @@ class Workers:
         self.logdir.mkdir(parents=True, exist_ok=True)
         log = open(proc.log, "ab")  # noqa: SIM115 - owned by the child
         proc.popen = subprocess.Popen(
-            proc.args, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+            proc.args,
+            env=self.env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self.procs[proc.name] = proc
@@ -124,18 +143,53 @@ class Workers:
         queue = f"be.{cluster}.{backend}"
         name = f"{queue}{suffix}"
         args = [
-            sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", queue,
-            "-n", f"{name}@%h", "-c", str(concurrency), "-P", "prefork",
-            "--prefetch-multiplier", "1", "-E", "--loglevel", "INFO", "--without-mingle",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers",
+            "worker",
+            "-Q",
+            queue,
+            "-n",
+            f"{name}@%h",
+            "-c",
+            str(concurrency),
+            "-P",
+            "prefork",
+            "--prefetch-multiplier",
+            "1",
+            "-E",
+            "--loglevel",
+            "INFO",
+            "--without-mingle",
             "--without-gossip",
         ]
         return self._spawn(Proc(name, args, self.logdir / f"{name}.log"))
 
     def coordinator(self, name: str = "coordinator", beat: bool = True) -> Proc:
         args = [
-            sys.executable, "-m", "celery", "-A", "workers", "worker", "-Q", "coordinator",
-            "-n", f"{name}@%h", "-c", "2", "-P", "prefork", "--prefetch-multiplier", "1", "-E",
-            "--loglevel", "INFO", "--without-mingle", "--without-gossip",
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "workers",
+            "worker",
+            "-Q",
+            "coordinator",
+            "-n",
+            f"{name}@%h",
+            "-c",
+            "2",
+            "-P",
+            "prefork",
+            "--prefetch-multiplier",
+            "1",
+            "-E",
+            "--loglevel",
+            "INFO",
+            "--without-mingle",
+            "--without-gossip",
         ]
         if beat:
             args += ["-B", "-s", str(self.logdir / f"{name}-beat-schedule")]
@@ -177,7 +231,9 @@ class Workers:
 
 def _ready(proc: Proc) -> bool:
     if proc.popen is not None and proc.popen.poll() is not None:
-        raise AssertionError(f"worker {proc.name} exited: see {proc.log}\n{proc.log.read_text()[-3000:]}")
+        raise AssertionError(
+            f"worker {proc.name} exited: see {proc.log}\n{proc.log.read_text()[-3000:]}"
+        )
     try:
         text = proc.log.read_text(errors="replace")
     except FileNotFoundError:
@@ -217,18 +273,37 @@ class PostgresServer:
     def init(self) -> PostgresServer:
         if self.as_root:
             shutil.chown(self.datadir.parent, "postgres", "postgres")
-        self._run(self.bindir / "initdb", "-D", str(self.datadir), "-A", "trust", "-U", "postgres",
-                  "--no-sync")
+        self._run(
+            self.bindir / "initdb",
+            "-D",
+            str(self.datadir),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+        )
         return self.start()
 
     def start(self) -> PostgresServer:
         opts = f"-p {self.port} -k {self.datadir.parent} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run(self.bindir / "pg_ctl", "-D", str(self.datadir), "-o", opts, "-l",
-                  str(self.datadir.parent / "server.log"), "-w", "start")
+        self._run(
+            self.bindir / "pg_ctl",
+            "-D",
+            str(self.datadir),
+            "-o",
+            opts,
+            "-l",
+            str(self.datadir.parent / "server.log"),
+            "-w",
+            "start",
+        )
         return self
 
     def stop(self, mode: str = "fast") -> None:
-        self._run(self.bindir / "pg_ctl", "-D", str(self.datadir), "-m", mode, "-w", "stop", check=False)
+        self._run(
+            self.bindir / "pg_ctl", "-D", str(self.datadir), "-m", mode, "-w", "stop", check=False
+        )
 
     def restart(self, down_for: float = 0.0) -> None:
         """Stop at once (every connection dies), stay down a while, start again."""

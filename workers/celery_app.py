@@ -45,7 +45,10 @@ app.conf.update(
             "task": "replication.tick",
             "schedule": settings.coordinator_tick_sec,
             # A tick that waited longer than one period is useless: drop it, the next one comes.
-            "options": {"queue": COORDINATOR_QUEUE, "expires": max(settings.coordinator_tick_sec, 1.0)},
+            "options": {
+                "queue": COORDINATOR_QUEUE,
+                "expires": max(settings.coordinator_tick_sec, 1.0),
+            },
         },
         "maintenance-gc": {
             "task": "maintenance.gc",

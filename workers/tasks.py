@@ -59,7 +59,7 @@ def tick(self: Task, cluster: str | None = None, job_id: int | None = None) -> d
     for name, jid in targets:
         try:
             result = coordinator.tick(name, jid)
-        except Exception as exc:  # noqa: BLE001 - Postgres trouble must not stop other jobs
+        except Exception as exc:
             log.warning("tick of job %s:%s failed: %s", name, jid, exc)
             continue
         send(result.messages)
@@ -101,7 +101,10 @@ def gc() -> dict[str, Any]:
     for name in clusters():
         try:
             purged = jobs.purge_history(settings, name)
-            report[name] = {"purged_jobs": purged, **storage_gc.collect(Cluster(settings, name)).__dict__}
+            report[name] = {
+                "purged_jobs": purged,
+                **storage_gc.collect(Cluster(settings, name)).__dict__,
+            }
         except Exception as exc:
             log.warning("maintenance of %s failed: %s", name, exc)
     return report

@@ -151,7 +151,9 @@ def list_tables(conn: sa.Connection) -> list[TableInfo]:
 
 def list_partitions(conn: sa.Connection, table_id: int) -> list[PartitionInfo]:
     rows = conn.execute(
-        sa.select(s.partitions).where(s.partitions.c.table_id == table_id).order_by(s.partitions.c.id)
+        sa.select(s.partitions)
+        .where(s.partitions.c.table_id == table_id)
+        .order_by(s.partitions.c.id)
     ).all()
     return [partition_from_row(r._mapping) for r in rows]
 

@@ -95,7 +95,9 @@ tablets = Table(
     "tablets",
     metadata,
     Column("id", Integer, primary_key=True),
-    Column("partition_id", Integer, ForeignKey("partitions.id", ondelete="CASCADE"), nullable=False),
+    Column(
+        "partition_id", Integer, ForeignKey("partitions.id", ondelete="CASCADE"), nullable=False
+    ),
     Column("index_id", Integer, ForeignKey("indexes.id", ondelete="CASCADE"), nullable=False),
     Column("bucket", Integer, nullable=False),
     UniqueConstraint("partition_id", "index_id", "bucket"),
@@ -188,7 +190,11 @@ jobs = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("finished_at", DateTime(timezone=True)),
 )
-Index("jobs_active", jobs.c.state, postgresql_where=text("state IN ('INITIALIZING','SNAPSHOTING','REPLICATING')"))
+Index(
+    "jobs_active",
+    jobs.c.state,
+    postgresql_where=text("state IN ('INITIALIZING','SNAPSHOTING','REPLICATING')"),
+)
 
 job_partitions = Table(
     "job_partitions",

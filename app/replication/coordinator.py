@@ -38,7 +38,6 @@ from app.replication.state import (
 log = logging.getLogger(__name__)
 
 
-
 def queue_name(cluster: str, backend: str) -> str:
     return f"be.{cluster}.{backend}"
 
@@ -135,8 +134,9 @@ class Coordinator:
         txn_state, expired = None, False
         if job.txn_id is not None:
             row = conn.execute(
-                sa.select(s.transactions.c.state, (s.transactions.c.deadline < sa.func.now()))
-                .where(s.transactions.c.id == job.txn_id)
+                sa.select(
+                    s.transactions.c.state, (s.transactions.c.deadline < sa.func.now())
+                ).where(s.transactions.c.id == job.txn_id)
             ).first()
             if row is not None:
                 txn_state, expired = row[0], bool(row[1]) and row[0] == "PREPARE"
@@ -158,7 +158,9 @@ class Coordinator:
             failure=counts[3],
         )
 
-    def _move(self, conn: sa.Connection, job_id: int, frm: JobState, to: JobState, reason: str) -> None:
+    def _move(
+        self, conn: sa.Connection, job_id: int, frm: JobState, to: JobState, reason: str
+    ) -> None:
         check_edge(frm, to)
         done = conn.execute(
             sa.update(s.jobs)
@@ -243,7 +245,9 @@ class Coordinator:
 
     def _start_apply(self, conn: sa.Connection, job: Any, dst: Cluster) -> None:
         snaps = conn.execute(
-            sa.select(s.job_tasks).where(s.job_tasks.c.job_id == job.id, s.job_tasks.c.kind == "SNAPSHOT")
+            sa.select(s.job_tasks).where(
+                s.job_tasks.c.job_id == job.id, s.job_tasks.c.kind == "SNAPSHOT"
+            )
         ).all()
         backends = model.list_backends(conn)
         replicas: dict[int, list[int]] = defaultdict(list)
@@ -312,7 +316,8 @@ class Coordinator:
                     sa.and_(t.c.state == "PENDING", t.c.next_attempt_at <= now),
                     sa.and_(
                         t.c.state == "QUEUED",
-                        t.c.dispatched_at < now - dt.timedelta(seconds=self.settings.task_queued_timeout_sec),
+                        t.c.dispatched_at
+                        < now - dt.timedelta(seconds=self.settings.task_queued_timeout_sec),
                     ),
                     sa.and_(t.c.state == "RUNNING", t.c.lease_until < now),
                 ),

@@ -72,7 +72,9 @@ class JobRecord:
 def parse_ref(ref: str) -> tuple[str, int]:
     cluster, sep, num = ref.partition(":")
     if not sep or not num.isdigit():
-        raise InvalidRequest(f"job {ref!r} must be written CLUSTER:ID (e.g. dr:12), as `jobs` lists it")
+        raise InvalidRequest(
+            f"job {ref!r} must be written CLUSTER:ID (e.g. dr:12), as `jobs` lists it"
+        )
     return cluster, int(num)
 
 
@@ -182,9 +184,13 @@ def submit(
 
 
 def _admit(conn: sa.Connection, settings: Settings, replicas: int, data_size: int) -> None:
-    active = conn.execute(
-        sa.select(s.jobs.c.options).where(s.jobs.c.state.in_([str(x) for x in ACTIVE_STATES]))
-    ).scalars().all()
+    active = (
+        conn.execute(
+            sa.select(s.jobs.c.options).where(s.jobs.c.state.in_([str(x) for x in ACTIVE_STATES]))
+        )
+        .scalars()
+        .all()
+    )
     limit = settings.replication_max_parallel_table_count
     if len(active) >= limit:
         raise AdmissionRefused(
@@ -256,7 +262,9 @@ def _record(cluster: str, row: Any) -> JobRecord:
     )
 
 
-def list_jobs(settings: Settings, cluster: str, states: list[str] | None = None, limit: int = 100) -> list[JobRecord]:
+def list_jobs(
+    settings: Settings, cluster: str, states: list[str] | None = None, limit: int = 100
+) -> list[JobRecord]:
     dst = Cluster(settings, cluster)
     q = sa.select(s.jobs).order_by(s.jobs.c.id.desc()).limit(limit)
     if states:
@@ -291,7 +299,9 @@ def progress(settings: Settings, cluster: str, job_id: int) -> Progress:
                     .select_from(s.replicas)
                     .where(
                         s.replicas.c.tablet_id.in_(
-                            sa.select(t.c.dst_tablet_id).where(t.c.job_id == job_id, t.c.kind == "SNAPSHOT")
+                            sa.select(t.c.dst_tablet_id).where(
+                                t.c.job_id == job_id, t.c.kind == "SNAPSHOT"
+                            )
                         )
                     )
                 ).scalar_one()
@@ -316,7 +326,9 @@ def events(settings: Settings, cluster: str, job_id: int) -> list[Event]:
     dst = Cluster(settings, cluster)
     with dst.engine.connect() as conn:
         rows = conn.execute(
-            sa.select(s.job_events).where(s.job_events.c.job_id == job_id).order_by(s.job_events.c.id)
+            sa.select(s.job_events)
+            .where(s.job_events.c.job_id == job_id)
+            .order_by(s.job_events.c.id)
         ).all()
     return [Event(r.at, r.from_state, r.to_state, r.reason, r.actor) for r in rows]
 
@@ -326,7 +338,9 @@ def tasks(settings: Settings, cluster: str, job_id: int) -> list[Any]:
     with dst.engine.connect() as conn:
         return list(
             conn.execute(
-                sa.select(s.job_tasks).where(s.job_tasks.c.job_id == job_id).order_by(s.job_tasks.c.id)
+                sa.select(s.job_tasks)
+                .where(s.job_tasks.c.job_id == job_id)
+                .order_by(s.job_tasks.c.id)
             )
         )
 

@@ -90,7 +90,9 @@ def make_plan(
     with src.engine.connect() as conn:
         src_table = model.find_table(conn, pair.src_table)
         if src_table is None:
-            raise NotFound(f"source table {pair.src_table} does not exist in cluster {pair.src_cluster!r}")
+            raise NotFound(
+                f"source table {pair.src_table} does not exist in cluster {pair.src_cluster!r}"
+            )
         src_parts = model.list_partitions(conn, src_table.id)
         src_tablets = model.list_tablets(conn, src_table.id)
         src_sizes = _sizes(conn, src_table.id)
@@ -107,7 +109,9 @@ def make_plan(
     if dst_table is None:
         active = sum(1 for b in dst_backends.values() if b.state == "ACTIVE")
         if active < 1:
-            raise InvalidRequest(f"cluster {pair.dst_cluster!r} has no active backends to hold the target")
+            raise InvalidRequest(
+                f"cluster {pair.dst_cluster!r} has no active backends to hold the target"
+            )
     if dst_table is not None:
         _check_compatible(src_table, dst_table, pair)
 
@@ -151,8 +155,14 @@ def make_plan(
         mode = "INCREMENTAL" if dst_epoch == sp.version_epoch and dst_version > 1 else "FULL"
         plan.partitions.append(
             PartitionPlan(
-                name, sp.id, dp.id if dp else 0, sp.visible_version, sp.version_epoch,
-                dst_version, dst_epoch, mode,
+                name,
+                sp.id,
+                dp.id if dp else 0,
+                sp.visible_version,
+                sp.version_epoch,
+                dst_version,
+                dst_epoch,
+                mode,
             )
         )
         plan.data_size += src_sizes.get(sp.id, 0)
@@ -187,9 +197,13 @@ def _check_compatible(src: TableInfo, dst: TableInfo, pair: TablePair) -> None:
     if src.buckets != dst.buckets:
         raise SchemaMismatch(
             f"bucket counts differ: source {src.full_name} has {src.buckets}, target "
-            f"{dst.full_name} has {dst.buckets}; tablets pair by (partition, bucket), so they must match"
+            f"{dst.full_name} has {dst.buckets}; tablets pair by (partition, bucket), "
+            "so they must match"
         )
-    if src.partition_column != dst.partition_column or src.distribution_columns != dst.distribution_columns:
+    if (
+        src.partition_column != dst.partition_column
+        or src.distribution_columns != dst.distribution_columns
+    ):
         raise SchemaMismatch(
             f"partitioning differs: source partitions by {src.partition_column} and hashes "
             f"{list(src.distribution_columns)}, target by {dst.partition_column} and "
@@ -197,7 +211,13 @@ def _check_compatible(src: TableInfo, dst: TableInfo, pair: TablePair) -> None:
         )
 
 
-def create_target_like(dst: Cluster, pair: TablePair, src: TableInfo, src_parts: list[model.PartitionInfo], replication_num: int | None) -> TableInfo:
+def create_target_like(
+    dst: Cluster,
+    pair: TablePair,
+    src: TableInfo,
+    src_parts: list[model.PartitionInfo],
+    replication_num: int | None,
+) -> TableInfo:
     active = [b for b in dst.backends() if b.state == "ACTIVE"]
     return dst.create_table(
         pair.dst_table,

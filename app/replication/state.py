@@ -97,7 +97,9 @@ def step(f: JobFacts) -> Decision:
         reason = "transaction timeout reached" if f.txn_expired else "transaction is missing"
         return Decision(JobState.ABORTED, (Action.ABORT,), reason)
     if f.tasks.failed:
-        return Decision(JobState.ABORTED, (Action.ABORT,), f"task failed: {f.failure or 'unknown error'}")
+        return Decision(
+            JobState.ABORTED, (Action.ABORT,), f"task failed: {f.failure or 'unknown error'}"
+        )
     if f.state is JobState.SNAPSHOTING:
         if f.tasks.all_done:
             return Decision(

@@ -62,6 +62,37 @@ class Throttle:
             time.sleep(ahead)
 
 
+class _Beat:
+    """Called for every chunk copied: keeps the bandwidth cap, and about once a second renews
+    the task's lease and reports its bytes (which also notices a cancelled job)."""
+
+    def __init__(
+        self, runner: TaskRunner, claim: Claimed, progress: ProgressFn | None, base: int, total: int
+    ) -> None:
+        self.runner, self.claim, self.progress = runner, claim, progress
+        self.base, self.total = base, total
+        self.throttle = Throttle(runner.settings.transfer_bandwidth_mb_per_sec)
+        self.completed = 0  # bytes of files installed and verified
+        self.current = 0  # bytes of the file in flight
+        self.file_size = 0
+        self.last = time.monotonic()
+
+    def __call__(self, n: int) -> None:
+        self.throttle(n)
+        self.current += n
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_EVERY_SEC:
+            self.last = now
+            done = self.completed + self.current
+            self.runner.heartbeat(self.claim, done)
+            if self.progress:
+                self.progress(self.base + done, self.total)
+
+    def file_done(self, size: int) -> None:
+        self.completed += size
+        self.current = 0
+
+
 class LeaseLost(ReplicatorError):
     """Another attempt owns the task now, or its job ended; stop without touching it."""
 
@@ -174,7 +205,11 @@ class TaskRunner:
         retry = is_retryable(exc) and not self.policy.gives_up(claim.attempt)
         message = f"{type(exc).__name__}: {exc}"[:2000]
         t = s.job_tasks
-        values: dict[str, Any] = {"error": message, "lease_until": None, "updated_at": sa.func.now()}
+        values: dict[str, Any] = {
+            "error": message,
+            "lease_until": None,
+            "updated_at": sa.func.now(),
+        }
         if retry:
             delay = self.policy.delay(claim.attempt)
             values |= {
@@ -189,15 +224,22 @@ class TaskRunner:
                 .where(t.c.id == claim.id, t.c.state == "RUNNING", t.c.attempts == claim.attempt)
                 .values(**values)
             )
-        log.warning("task %s attempt %s failed (%s): %s", claim.id, claim.attempt,
-                    "will retry" if retry else "giving up", message)
+        log.warning(
+            "task %s attempt %s failed (%s): %s",
+            claim.id,
+            claim.attempt,
+            "will retry" if retry else "giving up",
+            message,
+        )
         return "retried" if retry else "failed"
 
     def _job(self) -> Any:
         with self.dst.engine.connect() as conn:
             return conn.execute(sa.select(s.jobs).where(s.jobs.c.id == self.job_id)).one()
 
-    def run(self, kind: str, task_ids: list[int], progress: ProgressFn | None = None) -> BatchOutcome:
+    def run(
+        self, kind: str, task_ids: list[int], progress: ProgressFn | None = None
+    ) -> BatchOutcome:
         job = self._job()
         job_state = "SNAPSHOTING" if kind == "SNAPSHOT" else "REPLICATING"
         out = BatchOutcome()
@@ -237,10 +279,14 @@ class TaskRunner:
             part = conn.execute(
                 sa.select(s.partitions).where(s.partitions.c.id == plan.src_partition_id)
             ).first()
-            if part is None or part.version_epoch != plan.src_epoch or part.visible_version < plan.src_version:
+            if (
+                part is None
+                or part.version_epoch != plan.src_epoch
+                or part.visible_version < plan.src_version
+            ):
                 raise SourceDataGone(
-                    f"source partition {task.partition_name!r} was dropped or overwritten during the "
-                    "job; submit the replication again"
+                    f"source partition {task.partition_name!r} was dropped or overwritten "
+                    "during the job; submit the replication again"
                 )
             # FOR SHARE keeps compaction and GC off these rows until the holds are in place.
             rows = conn.execute(
@@ -253,8 +299,12 @@ class TaskRunner:
             chosen, incremental = choose_rowsets(
                 rowsets, plan.dst_version, plan.src_version, plan.mode == "INCREMENTAL"
             )
-            holds.place(conn, [r.id for r in chosen], hold_owner(self.dst.name, self.job_id),
-                        self.settings.hold_lease_sec)
+            holds.place(
+                conn,
+                [r.id for r in chosen],
+                hold_owner(self.dst.name, self.job_id),
+                self.settings.hold_lease_sec,
+            )
             backends = model.list_backends(conn)
         candidates = [int(b) for b in task.src_backend_ids]
         good, fallback = order_sources(chosen, [backends[b] for b in candidates])
@@ -290,7 +340,9 @@ class TaskRunner:
                     holds.release(conn, hold_owner(self.dst.name, self.job_id))
 
     # -- apply -----------------------------------------------------------------------------
-    def _apply(self, job: Any, claim: Claimed, out: BatchOutcome, progress: ProgressFn | None) -> int:
+    def _apply(
+        self, job: Any, claim: Claimed, out: BatchOutcome, progress: ProgressFn | None
+    ) -> int:
         task = claim.row
         manifest = task.manifest
         with self.dst.engine.connect() as conn:
@@ -303,9 +355,7 @@ class TaskRunner:
             (int(b), storage_for(manifest["src_roots"][str(b)])) for b in task.src_backend_ids
         ]
         copied = 0
-        done_bytes = 0
-        last_beat = time.monotonic()
-        throttle = Throttle(self.settings.transfer_bandwidth_mb_per_sec)
+        beat = _Beat(self, claim, progress, out.bytes, task.bytes_total)
         new_rows = []
         for rs in manifest["rowsets"]:
             dst_rowset = uuid.uuid5(ROWSET_NS, f"{self.job_id}/{task.dst_tablet_id}/{rs['id']}").hex
@@ -315,20 +365,9 @@ class TaskRunner:
                 if not _verified(target, final, meta):
                     staged = f"{staging_dir(job.txn_id)}/{dst_rowset}/{meta.name}"
                     src_path = f"{rowset_dir(task.src_tablet_id, rs['id'])}/{meta.name}"
-
-                    def tick(n: int) -> None:
-                        nonlocal last_beat
-                        throttle(n)
-                        now = time.monotonic()
-                        if now - last_beat >= PROGRESS_EVERY_SEC:
-                            last_beat = now
-                            self.heartbeat(claim, done_bytes)
-                            if progress:
-                                progress(out.bytes + done_bytes, task.bytes_total)
-
-                    copied += fetch(sources, target, src_path, staged, meta, tick)
+                    copied += fetch(sources, target, src_path, staged, meta, beat)
                     target.rename(staged, final)
-                done_bytes += meta.size
+                beat.file_done(meta.size)
             new_rows.append(
                 {
                     "id": dst_rowset,
@@ -349,12 +388,14 @@ class TaskRunner:
                 .with_for_update(read=True)
             ).scalar_one()
             if open_txn != "PREPARE":
-                raise LeaseLost(f"job {self.job_id}'s transaction is {open_txn}; dropping the apply")
+                raise LeaseLost(
+                    f"job {self.job_id}'s transaction is {open_txn}; dropping the apply"
+                )
             if new_rows:
                 conn.execute(pg_insert(s.rowsets).values(new_rows).on_conflict_do_nothing())
-            self.complete(conn, claim, bytes_done=done_bytes)
+            self.complete(conn, claim, bytes_done=beat.completed)
         if progress:
-            progress(out.bytes + done_bytes, task.bytes_total)
+            progress(out.bytes + beat.completed, task.bytes_total)
         return copied
 
 
@@ -385,9 +426,7 @@ def choose_rowsets(
                 ok = False
                 break
             expected = (r.end_version or 0) + 1
-        crosses = any(
-            (r.start_version or 0) <= dst_version < (r.end_version or 0) for r in upto
-        )
+        crosses = any((r.start_version or 0) <= dst_version < (r.end_version or 0) for r in upto)
         if ok and not crosses and expected == src_version + 1:
             return chain, True
     return upto, False
@@ -471,9 +510,13 @@ def fetch(
             break
     detail = "; ".join(errors)
     if all("missing" in e for e in errors):
-        raise SourceDataGone(f"{meta.name} of {src_path} is gone from every source replica: {detail}")
+        raise SourceDataGone(
+            f"{meta.name} of {src_path} is gone from every source replica: {detail}"
+        )
     if sum("checksum" in e for e in errors) >= 2 * len(sources):
-        raise CorruptSource(f"every source replica of {src_path} fails its checksum, twice: {detail}")
+        raise CorruptSource(
+            f"every source replica of {src_path} fails its checksum, twice: {detail}"
+        )
     if any("checksum" in e for e in errors):
         raise ChecksumMismatch(f"no source replica delivered {src_path} intact: {detail}")
     raise StorageUnavailable(f"no source replica of {src_path} could be read: {detail}")

@@ -54,7 +54,7 @@ def copy_verified(
     chunk: int = CHUNK,
     on_progress: object = None,
 ) -> int:
-    """Copy ``src`` to ``dst``, hashing in the same pass; raise ChecksumMismatch on any difference."""
+    """Copy ``src`` to ``dst``, hashing in the same pass; ChecksumMismatch on any difference."""
     digest = xxhash.xxh3_64()
     size = 0
     buf = bytearray(chunk)

@@ -47,14 +47,17 @@ def compact(
         if partitions is not None:
             unknown = set(partitions) - {p.name for p in parts.values()}
             if unknown:
-                raise InvalidRequest(f"partition(s) {', '.join(sorted(unknown))} not in {full_name}")
+                raise InvalidRequest(
+                    f"partition(s) {', '.join(sorted(unknown))} not in {full_name}"
+                )
         tablets = [
             t
             for t in model.list_tablets(conn, table.id)
             if partitions is None or parts[t.partition_id].name in partitions
         ]
         limits = {
-            t.id: min(parts[t.partition_id].visible_version, up_to_version or 2**62) for t in tablets
+            t.id: min(parts[t.partition_id].visible_version, up_to_version or 2**62)
+            for t in tablets
         }
         rowsets = model.visible_rowsets(conn, [t.id for t in tablets], limits)
         backends = model.list_backends(conn)
@@ -66,13 +69,16 @@ def compact(
         replicas = [backends[b] for b in tablet.backend_ids]
         with engine.begin() as conn:
             txn = txns.begin(
-                conn, table,
+                conn,
+                table,
                 label=f"COMPACTION_{tablet.id}_{new_rowset_id()[:12]}",
                 kind="COMPACTION",
                 timeout_sec=cluster.settings.load_transaction_timeout_sec,
             )
             rowset_id = new_rowset_id()
-            conn.execute(sa.insert(s.rowsets).values(id=rowset_id, tablet_id=tablet.id, txn_id=txn.id))
+            conn.execute(
+                sa.insert(s.rowsets).values(id=rowset_id, tablet_id=tablet.id, txn_id=txn.id)
+            )
         try:
             writer = RowsetWriter(tablet.id, rowset_id, schema, replicas)
             for rs in inputs:

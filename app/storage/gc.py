@@ -54,7 +54,9 @@ def collect(cluster: Cluster, *, orphan_grace_sec: int | None = None) -> GcRepor
             .with_for_update(skip_locked=True)
         ).all()
         backends = model.list_backends(conn)
-        replica_rows = conn.execute(sa.select(s.replicas.c.tablet_id, s.replicas.c.backend_id)).all()
+        replica_rows = conn.execute(
+            sa.select(s.replicas.c.tablet_id, s.replicas.c.backend_id)
+        ).all()
         by_tablet: dict[int, list[int]] = {}
         for rep in replica_rows:
             by_tablet.setdefault(rep.tablet_id, []).append(rep.backend_id)

@@ -8,12 +8,13 @@ leaves only PENDING rows and files that garbage collection removes once the tran
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeAlias
 
 import numpy as np
 import pyarrow as pa
@@ -36,8 +37,13 @@ BATCH_ROWS = 65536
 FLUSH_TABLET_BYTES = 16 * 1024 * 1024
 FLUSH_TOTAL_BYTES = 256 * 1024 * 1024
 
-LoadSource = (
-    str | os.PathLike[str] | pa.Table | pa.RecordBatch | pa.RecordBatchReader | Iterable[Mapping[str, Any]]
+LoadSource: TypeAlias = (
+    str
+    | os.PathLike[str]
+    | pa.Table
+    | pa.RecordBatch
+    | pa.RecordBatchReader
+    | Iterable[Mapping[str, Any]]
 )
 
 
@@ -55,7 +61,9 @@ class LoadResult:
 # -- reading inputs ------------------------------------------------------------------------
 
 
-def read_batches(source: LoadSource, schema: pa.Schema, fmt: str | None = None) -> Iterator[pa.RecordBatch]:
+def read_batches(
+    source: LoadSource, schema: pa.Schema, fmt: str | None = None
+) -> Iterator[pa.RecordBatch]:
     """Stream the input as record batches, whatever its form. Never reads a file whole."""
     if isinstance(source, pa.Table):
         yield from source.to_batches(max_chunksize=BATCH_ROWS)
@@ -90,14 +98,14 @@ def _read_file(path: Path, schema: pa.Schema, fmt: str | None) -> Iterator[pa.Re
                 column_types={f.name: f.type for f in schema}, strings_can_be_null=True
             )
             read = pacsv.ReadOptions(block_size=16 * 1024 * 1024)
-            with pacsv.open_csv(path, read_options=read, convert_options=convert) as reader:
-                yield from reader
+            with pacsv.open_csv(path, read_options=read, convert_options=convert) as csv_reader:
+                yield from csv_reader
         elif kind in ("arrow", "feather", "ipc", "arrows"):
             with pa.memory_map(str(path)) as mm:
                 try:
-                    reader: Any = pa.ipc.open_file(mm)
-                    for i in range(reader.num_record_batches):
-                        yield reader.get_batch(i)
+                    ipc_file = pa.ipc.open_file(mm)
+                    for i in range(ipc_file.num_record_batches):
+                        yield ipc_file.get_batch(i)
                 except pa.ArrowInvalid:
                     mm.seek(0)
                     yield from pa.ipc.open_stream(mm)
@@ -124,7 +132,10 @@ class PartitionRouter:
             return
         col_type = table.column(self.column).type
         self._kind = col_type
-        order = sorted(range(len(partitions)), key=lambda i: (partitions[i].lower is not None, partitions[i].lower))
+        order = sorted(
+            range(len(partitions)),
+            key=lambda i: (partitions[i].lower is not None, partitions[i].lower),
+        )
         self._order = np.array(order, dtype=np.int64)
         lows = [partitions[i].lower for i in order]
         highs = [partitions[i].upper for i in order]
@@ -143,7 +154,9 @@ class PartitionRouter:
     def _bounds(self, values: list[Any], *, low: bool) -> np.ndarray:
         if self._kind == "string":
             big = "\U0010ffff" * 8
-            return np.array([("" if low else big) if v is None else v for v in values], dtype=object)
+            return np.array(
+                [("" if low else big) if v is None else v for v in values], dtype=object
+            )
         lo, hi = np.iinfo(np.int64).min, np.iinfo(np.int64).max
         return np.array(
             [(lo if low else hi) if v is None else self._convert(v) for v in values], dtype=np.int64
@@ -222,7 +235,10 @@ class Loader:
             txns.refuse_if_replicating(conn, table, "load")
             kind = "OVERWRITE" if overwrite else "LOAD"
             txn = txns.begin(
-                conn, table, label=label, kind=kind,
+                conn,
+                table,
+                label=label,
+                kind=kind,
                 timeout_sec=self.cluster.settings.load_transaction_timeout_sec,
             )
         try:
@@ -308,10 +324,8 @@ class Loader:
             return staged
         except BaseException:
             for sink in sinks.values():
-                try:
+                with contextlib.suppress(Exception):
                     sink.writer.abandon()
-                except Exception:
-                    pass
             raise
 
     def _open_sink(
@@ -327,14 +341,19 @@ class Loader:
         return _TabletSink(RowsetWriter(tablet.id, rowset_id, schema, replicas))
 
     def _digest(self, table: TableInfo, overwrite: bool, checksum: ContentChecksum) -> str:
-        return f"{table.full_name}|{'overwrite' if overwrite else 'append'}|{checksum.rows}|{checksum.hexdigest}"
+        mode = "overwrite" if overwrite else "append"
+        return f"{table.full_name}|{mode}|{checksum.rows}|{checksum.hexdigest}"
 
-    def commit(self, table: TableInfo, txn_id: int, *, overwrite: bool, digest: str) -> dict[str, int]:
+    def commit(
+        self, table: TableInfo, txn_id: int, *, overwrite: bool, digest: str
+    ) -> dict[str, int]:
         with self.engine.begin() as conn:
             txns.lock_open(conn, txn_id)
             txns.refuse_if_replicating(conn, table, "load")
             conn.execute(
-                sa.update(s.transactions).where(s.transactions.c.id == txn_id).values(content_digest=digest)
+                sa.update(s.transactions)
+                .where(s.transactions.c.id == txn_id)
+                .values(content_digest=digest)
             )
             touched = set(
                 conn.execute(
@@ -362,7 +381,9 @@ class Loader:
                 if overwrite:
                     conn.execute(
                         sa.update(s.rowsets)
-                        .where(s.rowsets.c.tablet_id.in_(tablet_ids), s.rowsets.c.state == "VISIBLE")
+                        .where(
+                            s.rowsets.c.tablet_id.in_(tablet_ids), s.rowsets.c.state == "VISIBLE"
+                        )
                         .values(state="STALE", stale_at=sa.func.now())
                     )
                 conn.execute(
@@ -372,7 +393,10 @@ class Loader:
                 )
                 conn.execute(
                     sa.update(s.partitions)
-                    .where(s.partitions.c.id == p.id, s.partitions.c.visible_version == p.visible_version)
+                    .where(
+                        s.partitions.c.id == p.id,
+                        s.partitions.c.visible_version == p.visible_version,
+                    )
                     .values(
                         visible_version=v,
                         version_epoch=epoch,

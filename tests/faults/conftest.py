@@ -4,9 +4,9 @@ source backends, two target backends and the coordinator, all of which tests may
 from __future__ import annotations
 
 import json
-import zlib
 import os
 import time
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -70,14 +70,23 @@ class FaultRig:
         full = f"db.{name}"
         for handle in (self.src, self.dst):
             handle.create_table(
-                full, COLUMNS, partition_by="day", partitions=PARTITIONS, distributed_by=["id"],
-                buckets=4, replication_num=2,
+                full,
+                COLUMNS,
+                partition_by="day",
+                partitions=PARTITIONS,
+                distributed_by=["id"],
+                buckets=4,
+                replication_num=2,
             )
-        self.src.load(full, rows(n_rows, seed=zlib.crc32(name.encode()) % 1000, wide=True), label=f"{name}-1")
+        self.src.load(
+            full, rows(n_rows, seed=zlib.crc32(name.encode()) % 1000, wide=True), label=f"{name}-1"
+        )
         return full
 
     def content(self, handle: ClusterHandle, full: str) -> list[tuple[str, int, int, int, str]]:
-        return [(c.partition, c.version, c.epoch, c.rows, c.checksum) for c in handle.checksum(full)]
+        return [
+            (c.partition, c.version, c.epoch, c.rows, c.checksum) for c in handle.checksum(full)
+        ]
 
     def scalar(self, handle: ClusterHandle, sql: str, **params: object) -> int:
         with handle.catalog.engine.connect() as conn:
@@ -105,7 +114,9 @@ class FaultRig:
         wait_until(copying, timeout, f"job {job.ref} to be copying files", interval=0.1)
         return found[-1]
 
-    def assert_clean_end(self, job: Job, table: str, before: list[tuple[str, int, int, int, str]]) -> None:
+    def assert_clean_end(
+        self, job: Job, table: str, before: list[tuple[str, int, int, int, str]]
+    ) -> None:
         """COMMITTED and equal, or ABORTED and unchanged; never anything left behind."""
         assert job.state.final, job
         if job.state is JobState.COMMITTED:
@@ -113,11 +124,15 @@ class FaultRig:
         else:
             assert self.content(self.dst, table) == before
         assert self.scalar(self.dst, "SELECT count(*) FROM rowsets WHERE state = 'PENDING'") == 0
-        assert self.scalar(self.dst, "SELECT count(*) FROM transactions WHERE state = 'PREPARE'") == 0
+        assert (
+            self.scalar(self.dst, "SELECT count(*) FROM transactions WHERE state = 'PREPARE'") == 0
+        )
 
         def no_staged_files() -> bool:
             return not [
-                p for b in self.dst.backends() for p in Path(b.storage_root, "staging").rglob("*")
+                p
+                for b in self.dst.backends()
+                for p in Path(b.storage_root, "staging").rglob("*")
                 if p.is_file()
             ]
 

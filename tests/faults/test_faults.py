@@ -103,7 +103,9 @@ def test_postgres_restarted_mid_job_ends_cleanly(rig: FaultRig) -> None:
     record("e: Postgres restarted (down 2 s)", job, struck, job.state, "")
 
 
-def test_a_file_corrupted_in_flight_once_is_fetched_again_and_the_job_commits(rig: FaultRig) -> None:
+def test_a_file_corrupted_in_flight_once_is_fetched_again_and_the_job_commits(
+    rig: FaultRig,
+) -> None:
     rig.arm({"transfer.corrupt": 1})
     table, before, job = _start(rig, "corrupt_once")
     struck = time.time()
@@ -149,8 +151,11 @@ def test_a_file_corrupt_on_every_source_replica_aborts_the_job(rig: FaultRig) ->
 
 def test_source_compaction_and_gc_during_the_job_do_not_break_it(rig: FaultRig) -> None:
     table = rig.big_table("compact_during")
-    rig.src.load(table, __import__("tests.integration.rig", fromlist=["rows"]).rows(20_000, seed=5),
-                 label="compact_during-2")
+    rig.src.load(
+        table,
+        __import__("tests.integration.rig", fromlist=["rows"]).rows(20_000, seed=5),
+        label="compact_during-2",
+    )
     before = rig.content(rig.dst, table)
     job = rig.replicator.replicate(f"{rig.src.name}:{table}", rig.dst.name)
     rig.wait_for_transfer(job)
@@ -167,8 +172,13 @@ def test_source_compaction_and_gc_during_the_job_do_not_break_it(rig: FaultRig) 
     # Once the job released its holds, GC may delete the compacted inputs.
     assert rig.src.gc(orphan_grace_sec=0).deleted_rowsets > 0
     assert rig.content(rig.dst, table) == rig.content(rig.src, table)
-    record("g: source compaction + GC mid-job", job, struck, job.state,
-           f"{collected.kept_by_holds} rowsets kept by holds")
+    record(
+        "g: source compaction + GC mid-job",
+        job,
+        struck,
+        job.state,
+        f"{collected.kept_by_holds} rowsets kept by holds",
+    )
 
 
 def test_two_coordinators_and_two_beats_never_make_a_transition_twice(rig: FaultRig) -> None:
@@ -189,7 +199,13 @@ def test_two_coordinators_and_two_beats_never_make_a_transition_twice(rig: Fault
     ]
     actors = {e.actor for e in job.events[1:]}
     rig.assert_clean_end(job, table, before)
-    record("h: two coordinators + two beats", job, struck, job.state, f"actors: {sorted(map(str, actors))}")
+    record(
+        "h: two coordinators + two beats",
+        job,
+        struck,
+        job.state,
+        f"actors: {sorted(map(str, actors))}",
+    )
 
 
 def test_a_transaction_timeout_aborts_the_job_and_cleans_up(rig: FaultRig) -> None:
@@ -200,8 +216,11 @@ def test_a_transaction_timeout_aborts_the_job_and_cleans_up(rig: FaultRig) -> No
 
     assert job.state is JobState.ABORTED
     assert job.message == "transaction timeout reached"
-    wait_until(lambda: rig.scalar(rig.dst, "SELECT count(*) FROM rowsets WHERE state = 'PENDING'") == 0,
-               10, "pending rowsets to go")
+    wait_until(
+        lambda: rig.scalar(rig.dst, "SELECT count(*) FROM rowsets WHERE state = 'PENDING'") == 0,
+        10,
+        "pending rowsets to go",
+    )
     rig.assert_clean_end(job, table, before)
     record("i: transaction timeout (2 s)", job, struck, job.state, job.message or "")
 

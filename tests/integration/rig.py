@@ -30,11 +30,14 @@ def rows(n: int, seed: int, wide: bool = False) -> pa.Table:
     table = pa.table(
         {
             "id": pa.array(rng.integers(0, 2**62, n), pa.int64()),
-            "day": pa.array(np.datetime64("2023-01-01") + rng.integers(0, 365, n).astype("timedelta64[D]")).cast(pa.date32()),
+            "day": pa.array(
+                np.datetime64("2023-01-01") + rng.integers(0, 365, n).astype("timedelta64[D]")
+            ).cast(pa.date32()),
             "qty": pa.array(rng.integers(1, 50, n), pa.int32()),
             "price": pa.array(rng.random(n) * 1000, pa.float64()),
             "note": pa.array(
-                [f"n{int(x):x}" * (8 if wide else 1) for x in rng.integers(0, 2**40, n)], pa.string()
+                [f"n{int(x):x}" * (8 if wide else 1) for x in rng.integers(0, 2**40, n)],
+                pa.string(),
             ),
         }
     )
@@ -52,23 +55,40 @@ class Rig:
     base: Path
 
     def make_tables(
-        self, name: str, *, buckets: int = 8, src_replicas: int = 2, dst_replicas: int = 2,
+        self,
+        name: str,
+        *,
+        buckets: int = 8,
+        src_replicas: int = 2,
+        dst_replicas: int = 2,
         create_dst: bool = True,
     ) -> str:
         full = f"db.{name}"
         self.src.create_table(
-            full, COLUMNS, partition_by="day", partitions=PARTITIONS, distributed_by=["id"],
-            buckets=buckets, replication_num=src_replicas,
+            full,
+            COLUMNS,
+            partition_by="day",
+            partitions=PARTITIONS,
+            distributed_by=["id"],
+            buckets=buckets,
+            replication_num=src_replicas,
         )
         if create_dst:
             self.dst.create_table(
-                full, COLUMNS, partition_by="day", partitions=PARTITIONS, distributed_by=["id"],
-                buckets=buckets, replication_num=dst_replicas,
+                full,
+                COLUMNS,
+                partition_by="day",
+                partitions=PARTITIONS,
+                distributed_by=["id"],
+                buckets=buckets,
+                replication_num=dst_replicas,
             )
         return full
 
     def content(self, handle: ClusterHandle, full: str) -> list[tuple[str, int, int, int, str]]:
-        return [(c.partition, c.version, c.epoch, c.rows, c.checksum) for c in handle.checksum(full)]
+        return [
+            (c.partition, c.version, c.epoch, c.rows, c.checksum) for c in handle.checksum(full)
+        ]
 
     def count(self, handle: ClusterHandle, sql: str, **params: object) -> int:
         with handle.catalog.engine.connect() as conn:
@@ -95,7 +115,10 @@ class Rig:
 
     def staged_files(self, handle: ClusterHandle) -> list[Path]:
         return [
-            p for b in handle.backends() for p in Path(b.storage_root, "staging").rglob("*") if p.is_file()
+            p
+            for b in handle.backends()
+            for p in Path(b.storage_root, "staging").rglob("*")
+            if p.is_file()
         ]
 
     def jobs_count(self) -> int:

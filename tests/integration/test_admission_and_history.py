@@ -16,8 +16,9 @@ from tests.integration.rig import COLUMNS, PARTITIONS, rows
 def _pair(make_cluster: ClusterFactory, table: str = "db.t") -> tuple[ClusterHandle, ClusterHandle]:
     src, dst = make_cluster(backends=2), make_cluster(backends=2)
     for handle in (src, dst):
-        handle.create_table(table, COLUMNS, partition_by="day", partitions=PARTITIONS, buckets=4,
-                            replication_num=2)
+        handle.create_table(
+            table, COLUMNS, partition_by="day", partitions=PARTITIONS, buckets=4, replication_num=2
+        )
     src.load(table, rows(2_000, seed=1), label="one")
     return src, dst
 
@@ -45,7 +46,9 @@ def test_a_job_over_the_replica_limit_is_refused_and_nothing_is_made(
     assert _job_count(dst) == 0
 
 
-def test_a_job_over_the_data_size_limit_is_refused(settings: Settings, make_cluster: ClusterFactory) -> None:
+def test_a_job_over_the_data_size_limit_is_refused(
+    settings: Settings, make_cluster: ClusterFactory
+) -> None:
     src, dst = _pair(make_cluster)
     r = Replicator(settings.with_overrides(replication_max_parallel_data_size_mb=0), _no_nudge)
     try:
@@ -56,7 +59,9 @@ def test_a_job_over_the_data_size_limit_is_refused(settings: Settings, make_clus
     assert _job_count(dst) == 0
 
 
-def test_the_table_count_limit_counts_running_jobs(settings: Settings, make_cluster: ClusterFactory) -> None:
+def test_the_table_count_limit_counts_running_jobs(
+    settings: Settings, make_cluster: ClusterFactory
+) -> None:
     src, dst = _pair(make_cluster)
     for handle in (src, dst):
         handle.create_table("db.u", COLUMNS, partition_by="day", partitions=PARTITIONS, buckets=2)
@@ -82,7 +87,7 @@ def test_a_second_job_on_a_table_with_a_running_job_is_refused(
     try:
         r.replicate(f"{src.name}:db.t", dst.name)
         raise AssertionError("expected TableBusy")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         assert type(exc).__name__ == "TableBusy"
         assert first.ref in str(exc)
     assert _job_count(dst) == 1

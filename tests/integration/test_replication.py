@@ -18,7 +18,9 @@ from tests.integration.rig import COLUMNS, PARTITIONS, Rig, rows, start_rig
 
 
 @pytest.fixture(scope="module")
-def rig(settings: Settings, test_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rig]:
+def rig(
+    settings: Settings, test_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Rig]:
     # 8 MB/s per apply process: small tables are unaffected, the big one takes seconds to copy.
     yield from start_rig(settings, test_env, tmp_path_factory.mktemp("rig"), "r", bandwidth=8.0)
 
@@ -62,7 +64,8 @@ def test_an_incremental_replication_ships_only_the_new_rowsets(rig: Rig) -> None
     rig.src.load(table, rows(3_000, seed=5), label="incr-3")
     new_bytes = rig.count(
         rig.src,
-        "SELECT coalesce(sum(r.data_size), 0) FROM rowsets r JOIN transactions t ON t.id = r.txn_id "
+        "SELECT coalesce(sum(r.data_size), 0) FROM rowsets r "
+        "JOIN transactions t ON t.id = r.txn_id "
         "WHERE t.label IN ('incr-2', 'incr-3') AND r.state = 'VISIBLE'",
     )
     second = rig.replicator.replicate(f"{rig.src.name}:{table}", rig.dst.name).wait(120)
@@ -80,7 +83,10 @@ def test_an_incremental_replication_ships_only_the_new_rowsets(rig: Rig) -> None
 def test_compaction_across_the_target_version_falls_back_to_a_full_snapshot(rig: Rig) -> None:
     table = rig.make_tables("fallback", buckets=4)
     rig.src.load(table, rows(6_000, seed=6), label="fb-1")
-    assert rig.replicator.replicate(f"{rig.src.name}:{table}", rig.dst.name).wait(120).state == "COMMITTED"
+    assert (
+        rig.replicator.replicate(f"{rig.src.name}:{table}", rig.dst.name).wait(120).state
+        == "COMMITTED"
+    )
     rig.src.load(table, rows(2_000, seed=7), label="fb-2")
     report = rig.src.compact(table)  # merges [2..3]: the target, at 2, sits inside that range
     assert report.tablets > 0
@@ -99,7 +105,10 @@ def test_compaction_across_the_target_version_falls_back_to_a_full_snapshot(rig:
 def test_replicating_an_unchanged_table_ends_at_once_and_says_so(rig: Rig) -> None:
     table = rig.make_tables("same", buckets=2)
     rig.src.load(table, rows(1_000, seed=8), label="same-1")
-    assert rig.replicator.replicate(f"{rig.src.name}:{table}", rig.dst.name).wait(120).state == "COMMITTED"
+    assert (
+        rig.replicator.replicate(f"{rig.src.name}:{table}", rig.dst.name).wait(120).state
+        == "COMMITTED"
+    )
 
     job = rig.replicator.replicate(f"{rig.src.name}:{table}", rig.dst.name)
 
@@ -112,14 +121,18 @@ def test_replicating_an_unchanged_table_ends_at_once_and_says_so(rig: Rig) -> No
 def test_a_cancelled_job_leaves_the_target_exactly_as_it_was(rig: Rig) -> None:
     table = rig.make_tables("cancel", buckets=2)
     rig.src.load(table, rows(3_000, seed=9), label="cancel-1")
-    assert rig.replicator.replicate(f"{rig.src.name}:{table}", rig.dst.name).wait(120).state == "COMMITTED"
+    assert (
+        rig.replicator.replicate(f"{rig.src.name}:{table}", rig.dst.name).wait(120).state
+        == "COMMITTED"
+    )
     rig.src.load(table, rows(400_000, seed=10, wide=True), label="cancel-big")
     before = rig.content(rig.dst, table)
 
     job = rig.replicator.replicate(f"{rig.src.name}:{table}", rig.dst.name)
     wait_until(
         lambda: job.refresh().state is JobState.REPLICATING and job.progress.bytes_done > 0,
-        60, "the job to be copying",
+        60,
+        "the job to be copying",
     )
     with pytest.raises(TableBusy, match=job.label.split("-")[0]) as refused:
         rig.dst.load(table, rows(10, seed=11), label="during-job")
@@ -131,9 +144,14 @@ def test_a_cancelled_job_leaves_the_target_exactly_as_it_was(rig: Rig) -> None:
     assert job.message == "cancelled by user"
     assert rig.content(rig.dst, table) == before
     txn_id = job.record.txn_id
-    assert rig.count(
-        rig.dst, "SELECT count(*) FROM rowsets WHERE txn_id = :t AND state IN ('PENDING', 'VISIBLE')", t=txn_id
-    ) == 0
+    assert (
+        rig.count(
+            rig.dst,
+            "SELECT count(*) FROM rowsets WHERE txn_id = :t AND state IN ('PENDING', 'VISIBLE')",
+            t=txn_id,
+        )
+        == 0
+    )
     # An apply still copying when the cancel landed stops at its next heartbeat.
     wait_until(lambda: rig.staged_files(rig.dst) == [], 10, "staged files to be removed")
     owner = f"job:{rig.dst.name}:{job.id}"
@@ -149,7 +167,7 @@ def test_the_same_label_returns_the_same_job_and_other_arguments_are_refused(rig
     again = rig.replicator.replicate(f"{rig.src.name}:{table}", rig.dst.name, label="nightly-1")
     assert again.id == first.id
     jobs = rig.jobs_count()
-    with pytest.raises(LabelConflict, match="nightly-1"):
+    with pytest.raises(LabelConflict, match=r"nightly-1"):
         rig.replicator.replicate(
             f"{rig.src.name}:{table}", rig.dst.name, label="nightly-1", partitions=["p2023q1"]
         )
@@ -160,17 +178,17 @@ def test_the_same_label_returns_the_same_job_and_other_arguments_are_refused(rig
 class TestBadInputIsRefusedWithoutMakingAJob:
     def test_unknown_source_cluster(self, rig: Rig) -> None:
         jobs = rig.jobs_count()
-        with pytest.raises(NotFound, match="nosuch.*not initialised"):
+        with pytest.raises(NotFound, match=r"nosuch.*not initialised"):
             rig.replicator.replicate("nosuch:db.x", rig.dst.name)
         assert rig.jobs_count() == jobs
 
     def test_unknown_target_cluster(self, rig: Rig) -> None:
-        with pytest.raises(NotFound, match="nosuch.*not initialised"):
+        with pytest.raises(NotFound, match=r"nosuch.*not initialised"):
             rig.replicator.replicate(f"{rig.src.name}:db.full", "nosuch")
 
     def test_unknown_source_table(self, rig: Rig) -> None:
         jobs = rig.jobs_count()
-        with pytest.raises(NotFound, match="source table db.missing does not exist"):
+        with pytest.raises(NotFound, match=r"source table db.missing does not exist"):
             rig.replicator.replicate(f"{rig.src.name}:db.missing", rig.dst.name)
         assert rig.jobs_count() == jobs
 
@@ -179,14 +197,18 @@ class TestBadInputIsRefusedWithoutMakingAJob:
         other = [*COLUMNS[:-1], "note:int64"]
         rig.dst.create_table("db.schema_a", other, partition_by="day", partitions=PARTITIONS)
         jobs = rig.jobs_count()
-        with pytest.raises(SchemaMismatch, match="schema hash .* note: string vs int64"):
+        with pytest.raises(SchemaMismatch, match=r"schema hash .* note: string vs int64"):
             rig.replicator.replicate(f"{rig.src.name}:db.schema_a", rig.dst.name)
         assert rig.jobs_count() == jobs
 
     def test_bucket_count_mismatch(self, rig: Rig) -> None:
-        rig.src.create_table("db.buckets", COLUMNS, partition_by="day", partitions=PARTITIONS, buckets=4)
-        rig.dst.create_table("db.buckets", COLUMNS, partition_by="day", partitions=PARTITIONS, buckets=2)
-        with pytest.raises(SchemaMismatch, match="bucket counts differ: source .* 4, target .* 2"):
+        rig.src.create_table(
+            "db.buckets", COLUMNS, partition_by="day", partitions=PARTITIONS, buckets=4
+        )
+        rig.dst.create_table(
+            "db.buckets", COLUMNS, partition_by="day", partitions=PARTITIONS, buckets=2
+        )
+        with pytest.raises(SchemaMismatch, match=r"bucket counts differ: source .* 4, target .* 2"):
             rig.replicator.replicate(f"{rig.src.name}:db.buckets", rig.dst.name)
 
     def test_target_ahead_of_source(self, rig: Rig) -> None:
@@ -196,21 +218,33 @@ class TestBadInputIsRefusedWithoutMakingAJob:
         rig.dst.load(table, rows(100, seed=16), label="ahead-dst-2")
         before = rig.content(rig.dst, table)
         jobs = rig.jobs_count()
-        with pytest.raises(VersionConflict, match="ahead of the source"):
+        with pytest.raises(VersionConflict, match=r"ahead of the source"):
             rig.replicator.replicate(f"{rig.src.name}:{table}", rig.dst.name)
         assert rig.jobs_count() == jobs
         assert rig.content(rig.dst, table) == before
 
     def test_missing_target_without_create_target(self, rig: Rig) -> None:
         rig.src.create_table("db.lonely", COLUMNS, partition_by="day", partitions=PARTITIONS)
-        with pytest.raises(NotFound, match="create_target"):
+        with pytest.raises(NotFound, match=r"create_target"):
             rig.replicator.replicate(f"{rig.src.name}:db.lonely", rig.dst.name)
 
-    def test_the_cli_prints_one_line_and_exits_non_zero(self, rig: Rig, test_env: dict[str, str]) -> None:
+    def test_the_cli_prints_one_line_and_exits_non_zero(
+        self, rig: Rig, test_env: dict[str, str]
+    ) -> None:
         env = dict(test_env, REPLICATOR_BROKER_URL=rig.settings.broker_url)
         done = subprocess.run(
-            [sys.executable, "-m", "app.cli", "replicate", f"{rig.src.name}:db.buckets", rig.dst.name],
-            env=env, capture_output=True, text=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "app.cli",
+                "replicate",
+                f"{rig.src.name}:db.buckets",
+                rig.dst.name,
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
         assert done.returncode == 2
         assert "Traceback" not in done.stderr
@@ -221,19 +255,31 @@ class TestBadInputIsRefusedWithoutMakingAJob:
 def test_create_target_builds_the_table_and_replicates_chosen_partitions(rig: Rig) -> None:
     table = "db.created"
     rig.src.create_table(
-        table, COLUMNS, partition_by="day", partitions=PARTITIONS, distributed_by=["id"], buckets=4,
+        table,
+        COLUMNS,
+        partition_by="day",
+        partitions=PARTITIONS,
+        distributed_by=["id"],
+        buckets=4,
         replication_num=2,
     )
     rig.src.load(table, rows(4_000, seed=17), label="created-1")
 
     job = rig.replicator.replicate(
-        f"{rig.src.name}:{table}", rig.dst.name, create_target=True, partitions=["p2023q1", "p2023q3"],
+        f"{rig.src.name}:{table}",
+        rig.dst.name,
+        create_target=True,
+        partitions=["p2023q1", "p2023q3"],
         replication_num=1,
     ).wait(120)
 
     assert job.state is JobState.COMMITTED, job.message
     info = rig.dst.table(table)
-    assert (info.buckets, info.replication_num, info.schema_hash) == (4, 1, rig.src.table(table).schema_hash)
+    assert (info.buckets, info.replication_num, info.schema_hash) == (
+        4,
+        1,
+        rig.src.table(table).schema_hash,
+    )
     src = {c[0]: c for c in rig.content(rig.src, table)}
     dst = {c[0]: c for c in rig.content(rig.dst, table)}
     assert dst["p2023q1"] == src["p2023q1"] and dst["p2023q3"] == src["p2023q3"]
@@ -245,24 +291,41 @@ def test_the_cli_replicates_and_shows_the_job(rig: Rig, test_env: dict[str, str]
     rig.src.load(table, rows(700, seed=18), label="cli-1")
     env = dict(test_env, REPLICATOR_BROKER_URL=rig.settings.broker_url)
     run = subprocess.run(
-        [sys.executable, "-m", "app.cli", "replicate", f"{rig.src.name}:{table}", rig.dst.name, "--wait",
-         "--label", "cli-job"],
-        env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "replicate",
+            f"{rig.src.name}:{table}",
+            rig.dst.name,
+            "--wait",
+            "--label",
+            "cli-job",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert run.returncode == 0, run.stderr
     assert "COMMITTED" in run.stdout
     job = rig.replicator.jobs(rig.dst.name, state="COMMITTED")[0]
     shown = subprocess.run(
-        [sys.executable, "-m", "app.cli", "job", "show", job.ref], env=env, capture_output=True,
-        text=True, timeout=60,
+        [sys.executable, "-m", "app.cli", "job", "show", job.ref],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert shown.returncode == 0, shown.stderr
     for expected in ("SNAPSHOT", "APPLY", "REPLICATING", "COMMITTED", "p2023q1"):
         assert expected in shown.stdout
     listed = subprocess.run(
-        [sys.executable, "-m", "app.cli", "jobs", "--cluster", rig.dst.name], env=env,
-        capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "app.cli", "jobs", "--cluster", rig.dst.name],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert "cli-job" in listed.stdout
     assert rig.content(rig.dst, table) == rig.content(rig.src, table)
-

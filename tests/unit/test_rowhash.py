@@ -11,7 +11,7 @@ from decimal import Decimal
 import numpy as np
 import pyarrow as pa
 
-from app.rowhash import column_hashes, ContentChecksum, bucket_of, row_hashes
+from app.rowhash import ContentChecksum, bucket_of, column_hashes, row_hashes
 
 
 def sample(n: int = 1000, seed: int = 7) -> pa.Table:
@@ -140,7 +140,9 @@ def test_integer_widths_hash_alike() -> None:
 def test_decimals_hash_by_value_including_sliced_and_null_ones() -> None:
     from decimal import Decimal
 
-    values = pa.array([Decimal("1.50"), Decimal("-2.25"), None, Decimal("1.50")], pa.decimal128(12, 2))
+    values = pa.array(
+        [Decimal("1.50"), Decimal("-2.25"), None, Decimal("1.50")], pa.decimal128(12, 2)
+    )
     h = column_hashes(values)
     assert h[0] == h[3] and h[0] != h[1]
     # A slice starts at an offset into the same buffer: the hashes must not move.

@@ -53,9 +53,8 @@ class World:
                 assert self.txn == "PREPARE" and not self.txn_expired
                 self.visible = dict(NEW)  # one catalog transaction: all partitions at once
                 self.txn = "VISIBLE"
-            elif action is Action.ABORT:
-                if self.txn == "PREPARE":
-                    self.txn = "ABORTED"
+            elif action is Action.ABORT and self.txn == "PREPARE":
+                self.txn = "ABORTED"
         if target is not None and target is not self.state:
             check_edge(self.state, target)
             self.state = target
@@ -90,8 +89,18 @@ class World:
 
 
 EVENTS = st.sampled_from(
-    ["tick", "deliver", "complete", "fail_retryable", "fail_permanent", "lose_message",
-     "crash_worker", "restart", "cancel", "expire"]
+    [
+        "tick",
+        "deliver",
+        "complete",
+        "fail_retryable",
+        "fail_permanent",
+        "lose_message",
+        "crash_worker",
+        "restart",
+        "cancel",
+        "expire",
+    ]
 )
 RARE = {"cancel", "expire", "fail_permanent"}
 
@@ -102,7 +111,9 @@ RARE = {"cancel", "expire", "fail_permanent"}
     replicas=st.integers(1, 3),
     events=st.lists(st.tuples(EVENTS, st.integers(0, 11)), max_size=200),
 )
-def test_no_interleaving_breaks_the_invariants(tablets: int, replicas: int, events: list[tuple[str, int]]) -> None:
+def test_no_interleaving_breaks_the_invariants(
+    tablets: int, replicas: int, events: list[tuple[str, int]]
+) -> None:
     world = World(tablets, replicas)
     for event, index in events:
         world.act(event, index)
@@ -113,7 +124,9 @@ def test_no_interleaving_breaks_the_invariants(tablets: int, replicas: int, even
 @given(
     tablets=st.integers(1, 4),
     replicas=st.integers(1, 3),
-    events=st.lists(st.tuples(EVENTS.filter(lambda e: e not in RARE), st.integers(0, 11)), max_size=120),
+    events=st.lists(
+        st.tuples(EVENTS.filter(lambda e: e not in RARE), st.integers(0, 11)), max_size=120
+    ),
 )
 def test_without_cancel_timeout_or_permanent_failure_the_job_commits(
     tablets: int, replicas: int, events: list[tuple[str, int]]

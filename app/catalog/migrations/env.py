@@ -14,7 +14,9 @@ def run_migrations_online() -> None:
     connectable = config.attributes.get("connection")
     if connectable is None:
         connectable = sa.create_engine(config.get_main_option("sqlalchemy.url") or "")
-    with connectable.connect() if isinstance(connectable, sa.Engine) else _same(connectable) as conn:
+    with (
+        connectable.connect() if isinstance(connectable, sa.Engine) else _same(connectable) as conn
+    ):
         context.configure(connection=conn, target_metadata=metadata, compare_type=True)
         with context.begin_transaction():
             # Two `cluster init` runs at once must not both migrate.
