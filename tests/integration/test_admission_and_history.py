@@ -111,3 +111,22 @@ def test_finished_jobs_are_purged_after_the_history_window(
 
     assert purged == 1
     assert [j.id for j in r.jobs(dst.name)] == [running.id]
+
+
+def test_a_job_cancelled_before_it_started_is_aborted_by_the_next_tick(
+    settings: Settings, make_cluster: ClusterFactory
+) -> None:
+    from app.replication.coordinator import Coordinator
+
+    src, dst = _pair(make_cluster)
+    job = Replicator(settings, _no_nudge).replicate(f"{src.name}:db.t", dst.name)
+    assert job.state == "INITIALIZING"
+
+    assert job.cancel() is True
+    Coordinator(settings, actor="test").tick(dst.name, job.id)
+
+    assert job.refresh().state == "ABORTED"
+    assert job.message == "cancelled by user"
+    assert job.record.txn_id is None  # it never opened a transaction on the target
+    assert [e.to_state for e in job.events] == ["INITIALIZING", "ABORTED"]
+    assert job.cancel() is False  # finished jobs cannot be cancelled again
