@@ -14,6 +14,7 @@ from rich.table import Table
 from app.client import Replicator
 from app.cluster import PartitionSpec
 from app.errors import ReplicatorError, UserError
+from app.replication.coordinator import queue_name
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 cluster_cli = typer.Typer(no_args_is_help=True, help="Create and inspect clusters.")
@@ -656,27 +657,11 @@ def worker(
 
     r = _replicator()
     r.cluster(cluster).catalog.backend(backend)  # a clear error for unknown names
-    queue = f"be.{cluster}.{backend}"
-    args = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers",
-        "worker",
-        "-Q",
-        queue,
-        "-n",
-        f"{queue}@%h",
-        "-c",
-        str(concurrency),
-        "--prefetch-multiplier",
-        "1",
-        "-E",
-        "--loglevel",
-        "INFO",
-        *ctx.args,
-    ]
+    from workers.commands import backend_worker_argv
+
+    args = backend_worker_argv(
+        queue_name(cluster, backend), concurrency=concurrency, extra=ctx.args
+    )
     os.execv(sys.executable, args)
 
 
@@ -694,29 +679,13 @@ def coordinator(
     """Start the coordinator worker (queue `coordinator`) and, by default, the beat tick."""
     import os
 
+    from workers.commands import coordinator_argv
+
     schedule.parent.mkdir(parents=True, exist_ok=True)
-    args = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "workers",
-        "worker",
-        "-Q",
-        "coordinator",
-        "-n",
-        "coordinator@%h",
-        "-c",
-        str(concurrency),
-        "--prefetch-multiplier",
-        "1",
-        "-E",
-        "--loglevel",
-        "INFO",
-    ]
-    if beat:
-        args += ["-B", "-s", str(schedule)]
-    os.execv(sys.executable, [*args, *ctx.args])
+    args = coordinator_argv(
+        concurrency=concurrency, beat_schedule=str(schedule) if beat else None, extra=ctx.args
+    )
+    os.execv(sys.executable, args)
 
 
 def main(argv: list[str] | None = None) -> Any:

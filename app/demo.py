@@ -271,16 +271,18 @@ def _worker_env() -> dict[str, str]:
 def start_processes() -> tuple[list[Spawned], int]:
     """Backend workers, the coordinator with beat, and Flower. Returns them and Flower's port."""
     env = _worker_env()
+    from app.replication.coordinator import queue_name
+    from workers.commands import backend_worker_argv, coordinator_argv
+
     celery = [sys.executable, "-m", "celery", "-A", "workers"]
+    quiet = ("--without-mingle", "--without-gossip")
     procs: list[Spawned] = []
-    worker = "worker --prefetch-multiplier 1 -E --loglevel INFO --without-mingle --without-gossip"
     for cluster in CLUSTERS:
         for backend in BACKENDS:
-            queue = f"be.{cluster}.{backend}"
-            args = [*celery, *worker.split(), "-Q", queue, "-n", f"{queue}@%h", "-c", "1"]
-            procs.append(_spawn(queue, args, env))
-    args = [*celery, *worker.split(), "-Q", "coordinator", "-n", "coordinator@%h", "-c", "2"]
-    procs.append(_spawn("coordinator", [*args, "-B", "-s", str(BEAT_SCHEDULE)], env))
+            queue = queue_name(cluster, backend)
+            procs.append(_spawn(queue, backend_worker_argv(queue, extra=quiet), env))
+    args = coordinator_argv(beat_schedule=str(BEAT_SCHEDULE), extra=quiet)
+    procs.append(_spawn("coordinator", args, env))
     port = FLOWER_PORT if _port_free(FLOWER_PORT) else _free_port()
     procs.append(
         _spawn(

@@ -63,6 +63,7 @@ from bench.common import (
     BENCH_DIR,
     MB,
     OUT_DIR,
+    PG_URL,
     BenchCluster,
     PrivatePostgres,
     bench_cluster,
@@ -997,6 +998,9 @@ def scenario_concurrency(
         else None,
         "messages_received": {**received(text), **received(btext)},
         "cpu_seconds": cpu,
+        "coordinator_cpu_ms_per_tick": round(
+            cpu["coordinator"] * 1000 / max(1, received(text).get("replication.tick", 0)), 1
+        ),
         "how": "job ticks: coordinator log lines 'Task replication.tick[...] succeeded in Xs' "
         "of nudges (one job each); sweeps: beat ticks over every open job",
     }
@@ -1267,7 +1271,8 @@ def write_results(run: Run, path: Path, total_seconds: float, argv: Sequence[str
         "cache for all three, as they are right after the loads. Each group of workers first "
         "replicates a small warm-up table, so that no timed job pays for a worker's first "
         "contact with a catalog. `cpu_seconds` in the raw results is the CPU time of each kind "
-        "of process during the job (Postgres only with --private-postgres); on a shared machine "
+        "of process during the job (Postgres only when the run uses a private one); on a shared "
+        "machine "
         "it is steadier than wall time. The run has a 12-minute budget: a small-tablets job "
         "still open when it runs out is cancelled and its time extrapolated from the share of "
         "tasks done.",
@@ -1305,6 +1310,26 @@ def pg_version(settings: Settings) -> str:
         engine.dispose()
 
 
+MIN_FREE_CONNECTIONS = 60  # workers and the bench hold about 30 at the busiest
+
+
+def shared_pg_free_connections() -> int:
+    """max_connections minus connections in use on the machine's Postgres (0 if unreachable)."""
+    engine = sa.create_engine(f"{PG_URL}/postgres", poolclass=sa.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            limit = int(conn.execute(sa.text("SHOW max_connections")).scalar_one())
+            used = int(conn.execute(sa.text("SELECT count(*) FROM pg_stat_activity")).scalar_one())
+            reserved = int(
+                conn.execute(sa.text("SHOW superuser_reserved_connections")).scalar_one()
+            )
+            return max(0, limit - reserved - used)
+    except sa.exc.OperationalError:
+        return 0
+    finally:
+        engine.dispose()
+
+
 def _raise_on_term(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
@@ -1316,10 +1341,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", default="", help=f"comma-separated subset of {','.join(SCENARIOS)}")
     ap.add_argument("--results", type=Path, default=None, help="where to write the markdown table")
     ap.add_argument(
-        "--private-postgres",
-        action="store_true",
-        help="start a throw-away Postgres for the catalogs (when the machine's is crowded)",
+        "--postgres",
+        choices=("auto", "shared", "private"),
+        default="auto",
+        help="catalogs on the machine's Postgres (BENCH_PG_URL, default 127.0.0.1:5432), on a "
+        "throw-away private one (same version, fsync on), or (auto) the shared one unless it "
+        f"has fewer than {MIN_FREE_CONNECTIONS} free connections",
     )
+    ap.add_argument("--private-postgres", action="store_true", help="same as --postgres private")
     ap.add_argument(
         "--profile",
         action="store_true",
@@ -1342,8 +1371,22 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else FULL
     started = time.perf_counter()
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    with start_run(sizes, args.quick, args.private_postgres, args.profile) as run:
-        run.machine = machine_info(pg_version(run.settings))
+    private = args.private_postgres or args.postgres == "private"
+    if args.postgres == "auto" and not private:
+        free = shared_pg_free_connections()
+        private = free < MIN_FREE_CONNECTIONS
+        log(
+            f"shared Postgres has {free} free connections: "
+            + ("using a private one" if private else "using it")
+        )
+    with start_run(sizes, args.quick, private, args.profile) as run:
+        run.machine["load average at start (1, 5, 15 min)"] = ", ".join(
+            f"{x:.2f}" for x in os.getloadavg()
+        )
+        run.machine["catalog postgres"] = (
+            "private (bench/out/pg, started by the run)" if private else PG_URL.split("@")[-1]
+        )
+        run.machine = {**machine_info(pg_version(run.settings)), **run.machine}
         log(
             f"run {run.run_id}: {', '.join(s for s in SCENARIOS if s in wanted)}; logs {run.logdir}"
         )

@@ -11,13 +11,18 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
+
+from app.replication.coordinator import queue_name
+from workers.commands import backend_worker_argv, coordinator_argv
+
+# Workers in tests start faster without the cluster-wide hello and gossip.
+QUIET = ("--without-mingle", "--without-gossip")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -140,59 +145,14 @@ class Workers:
         return proc
 
     def backend(self, cluster: str, backend: str, concurrency: int = 1, suffix: str = "") -> Proc:
-        queue = f"be.{cluster}.{backend}"
+        queue = queue_name(cluster, backend)
         name = f"{queue}{suffix}"
-        args = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers",
-            "worker",
-            "-Q",
-            queue,
-            "-n",
-            f"{name}@%h",
-            "-c",
-            str(concurrency),
-            "-P",
-            "prefork",
-            "--prefetch-multiplier",
-            "1",
-            "-E",
-            "--loglevel",
-            "INFO",
-            "--without-mingle",
-            "--without-gossip",
-        ]
+        args = backend_worker_argv(queue, f"{name}@%h", concurrency, QUIET)
         return self._spawn(Proc(name, args, self.logdir / f"{name}.log"))
 
     def coordinator(self, name: str = "coordinator", beat: bool = True) -> Proc:
-        args = [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "workers",
-            "worker",
-            "-Q",
-            "coordinator",
-            "-n",
-            f"{name}@%h",
-            "-c",
-            "2",
-            "-P",
-            "prefork",
-            "--prefetch-multiplier",
-            "1",
-            "-E",
-            "--loglevel",
-            "INFO",
-            "--without-mingle",
-            "--without-gossip",
-        ]
-        if beat:
-            args += ["-B", "-s", str(self.logdir / f"{name}-beat-schedule")]
+        schedule = str(self.logdir / f"{name}-beat-schedule") if beat else None
+        args = coordinator_argv(f"{name}@%h", 2, schedule, QUIET)
         return self._spawn(Proc(name, args, self.logdir / f"{name}.log"))
 
     def wait_ready(self, timeout: float = 60) -> None:

@@ -24,15 +24,7 @@ from app.config import Settings
 from app.errors import AlreadyExists, InvalidRequest, NotFound
 from app.storage.checksum import checksum_file
 
-
-@pytest.fixture(autouse=True)
-def _drop_test_catalogs() -> Iterator[None]:
-    """Drop the catalogs a test created as soon as it ends, not at the end of the run: each one
-    left around holds pooled connections here and in any coordinator that discovers it."""
-    before = engine_module.cached_dsns()
-    yield
-    for dsn in engine_module.cached_dsns() - before:
-        engine_module.drop_database(dsn)
+pytestmark = pytest.mark.usefixtures("drop_created_catalogs")
 
 
 def cli(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +12,6 @@ import pyarrow as pa
 import pytest
 import sqlalchemy as sa
 
-from app.catalog import engine as engine_module
 from app.catalog import model
 from app.catalog import schema as s
 from app.client import ClusterHandle
@@ -23,14 +21,7 @@ from app.storage import holds
 LOADS = 4
 
 
-@pytest.fixture(autouse=True)
-def _drop_test_catalogs() -> Iterator[None]:
-    """Drop the catalogs a test created as soon as it ends, not at the end of the run: each one
-    left around holds pooled connections here and in any coordinator that discovers it."""
-    before = engine_module.cached_dsns()
-    yield
-    for dsn in engine_module.cached_dsns() - before:
-        engine_module.drop_database(dsn)
+pytestmark = pytest.mark.usefixtures("drop_created_catalogs")
 
 
 def loaded_table(make_cluster: Any) -> ClusterHandle:

@@ -11,7 +11,6 @@ import multiprocessing
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from decimal import Decimal
 from pathlib import Path
@@ -25,7 +24,6 @@ import pytest
 import sqlalchemy as sa
 
 from app import txn as txns
-from app.catalog import engine as engine_module
 from app.catalog import model
 from app.catalog import schema as s
 from app.client import ClusterHandle, Replicator
@@ -38,15 +36,7 @@ from app.storage.load import Loader
 CRASH_SCRIPT = Path(__file__).with_name("crash_load.py")
 
 
-@pytest.fixture(autouse=True)
-def _drop_test_catalogs() -> Iterator[None]:
-    """Drop the catalogs a test created as soon as it ends, not at the end of the run: each one
-    left around holds pooled connections here and in any coordinator that discovers it."""
-    before = engine_module.cached_dsns()
-    yield
-    for dsn in engine_module.cached_dsns() - before:
-        engine_module.drop_database(dsn)
-
+pytestmark = pytest.mark.usefixtures("drop_created_catalogs")
 
 # -- helpers -------------------------------------------------------------------------------
 
