@@ -23,6 +23,13 @@ Postgres, all dropped at the end with their storage. Worker logs: bench/out/logs
 ``--quick`` is a smoke run with small sizes (about a minute); its table goes to
 bench/out/RESULTS.quick.md unless --results says otherwise. ``--only`` runs some scenarios
 (incremental and memory need the bulk table, so they bring its loads along).
+
+``--postgres auto`` (the default) puts the catalogs on the machine's Postgres unless other users
+hold nearly all its connections, and then on a throw-away private server (same binaries, fsync
+on); ``shared`` / ``private`` force either. ``--profile`` starts the workers with
+bench/profiling/sitecustomize.py, which cProfiles every task and counts its SQL statements,
+commits and pool checkouts; summaries land in bench/out/profiles/<run>/<scenario>-<task>.txt
+(timings of a profiled run are inflated: measure without it).
 """
 
 from __future__ import annotations
