@@ -45,14 +45,17 @@ from sqlalchemy.pool import NullPool
 
 from app.catalog.engine import discover_clusters
 from app.config import Settings
+from app.replication.state import ACTIVE_STATES as _ACTIVE
+from app.replication.state import JobState
 
 log = logging.getLogger(__name__)
 
-JOB_STATES = ("INITIALIZING", "SNAPSHOTING", "REPLICATING", "COMMITTED", "ABORTED")
-ACTIVE_STATES = JOB_STATES[:3]
+JOB_STATES = tuple(str(s) for s in JobState)
+ACTIVE_STATES = tuple(str(s) for s in _ACTIVE)
 TASK_KINDS = ("SNAPSHOT", "APPLY")
 TASK_STATES = ("PENDING", "QUEUED", "RUNNING", "DONE", "FAILED")
-COORDINATOR_QUEUE = "coordinator"
+# The coordinator's queues (nudges, and the beat's periodic work).
+COORDINATOR_QUEUES = ("coordinator", "coordinator.beat")
 QUEUE_PATTERN = "be.*"
 # kombu's Redis transport keeps priorities 3, 6, 9 in sub-lists named <queue><sep><priority>.
 PRIORITY_SEP = "\x06\x16"
@@ -365,7 +368,7 @@ class ReplicatorCollector(Collector):
         for sc in scrapes:
             self._emit_cluster(fam, sc)
         ok &= self._emit_lag(fam, scrapes, down)
-        queues = {COORDINATOR_QUEUE} | {q for sc in scrapes for q in sc.queues}
+        queues = set(COORDINATOR_QUEUES) | {q for sc in scrapes for q in sc.queues}
         ok &= self._emit_broker(fam, queues)
         fam["replicator_up"].add_metric([], 1 if ok else 0)
         fam["replicator_scrape_duration_seconds"].add_metric([], time.monotonic() - started)
@@ -593,7 +596,8 @@ def queue_lengths(client: Any, known: Iterable[str]) -> tuple[dict[str, int], in
     for queue in known:
         keys |= {queue if p == 0 else f"{queue}{PRIORITY_SEP}{p}" for p in PRIORITY_STEPS}
     keys |= {
-        COORDINATOR_QUEUE if p == 0 else f"{COORDINATOR_QUEUE}{PRIORITY_SEP}{p}"
+        queue if p == 0 else f"{queue}{PRIORITY_SEP}{p}"
+        for queue in COORDINATOR_QUEUES
         for p in PRIORITY_STEPS
     }
     ordered = sorted(keys)

@@ -14,6 +14,8 @@ from app.catalog.engine import dispose_all
 from app.config import load_settings
 
 COORDINATOR_QUEUE = "coordinator"
+# The beat's periodic work has a queue of its own, so a backlog of nudges can never starve it.
+BEAT_QUEUE = "coordinator.beat"
 TASK_TIME_LIMIT_SEC = 3600
 VISIBILITY_TIMEOUT_SEC = 2 * TASK_TIME_LIMIT_SEC
 
@@ -45,15 +47,12 @@ app.conf.update(
             "task": "replication.tick",
             "schedule": settings.coordinator_tick_sec,
             # A tick that waited longer than one period is useless: drop it, the next one comes.
-            "options": {
-                "queue": COORDINATOR_QUEUE,
-                "expires": max(settings.coordinator_tick_sec, 1.0),
-            },
+            "options": {"queue": BEAT_QUEUE, "expires": max(settings.coordinator_tick_sec, 5.0)},
         },
         "maintenance-gc": {
             "task": "maintenance.gc",
             "schedule": 300.0,
-            "options": {"queue": COORDINATOR_QUEUE, "expires": 300.0},
+            "options": {"queue": BEAT_QUEUE, "expires": 300.0},
         },
     },
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from workers.celery_app import COORDINATOR_QUEUE
+from workers.celery_app import BEAT_QUEUE, COORDINATOR_QUEUE
 
 
 def _celery_worker(queue: str, node: str, concurrency: int) -> list[str]:
@@ -31,7 +31,7 @@ def coordinator_argv(
     extra: Sequence[str] = (),
 ) -> list[str]:
     """The coordinator worker; with ``beat_schedule``, the beat tick runs in it too."""
-    argv = _celery_worker(COORDINATOR_QUEUE, node, concurrency)
+    argv = _celery_worker(f"{COORDINATOR_QUEUE},{BEAT_QUEUE}", node, concurrency)
     if beat_schedule is not None:
         argv += ["-B", "-s", beat_schedule]
     return [*argv, *extra]

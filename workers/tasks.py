@@ -72,11 +72,17 @@ def _run(task: Task, kind: str, cluster: str, job_id: int, task_ids: list[int]) 
     runner = TaskRunner(settings, cluster, job_id, worker=task.request.hostname or "worker")
 
     def progress(done: int, total: int) -> None:
-        task.send_event("task-progress", job=f"{cluster}:{job_id}", bytes_done=done)
+        # At most about once a second (the copy loop's heartbeat): Flower shows the bytes.
+        task.send_event("task-progress", job=f"{cluster}:{job_id}", bytes_done=done, bytes=total)
 
     try:
         outcome = runner.run(kind, task_ids, progress)
-    finally:
+    except BaseException:
+        nudge(cluster, job_id)
+        raise
+    # Wake the coordinator only when it has something to decide: the phase is complete or a
+    # task failed for good. Anything else (e.g. a retry after backoff) waits for the beat tick.
+    if outcome.failed or runner.open_tasks(kind) == 0:
         nudge(cluster, job_id)
     return {"job": f"{cluster}:{job_id}", **outcome.__dict__}
 

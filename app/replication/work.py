@@ -3,7 +3,8 @@
 Each task row is claimed with a compare-and-set (state, lease, attempt + 1) before any work, and
 finished with a compare-and-set on the same attempt, so a worker whose lease was taken over can
 never complete someone else's attempt. Work is idempotent: a rerun finishes what is missing and
-redoes nothing that is verified.
+redoes nothing that is verified. A message carries many tasks; they are claimed with one
+statement and their results committed in chunks.
 """
 
 from __future__ import annotations
@@ -63,19 +64,25 @@ class Throttle:
 
 
 class _Beat:
-    """Called for every chunk copied: keeps the bandwidth cap, and about once a second renews
-    the task's lease and reports its bytes (which also notices a cancelled job)."""
+    """Called for every chunk copied: keeps the bandwidth cap and, about once a second, renews
+    the leases of the whole batch, records the bytes of the task in flight and reports progress
+    (the renewal is also how a worker notices that its job was cancelled)."""
 
     def __init__(
-        self, runner: TaskRunner, claim: Claimed, progress: ProgressFn | None, base: int, total: int
+        self, runner: TaskRunner, claims: list[Claimed], progress: ProgressFn | None
     ) -> None:
-        self.runner, self.claim, self.progress = runner, claim, progress
-        self.base, self.total = base, total
+        self.runner, self.claims, self.progress = runner, claims, progress
+        self.total = sum(int(c.row.bytes_total) for c in claims)
         self.throttle = Throttle(runner.settings.transfer_bandwidth_mb_per_sec)
-        self.completed = 0  # bytes of files installed and verified
+        self.batch_done = 0  # bytes of finished tasks in this batch
+        self.completed = 0  # bytes of the current task's installed files
         self.current = 0  # bytes of the file in flight
-        self.file_size = 0
+        self.claim: Claimed | None = None
         self.last = time.monotonic()
+
+    def start(self, claim: Claimed) -> None:
+        self.batch_done += self.completed
+        self.claim, self.completed, self.current = claim, 0, 0
 
     def __call__(self, n: int) -> None:
         self.throttle(n)
@@ -84,13 +91,16 @@ class _Beat:
         if now - self.last >= PROGRESS_EVERY_SEC:
             self.last = now
             done = self.completed + self.current
-            self.runner.heartbeat(self.claim, done)
-            if self.progress:
-                self.progress(self.base + done, self.total)
+            self.runner.renew(self.claims, self.claim, done)
+            self.report(self.batch_done + done)
 
     def file_done(self, size: int) -> None:
         self.completed += size
         self.current = 0
+
+    def report(self, done: int) -> None:
+        if self.progress:
+            self.progress(done, self.total)
 
 
 class LeaseLost(ReplicatorError):
@@ -113,7 +123,23 @@ class BatchOutcome:
     bytes: int = 0
 
 
+@dataclass
+class _Applied:
+    claim: Claimed
+    rowsets: list[dict[str, Any]]
+    bytes_done: int
+
+
+FLUSH_EVERY_TASKS = 64
+FLUSH_EVERY_SEC = 1.0
+ACTIVE_JOB_STATES = ("SNAPSHOTING", "REPLICATING")
+
+
 class TaskRunner:
+    """Runs one message's tasks: one claim for the batch, then per-tablet work whose results
+    are committed together in chunks, so a message of many small tablets costs a handful of
+    Postgres round trips, not several per tablet."""
+
     def __init__(self, settings: Settings, cluster: str, job_id: int, worker: str) -> None:
         self.settings = settings
         self.dst = Cluster(settings, cluster)
@@ -122,7 +148,9 @@ class TaskRunner:
         self.policy = RetryPolicy(maximum_attempts=settings.task_max_attempts)
 
     # -- claims and leases -----------------------------------------------------------------
-    def claim(self, task_id: int, kind: str, job_state: str) -> Claimed | None:
+    def claim(self, task_ids: list[int], kind: str, job_state: str) -> list[Claimed]:
+        """Claim every task of ``task_ids`` that is free: compare-and-set on its state (or an
+        expired lease), attempt + 1, a fresh lease; only while the job is in ``job_state``."""
         t = s.job_tasks
         now = sa.func.now()
         lease = now + dt.timedelta(seconds=self.settings.task_lease_sec)
@@ -136,10 +164,10 @@ class TaskRunner:
                 )
                 .exists()
             )
-            row = conn.execute(
+            rows = conn.execute(
                 sa.update(t)
                 .where(
-                    t.c.id == task_id,
+                    t.c.id.in_(task_ids),
                     t.c.job_id == self.job_id,
                     t.c.kind == kind,
                     t.c.attempts < self.settings.task_max_attempts,
@@ -157,48 +185,71 @@ class TaskRunner:
                     updated_at=now,
                 )
                 .returning(t)
-            ).first()
-        if row is None:
-            return None
-        return Claimed(row.id, row.attempts, row)
+            ).all()
+        return sorted((Claimed(r.id, r.attempts, r) for r in rows), key=lambda c: c.id)
 
-    def heartbeat(self, claim: Claimed, bytes_done: int | None = None) -> None:
+    def renew(
+        self, claims: list[Claimed], current: Claimed | None = None, bytes_done: int | None = None
+    ) -> None:
+        """Extend the leases of the batch's unfinished tasks; LeaseLost if none is ours any more
+        or the job has ended or been cancelled."""
         t = s.job_tasks
-        values: dict[str, Any] = {
-            "lease_until": sa.func.now() + dt.timedelta(seconds=self.settings.task_lease_sec),
-            "updated_at": sa.func.now(),
-        }
-        if bytes_done is not None:
-            values["bytes_done"] = bytes_done
+        job_alive = (
+            sa.select(s.jobs.c.id)
+            .where(
+                s.jobs.c.id == self.job_id,
+                s.jobs.c.cancel_requested.is_(False),
+                s.jobs.c.state.in_(ACTIVE_JOB_STATES),
+            )
+            .exists()
+        )
         with self.dst.engine.begin() as conn:
             alive = conn.execute(
                 sa.update(t)
                 .where(
-                    t.c.id == claim.id,
+                    t.c.id.in_([c.id for c in claims]),
                     t.c.state == "RUNNING",
-                    t.c.attempts == claim.attempt,
-                    sa.select(s.jobs.c.id)
-                    .where(
-                        s.jobs.c.id == self.job_id,
-                        s.jobs.c.cancel_requested.is_(False),
-                        s.jobs.c.state.in_(["SNAPSHOTING", "REPLICATING"]),
-                    )
-                    .exists(),
+                    t.c.worker == self.worker,
+                    job_alive,
                 )
-                .values(**values)
+                .values(
+                    lease_until=sa.func.now() + dt.timedelta(seconds=self.settings.task_lease_sec),
+                    updated_at=sa.func.now(),
+                )
             ).rowcount
-        if alive != 1:
-            raise LeaseLost(f"task {claim.id} attempt {claim.attempt} no longer owns its lease")
+            if current is not None and bytes_done is not None:
+                conn.execute(
+                    sa.update(t)
+                    .where(t.c.id == current.id, t.c.attempts == current.attempt)
+                    .values(bytes_done=bytes_done)
+                )
+        if not alive:
+            raise LeaseLost(f"job {self.job_id}: this worker no longer owns its tasks")
 
-    def complete(self, conn: sa.Connection, claim: Claimed, **values: Any) -> None:
+    def _complete(self, conn: sa.Connection, rows: list[dict[str, Any]], **columns: Any) -> int:
+        """Mark claimed tasks DONE, each only if its attempt is still the one we claimed."""
+        if not rows:
+            return 0
         t = s.job_tasks
-        done = conn.execute(
-            sa.update(t)
-            .where(t.c.id == claim.id, t.c.state == "RUNNING", t.c.attempts == claim.attempt)
-            .values(state="DONE", lease_until=None, error=None, updated_at=sa.func.now(), **values)
-        ).rowcount
-        if done != 1:
-            raise LeaseLost(f"task {claim.id} attempt {claim.attempt} was taken over")
+        return int(
+            conn.execute(
+                sa.update(t)
+                .where(
+                    t.c.id == sa.bindparam("task_id"),
+                    t.c.attempts == sa.bindparam("attempt"),
+                    t.c.state == "RUNNING",
+                )
+                .values(
+                    state="DONE",
+                    lease_until=None,
+                    error=None,
+                    updated_at=sa.func.now(),
+                    **{k: sa.bindparam(k, type_=v) for k, v in columns.items()},
+                )
+                .execution_options(preserve_rowcount=True),
+                rows,
+            ).rowcount
+        )
 
     def fail(self, claim: Claimed, exc: BaseException) -> str:
         """Record a failed attempt: back to PENDING with a backoff, or FAILED for good."""
@@ -233,130 +284,165 @@ class TaskRunner:
         )
         return "retried" if retry else "failed"
 
+    def _fail_all(self, claims: list[Claimed], exc: BaseException, out: BatchOutcome) -> None:
+        for claim in claims:
+            if self.fail(claim, exc) == "retried":
+                out.retried += 1
+            else:
+                out.failed += 1
+
     def _job(self) -> Any:
         with self.dst.engine.connect() as conn:
             return conn.execute(sa.select(s.jobs).where(s.jobs.c.id == self.job_id)).one()
+
+    def open_tasks(self, kind: str) -> int:
+        """Tasks of ``kind`` not yet DONE: zero means the phase is complete."""
+        t = s.job_tasks
+        with self.dst.engine.connect() as conn:
+            return int(
+                conn.execute(
+                    sa.select(sa.func.count()).where(
+                        t.c.job_id == self.job_id, t.c.kind == kind, t.c.state != "DONE"
+                    )
+                ).scalar_one()
+            )
 
     def run(
         self, kind: str, task_ids: list[int], progress: ProgressFn | None = None
     ) -> BatchOutcome:
         job = self._job()
-        job_state = "SNAPSHOTING" if kind == "SNAPSHOT" else "REPLICATING"
         out = BatchOutcome()
-        for task_id in task_ids:
-            claim = self.claim(task_id, kind, job_state)
-            if claim is None:
-                out.skipped += 1
-                continue
-            try:
-                if kind == "SNAPSHOT":
-                    self._snapshot(job, claim)
-                else:
-                    out.bytes += self._apply(job, claim, out, progress)
-                out.done += 1
-            except LeaseLost as exc:
-                log.info("%s", exc)
-                out.skipped += 1
-            except Exception as exc:
-                if self.fail(claim, exc) == "retried":
-                    out.retried += 1
-                else:
-                    out.failed += 1
+        job_state = "SNAPSHOTING" if kind == "SNAPSHOT" else "REPLICATING"
+        claims = self.claim(task_ids, kind, job_state)
+        out.skipped = len(task_ids) - len(claims)
+        if not claims:
+            return out
+        try:
+            if kind == "SNAPSHOT":
+                self._snapshots(job, claims, out)
+            else:
+                self._applies(job, claims, out, progress)
+        except LeaseLost as exc:
+            log.info("%s", exc)
         return out
 
     # -- snapshot --------------------------------------------------------------------------
-    def _snapshot(self, job: Any, claim: Claimed) -> None:
-        task = claim.row
+    def _snapshots(self, job: Any, claims: list[Claimed], out: BatchOutcome) -> None:
         with self.dst.engine.connect() as conn:
-            plan = conn.execute(
-                sa.select(s.job_partitions).where(
-                    s.job_partitions.c.job_id == self.job_id,
-                    s.job_partitions.c.partition_name == task.partition_name,
+            plans = {
+                p.partition_name: p
+                for p in conn.execute(
+                    sa.select(s.job_partitions).where(s.job_partitions.c.job_id == self.job_id)
                 )
-            ).one()
+            }
         src = Cluster(self.settings, job.src_cluster)
-        with src.engine.begin() as conn:
-            part = conn.execute(
-                sa.select(s.partitions).where(s.partitions.c.id == plan.src_partition_id)
-            ).first()
-            if (
-                part is None
-                or part.version_epoch != plan.src_epoch
-                or part.visible_version < plan.src_version
-            ):
-                raise SourceDataGone(
-                    f"source partition {task.partition_name!r} was dropped or overwritten "
-                    "during the job; submit the replication again"
-                )
-            # FOR SHARE keeps compaction and GC off these rows until the holds are in place.
-            rows = conn.execute(
-                sa.select(s.rowsets)
-                .where(s.rowsets.c.tablet_id == task.src_tablet_id, s.rowsets.c.state == "VISIBLE")
-                .order_by(s.rowsets.c.start_version)
-                .with_for_update(read=True)
-            ).all()
-            rowsets = [model.rowset_from_row(r._mapping) for r in rows]
-            chosen, incremental = choose_rowsets(
-                rowsets, plan.dst_version, plan.src_version, plan.mode == "INCREMENTAL"
-            )
-            holds.place(
-                conn,
-                [r.id for r in chosen],
-                hold_owner(self.dst.name, self.job_id),
-                self.settings.hold_lease_sec,
-            )
-            backends = model.list_backends(conn)
-        candidates = [int(b) for b in task.src_backend_ids]
-        good, fallback = order_sources(chosen, [backends[b] for b in candidates])
-        manifest = {
-            "incremental": incremental,
-            "src_version": plan.src_version,
-            "src_backend_ids": [b.id for b in good],
-            "fallback_backend_ids": [b.id for b in fallback],
-            "src_roots": {str(b.id): b.storage_root for b in backends.values()},
-            "rowsets": [
-                {
-                    "id": r.id,
-                    "start": r.start_version,
-                    "end": r.end_version,
-                    "num_rows": r.num_rows,
-                    "data_size": r.data_size,
-                    "files": list(r.files),
-                }
-                for r in chosen
-            ],
-        }
-        total = sum(int(f["size"]) for r in chosen for f in r.files)
+        owner = hold_owner(self.dst.name, self.job_id)
+        done: list[dict[str, Any]] = []
+        failed: list[tuple[Claimed, Exception]] = []
         try:
+            with src.engine.begin() as conn:
+                parts = {
+                    p.id: p
+                    for p in conn.execute(
+                        sa.select(s.partitions).where(
+                            s.partitions.c.id.in_({p.src_partition_id for p in plans.values()})
+                        )
+                    )
+                }
+                # FOR SHARE keeps compaction and GC off these rows until the holds are placed.
+                by_tablet: dict[int, list[model.RowsetInfo]] = {}
+                for r in conn.execute(
+                    sa.select(s.rowsets)
+                    .where(
+                        s.rowsets.c.tablet_id.in_({c.row.src_tablet_id for c in claims}),
+                        s.rowsets.c.state == "VISIBLE",
+                    )
+                    .order_by(s.rowsets.c.tablet_id, s.rowsets.c.start_version)
+                    .with_for_update(read=True)
+                ):
+                    by_tablet.setdefault(r.tablet_id, []).append(model.rowset_from_row(r._mapping))
+                backends = model.list_backends(conn)
+                held: list[str] = []
+                for claim in claims:
+                    try:
+                        plan = plans[claim.row.partition_name]
+                        manifest = _manifest(claim.row, plan, parts, by_tablet, backends)
+                    except Exception as exc:  # recorded on that task's row
+                        failed.append((claim, exc))
+                        continue
+                    held += [r["id"] for r in manifest["rowsets"]]
+                    done.append(
+                        {
+                            "task_id": claim.id,
+                            "attempt": claim.attempt,
+                            "manifest": manifest,
+                            "incremental": manifest["incremental"],
+                            "bytes_total": manifest["bytes"],
+                        }
+                    )
+                holds.place(conn, held, owner, self.settings.hold_lease_sec)
             with self.dst.engine.begin() as conn:
-                self.complete(
-                    conn, claim, manifest=manifest, incremental=incremental, bytes_total=total
+                out.done += self._complete(
+                    conn,
+                    done,
+                    manifest=s.job_tasks.c.manifest.type,
+                    incremental=sa.Boolean(),
+                    bytes_total=sa.BigInteger(),
                 )
+        except Exception as exc:  # the whole batch failed (e.g. Postgres down)
+            failed_ids = {c.id for c, _ in failed}
+            self._fail_all([c for c in claims if c.id not in failed_ids], exc, out)
         finally:
             # The coordinator releases holds when the job ends; holds placed after that
             # release would pin files until they expire, so a late snapshot drops them itself.
             if self._job().state in ("COMMITTED", "ABORTED"):
                 with src.engine.begin() as conn:
-                    holds.release(conn, hold_owner(self.dst.name, self.job_id))
+                    holds.release(conn, owner)
+        for claim, error in failed:
+            self._fail_all([claim], error, out)
 
     # -- apply -----------------------------------------------------------------------------
-    def _apply(
-        self, job: Any, claim: Claimed, out: BatchOutcome, progress: ProgressFn | None
-    ) -> int:
+    def _applies(
+        self, job: Any, claims: list[Claimed], out: BatchOutcome, progress: ProgressFn | None
+    ) -> None:
+        with self.dst.engine.connect() as conn:
+            backends = model.list_backends(conn)
+        beat = _Beat(self, claims, progress)
+        applied: list[_Applied] = []
+        last_flush = time.monotonic()
+        for claim in claims:
+            beat.start(claim)
+            try:
+                applied.append(self._apply_one(job, claim, backends, beat, out))
+            except LeaseLost:
+                raise
+            except Exception as exc:  # recorded on that task's row
+                self._fail_all([claim], exc, out)
+            if (
+                len(applied) >= FLUSH_EVERY_TASKS
+                or time.monotonic() - last_flush >= FLUSH_EVERY_SEC
+            ):
+                self._flush(job, applied, out)
+                applied, last_flush = [], time.monotonic()
+        self._flush(job, applied, out)
+        beat.report(beat.batch_done + beat.completed)
+
+    def _apply_one(
+        self,
+        job: Any,
+        claim: Claimed,
+        backends: dict[int, model.Backend],
+        beat: _Beat,
+        out: BatchOutcome,
+    ) -> _Applied:
         task = claim.row
         manifest = task.manifest
-        with self.dst.engine.connect() as conn:
-            backend = conn.execute(
-                sa.select(s.backends).where(s.backends.c.id == task.dst_backend_id)
-            ).one()
-        target = storage_for(backend.storage_root)
+        target = storage_for(backends[task.dst_backend_id].storage_root)
         target.check()
         sources = [
             (int(b), storage_for(manifest["src_roots"][str(b)])) for b in task.src_backend_ids
         ]
-        copied = 0
-        beat = _Beat(self, claim, progress, out.bytes, task.bytes_total)
-        new_rows = []
+        rows = []
         for rs in manifest["rowsets"]:
             dst_rowset = uuid.uuid5(ROWSET_NS, f"{self.job_id}/{task.dst_tablet_id}/{rs['id']}").hex
             for f in rs["files"]:
@@ -365,10 +451,10 @@ class TaskRunner:
                 if not _verified(target, final, meta):
                     staged = f"{staging_dir(job.txn_id)}/{dst_rowset}/{meta.name}"
                     src_path = f"{rowset_dir(task.src_tablet_id, rs['id'])}/{meta.name}"
-                    copied += fetch(sources, target, src_path, staged, meta, beat)
+                    out.bytes += fetch(sources, target, src_path, staged, meta, beat)
                     target.rename(staged, final)
                 beat.file_done(meta.size)
-            new_rows.append(
+            rows.append(
                 {
                     "id": dst_rowset,
                     "tablet_id": task.dst_tablet_id,
@@ -381,22 +467,77 @@ class TaskRunner:
                     "files": rs["files"],
                 }
             )
+        return _Applied(claim, rows, beat.completed)
+
+    def _flush(self, job: Any, applied: list[_Applied], out: BatchOutcome) -> None:
+        """Record installed rowsets (pending, invisible) and mark their tasks DONE, together."""
+        if not applied:
+            return
         with self.dst.engine.begin() as conn:
-            open_txn = conn.execute(
+            state = conn.execute(
                 sa.select(s.transactions.c.state)
                 .where(s.transactions.c.id == job.txn_id)
                 .with_for_update(read=True)
             ).scalar_one()
-            if open_txn != "PREPARE":
-                raise LeaseLost(
-                    f"job {self.job_id}'s transaction is {open_txn}; dropping the apply"
-                )
-            if new_rows:
-                conn.execute(pg_insert(s.rowsets).values(new_rows).on_conflict_do_nothing())
-            self.complete(conn, claim, bytes_done=beat.completed)
-        if progress:
-            progress(out.bytes + beat.completed, task.bytes_total)
-        return copied
+            if state != "PREPARE":
+                raise LeaseLost(f"job {self.job_id}'s transaction is {state}; dropping the apply")
+            rows = [r for a in applied for r in a.rowsets]
+            if rows:
+                conn.execute(pg_insert(s.rowsets).values(rows).on_conflict_do_nothing())
+            out.done += self._complete(
+                conn,
+                [
+                    {"task_id": a.claim.id, "attempt": a.claim.attempt, "bytes_done": a.bytes_done}
+                    for a in applied
+                ],
+                bytes_done=sa.BigInteger(),
+            )
+
+
+def _manifest(
+    task: Any,
+    plan: Any,
+    parts: dict[int, Any],
+    by_tablet: dict[int, list[model.RowsetInfo]],
+    backends: dict[int, model.Backend],
+) -> dict[str, Any]:
+    """What one target tablet needs: the chosen rowsets, their files and where to read them."""
+    part = parts.get(plan.src_partition_id)
+    if (
+        part is None
+        or part.version_epoch != plan.src_epoch
+        or part.visible_version < plan.src_version
+    ):
+        raise SourceDataGone(
+            f"source partition {task.partition_name!r} was dropped or overwritten "
+            "during the job; submit the replication again"
+        )
+    chosen, incremental = choose_rowsets(
+        by_tablet.get(task.src_tablet_id, []),
+        plan.dst_version,
+        plan.src_version,
+        plan.mode == "INCREMENTAL",
+    )
+    good, fallback = order_sources(chosen, [backends[int(b)] for b in task.src_backend_ids])
+    return {
+        "incremental": incremental,
+        "src_version": plan.src_version,
+        "bytes": sum(int(f["size"]) for r in chosen for f in r.files),
+        "src_backend_ids": [b.id for b in good],
+        "fallback_backend_ids": [b.id for b in fallback],
+        "src_roots": {str(b.id): b.storage_root for b in backends.values()},
+        "rowsets": [
+            {
+                "id": r.id,
+                "start": r.start_version,
+                "end": r.end_version,
+                "num_rows": r.num_rows,
+                "data_size": r.data_size,
+                "files": list(r.files),
+            }
+            for r in chosen
+        ],
+    }
 
 
 def choose_rowsets(
