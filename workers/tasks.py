@@ -45,7 +45,7 @@ def send(messages: list[Message]) -> None:
 @app.task(name="replication.tick", bind=True, acks_late=False, ignore_result=True)
 def tick(self: Task, cluster: str | None = None, job_id: int | None = None) -> dict[str, Any]:
     """Advance one job (a nudge) or every active job of every cluster (the beat)."""
-    coordinator = Coordinator(settings, actor=f"coordinator@{self.request.hostname}")
+    coordinator = Coordinator(settings, actor=self.request.hostname or "coordinator")
     advanced = 0
     targets: list[tuple[str, int]] = []
     if cluster is not None and job_id is not None:
