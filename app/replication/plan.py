@@ -8,7 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+import sqlalchemy as sa
+
 from app.catalog import model
+from app.catalog import schema as s
 from app.catalog.model import TableInfo
 from app.cluster import Cluster, PartitionSpec
 from app.errors import InvalidRequest, NotFound, SchemaMismatch, VersionConflict
@@ -232,12 +235,8 @@ def create_target_like(
     )
 
 
-def _sizes(conn: object, table_id: int) -> dict[int, int]:
-    import sqlalchemy as sa
-
-    from app.catalog import schema as s
-
-    assert isinstance(conn, sa.Connection)
+def _sizes(conn: sa.Connection, table_id: int) -> dict[int, int]:
+    """Bytes of visible rowsets per partition (for admission by data size)."""
     rows = conn.execute(
         sa.select(s.tablets.c.partition_id, sa.func.coalesce(sa.func.sum(s.rowsets.c.data_size), 0))
         .join(s.rowsets, s.rowsets.c.tablet_id == s.tablets.c.id)

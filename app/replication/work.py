@@ -35,8 +35,9 @@ from app.errors import (
 from app.replication.finish import hold_owner
 from app.retry import RetryPolicy, is_retryable
 from app.storage import holds
-from app.storage.checksum import FileMeta, checksum_stream, copy_verified
+from app.storage.checksum import FileMeta, copy_verified
 from app.storage.client import StorageClient, rowset_dir, staging_dir, storage_for
+from app.storage.rowsets import verify_file
 
 log = logging.getLogger(__name__)
 
@@ -448,7 +449,7 @@ class TaskRunner:
             for f in rs["files"]:
                 meta = FileMeta.from_json(f)
                 final = f"{rowset_dir(task.dst_tablet_id, dst_rowset)}/{meta.name}"
-                if not _verified(target, final, meta):
+                if not verify_file(target, final, meta):
                     staged = f"{staging_dir(job.txn_id)}/{dst_rowset}/{meta.name}"
                     src_path = f"{rowset_dir(task.src_tablet_id, rs['id'])}/{meta.name}"
                     out.bytes += fetch(sources, target, src_path, staged, meta, beat)
@@ -606,13 +607,6 @@ def order_sources(
             f"(tried {', '.join(b.name for b in candidates)})"
         )
     return good, bad + unreachable
-
-
-def _verified(storage: StorageClient, path: str, meta: FileMeta) -> bool:
-    if storage.size(path) != meta.size:
-        return False
-    with storage.open_read(path) as f:
-        return checksum_stream(f) == (meta.size, meta.checksum)
 
 
 def fetch(
