@@ -45,6 +45,7 @@ class Settings:
     coordinator_tick_sec: float = 1.0
     # Target clusters this coordinator serves, comma-separated; empty: every catalog found.
     coordinator_clusters: str = ""
+    # Minimum lease of a source hold; holds also last as long as their job's transaction.
     hold_lease_sec: int = 3600
     copy_buffer_bytes: int = 8 * 1024 * 1024
     # Per worker process; 0 = unlimited. Keeps replication from starving a backend's disk.

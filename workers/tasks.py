@@ -82,7 +82,12 @@ def _run(task: Task, kind: str, cluster: str, job_id: int, task_ids: list[int]) 
         raise
     # Wake the coordinator only when it has something to decide: the phase is complete or a
     # task failed for good. Anything else (e.g. a retry after backoff) waits for the beat tick.
-    if outcome.failed or runner.open_tasks(kind) == 0:
+    try:
+        phase_done = runner.open_tasks(kind) == 0
+    except Exception as exc:  # the work is recorded; the beat tick will notice either way
+        log.warning("cannot tell whether job %s:%s finished its phase: %s", cluster, job_id, exc)
+        phase_done = True
+    if outcome.failed or phase_done:
         nudge(cluster, job_id)
     return {"job": f"{cluster}:{job_id}", **outcome.__dict__}
 

@@ -381,7 +381,12 @@ class TaskRunner:
                             "bytes_total": manifest["bytes"],
                         }
                     )
-                holds.place(conn, held, owner, self.settings.hold_lease_sec)
+                # A hold must outlive the job's transaction, which aborts at its timeout and then
+                # releases it; the lease only matters if nothing is left to release it.
+                timeout = job.options.get("timeout_sec") or (
+                    self.settings.replication_transaction_timeout_sec
+                )
+                holds.place(conn, held, owner, max(self.settings.hold_lease_sec, int(timeout)))
             with self.dst.engine.begin() as conn:
                 out.done += self._complete(
                     conn,

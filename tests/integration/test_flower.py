@@ -150,7 +150,11 @@ def test_flower_lists_the_replication_tasks(
             and all(t["state"] == "SUCCESS" for t in ours)
         )
 
-    wait_until(seen_all, 30, "flower to show this job's tasks, all succeeded", interval=0.5)
+    try:
+        wait_until(seen_all, 30, "flower to show this job's tasks, all succeeded", interval=0.5)
+    except AssertionError as exc:
+        states = sorted((t["name"], t["state"], t.get("routing_key")) for t in ours)
+        raise AssertionError(f"{exc}: {states}") from None
     # Messages name the job and carry task ids: the source and target backend queues ran them.
     assert all(f"'cluster': '{rig.dst.name}'" in t["kwargs"] for t in ours)
     assert {t["routing_key"] for t in ours if t["name"] == "replication.snapshot"} <= {
