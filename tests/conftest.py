@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from app.catalog.engine import dispose_all
+from app.catalog.engine import dispose_all, drop_database
 from app.client import ClusterHandle, Replicator
 from app.config import Settings
 
@@ -74,15 +74,20 @@ ClusterFactory = Callable[..., ClusterHandle]
 def make_cluster(settings: Settings, tmp_path: Path) -> Iterator[ClusterFactory]:
     """``make_cluster(backends=3)`` → an initialised cluster with that many backends."""
 
+    created: list[ClusterHandle] = []
+
     def make(backends: int = 2, name: str | None = None) -> ClusterHandle:
         cname = name or f"c{next(_names)}"
         handle = Replicator(settings).cluster(cname)
         handle.init()
+        created.append(handle)
         for i in range(1, backends + 1):
             handle.add_backend(f"be{i}", str(tmp_path / cname / f"be{i}"))
         return handle
 
     yield make
-    # Every cluster is its own database: give their pooled connections back at once, or a
-    # long run exhausts the server's max_connections.
+    # Every cluster is its own database: drop them at once, or a long run holds their pooled
+    # connections and leaves catalogs behind for any coordinator that discovers them.
+    for handle in created:
+        drop_database(handle.catalog.dsn)
     dispose_all()

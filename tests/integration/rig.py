@@ -143,6 +143,8 @@ def start_rig(
         env = dict(test_env)
         env["REPLICATOR_BROKER_URL"] = redis.url
         env["REPLICATOR_TRANSFER_BANDWIDTH_MB_PER_SEC"] = str(bandwidth)
+        # This rig's coordinator serves this rig's clusters, not every catalog of the test run.
+        env["REPLICATOR_COORDINATOR_CLUSTERS"] = f"{src.name},{dst.name}"
         workers = Workers(env, base / "logs")
         for handle in (src, dst):
             for b in ("be1", "be2"):

@@ -142,7 +142,8 @@ def test_flower_lists_the_replication_tasks(
             t
             for t in tasks.values()
             if t.get("name") in ("replication.snapshot", "replication.apply")
-            and f"'job_id': {job.id}" in (t.get("kwargs") or "")
+            and f"'job_id': {job.id}," in (t.get("kwargs") or "")
+            and f"'cluster': '{rig.dst.name}'" in (t.get("kwargs") or "")
         ]
         return (
             {t.get("name") for t in tasks.values()} >= NAMES
