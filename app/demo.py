@@ -388,22 +388,6 @@ def reset_clusters(settings: Any) -> None:
     shutil.rmtree(LOG_DIR, ignore_errors=True)
 
 
-def note_other_clusters(settings: Any) -> None:
-    """The coordinator serves every cluster its DSN template matches, not only the demo's."""
-    from app.catalog.engine import discover_clusters
-
-    others = [
-        c
-        for c in discover_clusters(settings.dsn_template, list(settings.clusters))
-        if c not in CLUSTERS
-    ]
-    if others:
-        console.print(
-            f"  [yellow]note:[/] {len(others)} other clusters match the DSN template "
-            f"(e.g. {others[0]}); the demo's coordinator will also tick their jobs"
-        )
-
-
 def purge_demo_queues(broker_url: str) -> int:
     """Drop messages a previous demo left in the backend queues (they name jobs that are gone)."""
     import redis
@@ -819,7 +803,6 @@ def run() -> int:
             f"({', '.join(stopped)})"
         )
     reset_clusters(settings)
-    note_other_clusters(settings)
     dropped = purge_demo_queues(settings.broker_url)
     if dropped:
         console.print(f"  dropped {dropped} stale messages from the demo's backend queues")

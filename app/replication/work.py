@@ -455,7 +455,8 @@ class TaskRunner:
                 meta = FileMeta.from_json(f)
                 final = f"{rowset_dir(task.dst_tablet_id, dst_rowset)}/{meta.name}"
                 if not verify_file(target, final, meta):
-                    staged = f"{staging_dir(job.txn_id)}/{dst_rowset}/{meta.name}"
+                    # Flat staging: one directory per transaction, not one per rowset.
+                    staged = f"{staging_dir(job.txn_id)}/{dst_rowset}.{meta.name}"
                     src_path = f"{rowset_dir(task.src_tablet_id, rs['id'])}/{meta.name}"
                     out.bytes += fetch(sources, target, src_path, staged, meta, beat)
                     target.rename(staged, final)

@@ -3,7 +3,7 @@
 Paths are relative to the root and always use ``/``. Layout of a root:
 
     data/<tablet id>/<rowset id>/<file>      installed rowset files
-    staging/<txn id>/<rowset id>/<file>      files being received by a replication apply
+    staging/<txn id>/<rowset id>.<file>      files being received by a replication apply
 """
 
 from __future__ import annotations
@@ -54,8 +54,12 @@ class LocalStorage:
 
     def open_write(self, path: str) -> BinaryIO:
         target = self._abs(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        return open(target, "wb")
+        # Directories usually exist: try first, create them on demand.
+        try:
+            return open(target, "wb")
+        except FileNotFoundError:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            return open(target, "wb")
 
     def local_path(self, path: str) -> str | None:
         return str(self._abs(path))
@@ -68,8 +72,11 @@ class LocalStorage:
 
     def rename(self, src: str, dst: str) -> None:
         target = self._abs(dst)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(self._abs(src), target)
+        try:
+            os.replace(self._abs(src), target)
+        except FileNotFoundError:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(self._abs(src), target)
 
     def delete_tree(self, path: str) -> None:
         target = self._abs(path)

@@ -71,7 +71,7 @@ def verify_file(storage: StorageClient, path: str, meta: FileMeta) -> bool:
     if storage.size(path) != meta.size:
         return False
     with storage.open_read(path) as f:
-        return checksum_stream(f) == (meta.size, meta.checksum)
+        return checksum_stream(f, size_hint=meta.size) == (meta.size, meta.checksum)
 
 
 def read_rowset(
