@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 import sqlalchemy as sa
 
 from app.catalog import schema as s
 from app.client import ClusterHandle, Replicator
 from app.config import Settings
-from app.errors import AdmissionRefused
+from app.errors import AdmissionRefused, TableBusy
 from app.replication import jobs
 from tests.conftest import ClusterFactory
 from tests.integration.rig import COLUMNS, PARTITIONS, rows
@@ -37,12 +38,10 @@ def test_a_job_over_the_replica_limit_is_refused_and_nothing_is_made(
 ) -> None:
     src, dst = _pair(make_cluster)
     r = Replicator(settings.with_overrides(replication_max_parallel_replica_count=10), _no_nudge)
-    try:
+    with pytest.raises(
+        AdmissionRefused, match=r"needs 32 tablet replicas.*replication_max_parallel_replica_count"
+    ):
         r.replicate(f"{src.name}:db.t", dst.name)
-        raise AssertionError("expected AdmissionRefused")
-    except AdmissionRefused as exc:
-        assert "needs 32 tablet replicas" in str(exc)
-        assert "replication_max_parallel_replica_count" in str(exc)
     assert _job_count(dst) == 0
 
 
@@ -51,11 +50,8 @@ def test_a_job_over_the_data_size_limit_is_refused(
 ) -> None:
     src, dst = _pair(make_cluster)
     r = Replicator(settings.with_overrides(replication_max_parallel_data_size_mb=0), _no_nudge)
-    try:
+    with pytest.raises(AdmissionRefused, match="replication_max_parallel_data_size_mb"):
         r.replicate(f"{src.name}:db.t", dst.name)
-        raise AssertionError("expected AdmissionRefused")
-    except AdmissionRefused as exc:
-        assert "replication_max_parallel_data_size_mb" in str(exc)
     assert _job_count(dst) == 0
 
 
@@ -69,11 +65,8 @@ def test_the_table_count_limit_counts_running_jobs(
     r = Replicator(settings.with_overrides(replication_max_parallel_table_count=1), _no_nudge)
     first = r.replicate(f"{src.name}:db.t", dst.name)  # no workers here: it stays running
     assert first.state == "INITIALIZING"
-    try:
+    with pytest.raises(AdmissionRefused, match="1 replication jobs are running, the limit is 1"):
         r.replicate(f"{src.name}:db.u", dst.name)
-        raise AssertionError("expected AdmissionRefused")
-    except AdmissionRefused as exc:
-        assert "1 replication jobs are running, the limit is 1" in str(exc)
     assert _job_count(dst) == 1
     assert first.cancel() is True
 
@@ -84,12 +77,8 @@ def test_a_second_job_on_a_table_with_a_running_job_is_refused(
     src, dst = _pair(make_cluster)
     r = Replicator(settings, _no_nudge)
     first = r.replicate(f"{src.name}:db.t", dst.name)
-    try:
+    with pytest.raises(TableBusy, match=first.ref):
         r.replicate(f"{src.name}:db.t", dst.name)
-        raise AssertionError("expected TableBusy")
-    except Exception as exc:
-        assert type(exc).__name__ == "TableBusy"
-        assert first.ref in str(exc)
     assert _job_count(dst) == 1
 
 
