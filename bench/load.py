@@ -38,12 +38,17 @@ BUCKETS = 16
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--scale-factor", type=float, default=1,
-                    help="TPC-H scale factor (1 = 6M rows)")
+    ap.add_argument(
+        "--scale-factor", type=float, default=1, help="TPC-H scale factor (1 = 6M rows)"
+    )
     ap.add_argument("--backends", type=int, default=1, help="backends in the bench cluster")
     ap.add_argument("--replication-num", type=int, default=1, help="replicas per tablet")
-    ap.add_argument("--parts", type=int, default=None,
-                    help="have tpchgen write this many files (loaded as one transaction)")
+    ap.add_argument(
+        "--parts",
+        type=int,
+        default=None,
+        help="have tpchgen write this many files (loaded as one transaction)",
+    )
     ap.add_argument("--no-rsync", action="store_true", help="skip the rsync baseline")
     args = ap.parse_args(argv)
     if args.replication_num > args.backends:

@@ -89,7 +89,9 @@ def _round(n: int, src, dst, settings, env) -> dict[str, object]:  # type: ignor
         table = f"tpch.lineitem_n{n}"
         start = time.monotonic()
         job = Replicator(settings).replicate(
-            f"{src.name}:tpch.lineitem", f"{dst.name}:{table}", create_target=True,
+            f"{src.name}:tpch.lineitem",
+            f"{dst.name}:{table}",
+            create_target=True,
             replication_num=1,
         )
         job.wait(1800)
