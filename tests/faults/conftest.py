@@ -19,7 +19,7 @@ from app.client import ClusterHandle, Job, Replicator
 from app.config import Settings
 from app.replication.state import JobState
 from tests.harness import PostgresServer, RedisServer, Workers, wait_until
-from tests.integration.rig import COLUMNS, PARTITIONS, rows
+from tests.integration.rig import create_test_table, rows
 
 REPORT = Path(__file__).resolve().parents[2] / "var" / "fault-report.jsonl"
 
@@ -69,15 +69,7 @@ class FaultRig:
     def big_table(self, name: str, n_rows: int = 200_000) -> str:
         full = f"db.{name}"
         for handle in (self.src, self.dst):
-            handle.create_table(
-                full,
-                COLUMNS,
-                partition_by="day",
-                partitions=PARTITIONS,
-                distributed_by=["id"],
-                buckets=4,
-                replication_num=2,
-            )
+            create_test_table(handle, full, buckets=4, replication_num=2)
         self.src.load(
             full, rows(n_rows, seed=zlib.crc32(name.encode()) % 1000, wide=True), label=f"{name}-1"
         )

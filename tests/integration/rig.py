@@ -5,11 +5,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import sqlalchemy as sa
 
+from app.catalog import model
 from app.catalog import schema as s
 from app.client import ClusterHandle, Replicator
 from app.config import Settings
@@ -44,6 +46,32 @@ def rows(n: int, seed: int, wide: bool = False) -> pa.Table:
     return table
 
 
+def create_test_table(handle: ClusterHandle, full: str, buckets: int, replication_num: int) -> None:
+    """The tests' table: COLUMNS, the four PARTITIONS of 2023, hashed by id."""
+    handle.create_table(
+        full,
+        COLUMNS,
+        partition_by="day",
+        partitions=PARTITIONS,
+        distributed_by=["id"],
+        buckets=buckets,
+        replication_num=replication_num,
+    )
+
+
+def replica_paths(handle: ClusterHandle, rowsets: list[Any]) -> list[Path]:
+    """Where each rowset's data file must be, on every replica of its tablet."""
+    with handle.catalog.engine.connect() as conn:
+        backends = model.list_backends(conn)
+        homes = conn.execute(sa.select(s.replicas.c.tablet_id, s.replicas.c.backend_id)).all()
+    return [
+        Path(backends[h.backend_id].storage_root, "data", str(r.tablet_id), r.id, "0.parquet")
+        for r in rowsets
+        for h in homes
+        if h.tablet_id == r.tablet_id
+    ]
+
+
 @dataclass
 class Rig:
     settings: Settings
@@ -64,25 +92,9 @@ class Rig:
         create_dst: bool = True,
     ) -> str:
         full = f"db.{name}"
-        self.src.create_table(
-            full,
-            COLUMNS,
-            partition_by="day",
-            partitions=PARTITIONS,
-            distributed_by=["id"],
-            buckets=buckets,
-            replication_num=src_replicas,
-        )
+        create_test_table(self.src, full, buckets, src_replicas)
         if create_dst:
-            self.dst.create_table(
-                full,
-                COLUMNS,
-                partition_by="day",
-                partitions=PARTITIONS,
-                distributed_by=["id"],
-                buckets=buckets,
-                replication_num=dst_replicas,
-            )
+            create_test_table(self.dst, full, buckets, dst_replicas)
         return full
 
     def content(self, handle: ClusterHandle, full: str) -> list[tuple[str, int, int, int, str]]:
@@ -96,7 +108,6 @@ class Rig:
 
     def missing_replica_files(self, handle: ClusterHandle, full: str) -> list[str]:
         """Files of visible rowsets that some replica of their tablet does not hold intact."""
-        from app.catalog import model
 
         missing = []
         with handle.catalog.engine.connect() as conn:

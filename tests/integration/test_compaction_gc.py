@@ -17,6 +17,7 @@ from app.catalog import schema as s
 from app.client import ClusterHandle
 from app.errors import InvalidRequest
 from app.storage import holds
+from tests.integration.rig import replica_paths
 
 LOADS = 4
 
@@ -64,20 +65,6 @@ def rowset_rows(handle: ClusterHandle, state: str) -> list[sa.Row[Any]]:
         return conn.execute(sa.select(s.rowsets).where(s.rowsets.c.state == state)).all()
 
 
-def paths_of(handle: ClusterHandle, rowsets: list[Any]) -> list[Path]:
-    """The data file of each rowset on every replica of its tablet."""
-    with handle.catalog.engine.connect() as conn:
-        backends = model.list_backends(conn)
-        homes = conn.execute(sa.select(s.replicas.c.tablet_id, s.replicas.c.backend_id)).all()
-    out = []
-    for r in rowsets:
-        for h in homes:
-            if h.tablet_id == r.tablet_id:
-                root = Path(backends[h.backend_id].storage_root)
-                out.append(root / "data" / str(r.tablet_id) / r.id / "0.parquet")
-    return out
-
-
 def wait_until_db_time_passes(handle: ClusterHandle, moment: Any, limit: float = 15) -> None:
     end = time.monotonic() + limit
     while time.monotonic() < end:
@@ -118,7 +105,7 @@ def test_gc_after_compaction_removes_exactly_the_stale_files(make_cluster) -> No
     handle.compact("db.t")
     stale = rowset_rows(handle, "STALE")
     live = rowset_rows(handle, "VISIBLE")
-    stale_paths, live_paths = paths_of(handle, stale), paths_of(handle, live)
+    stale_paths, live_paths = replica_paths(handle, stale), replica_paths(handle, live)
     assert len(stale) == 6 * LOADS and len(stale_paths) == 2 * 6 * LOADS
     assert all(p.is_file() for p in stale_paths + live_paths)  # until GC runs
     before = handle.checksum("db.t")
@@ -148,8 +135,8 @@ def test_a_held_rowset_survives_gc_until_its_hold_expires(make_cluster) -> None:
     first = handle.gc()
     assert first.kept_by_holds == len(held)
     assert first.deleted_rowsets == len(free)
-    assert all(p.is_file() for p in paths_of(handle, held))
-    assert not any(p.exists() for p in paths_of(handle, free))
+    assert all(p.is_file() for p in replica_paths(handle, held))
+    assert not any(p.exists() for p in replica_paths(handle, free))
     assert {r.id for r in rowset_rows(handle, "STALE")} == {r.id for r in held}
 
     wait_until_db_time_passes(handle, expires)
@@ -157,7 +144,7 @@ def test_a_held_rowset_survives_gc_until_its_hold_expires(make_cluster) -> None:
     assert second.expired_holds == len(held)
     assert second.deleted_rowsets == len(held)
     assert second.kept_by_holds == 0
-    assert not any(p.exists() for p in paths_of(handle, held))
+    assert not any(p.exists() for p in replica_paths(handle, held))
     assert rowset_rows(handle, "STALE") == []
     with handle.catalog.engine.connect() as conn:
         assert holds.active(conn) == 0
@@ -171,11 +158,11 @@ def test_a_released_hold_frees_its_rowsets_at_once(make_cluster) -> None:
     with handle.catalog.engine.begin() as conn:
         holds.place(conn, [r.id for r in stale], "test:job-2", lease_sec=3600)
     assert handle.gc().deleted_rowsets == 0
-    assert all(p.is_file() for p in paths_of(handle, stale))
+    assert all(p.is_file() for p in replica_paths(handle, stale))
     with handle.catalog.engine.begin() as conn:
         assert holds.release(conn, "test:job-2") == len(stale)
     assert handle.gc().deleted_rowsets == len(stale)
-    assert not any(p.exists() for p in paths_of(handle, stale))
+    assert not any(p.exists() for p in replica_paths(handle, stale))
 
 
 def test_compaction_up_to_a_version_merges_only_that_range(make_cluster) -> None:
@@ -231,7 +218,7 @@ def test_gc_removes_orphans_after_the_grace_period_and_staging_of_closed_transac
     staging = root / "staging" / "999999" / "rs" / "0.parquet"
     staging.parent.mkdir(parents=True)
     staging.write_bytes(b"half received")
-    live_paths = paths_of(handle, rowset_rows(handle, "VISIBLE"))
+    live_paths = replica_paths(handle, rowset_rows(handle, "VISIBLE"))
     before = handle.checksum("db.t")
 
     young = handle.gc()  # the orphan is younger than the default grace period

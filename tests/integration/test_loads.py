@@ -24,7 +24,6 @@ import pytest
 import sqlalchemy as sa
 
 from app import txn as txns
-from app.catalog import model
 from app.catalog import schema as s
 from app.client import ClusterHandle, Replicator
 from app.config import Settings
@@ -32,6 +31,7 @@ from app.errors import LabelConflict, RowsOutsidePartitions
 from app.rowhash import ContentChecksum
 from app.storage import load as load_module
 from app.storage.load import Loader
+from tests.integration.rig import replica_paths
 
 CRASH_SCRIPT = Path(__file__).with_name("crash_load.py")
 
@@ -90,20 +90,6 @@ def data_files(handle: ClusterHandle) -> set[Path]:
 def rowsets_of(handle: ClusterHandle, where: Any = sa.true()) -> list[sa.Row[Any]]:
     with handle.catalog.engine.connect() as conn:
         return conn.execute(sa.select(s.rowsets).where(where).order_by(s.rowsets.c.id)).all()
-
-
-def replica_paths(handle: ClusterHandle, rowset_rows: list[sa.Row[Any]]) -> list[Path]:
-    """Where each rowset's data file must be, on every replica of its tablet."""
-    with handle.catalog.engine.connect() as conn:
-        backends = model.list_backends(conn)
-        homes = conn.execute(sa.select(s.replicas.c.tablet_id, s.replicas.c.backend_id)).all()
-    paths = []
-    for r in rowset_rows:
-        for h in homes:
-            if h.tablet_id == r.tablet_id:
-                root = Path(backends[h.backend_id].storage_root)
-                paths.append(root / "data" / str(r.tablet_id) / r.id / "0.parquet")
-    return paths
 
 
 def state(handle: ClusterHandle, table: str) -> tuple[Any, ...]:
