@@ -14,7 +14,7 @@ from rich.table import Table
 from app.client import Replicator
 from app.cluster import PartitionSpec
 from app.errors import ReplicatorError, UserError
-from app.replication.coordinator import queue_name
+from app.queues import queue_name
 
 cli = typer.Typer(no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 cluster_cli = typer.Typer(no_args_is_help=True, help="Create and inspect clusters.")

@@ -26,7 +26,7 @@ from app import read
 from app.catalog import model
 from app.cluster import Cluster, PartitionSpec
 from app.config import Settings, load_settings
-from app.errors import ReplicatorError
+from app.errors import JobTimeout
 from app.replication import jobs as _jobs
 from app.replication.state import JobState
 from app.schema import ColumnDef
@@ -116,12 +116,6 @@ class ClusterHandle:
 
 
 Notify = Callable[[str, int], None]
-
-
-class JobTimeout(ReplicatorError):
-    """``Job.wait`` ran out of time; the job itself goes on."""
-
-    retryable = True
 
 
 class Job:

@@ -271,7 +271,7 @@ def _worker_env() -> dict[str, str]:
 def start_processes() -> tuple[list[Spawned], int]:
     """Backend workers, the coordinator with beat, and Flower. Returns them and Flower's port."""
     env = _worker_env()
-    from app.replication.coordinator import queue_name
+    from app.queues import queue_name
     from workers.commands import backend_worker_argv, coordinator_argv
 
     celery = [sys.executable, "-m", "celery", "-A", "workers"]

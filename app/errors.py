@@ -1,10 +1,19 @@
-"""One error hierarchy.
+"""One error hierarchy: the branch an error hangs on says whether retrying can help.
 
-Every error says whether retrying can help (``retryable``). ``UserError`` is a mistake in what the
-user asked for: the CLI prints its message on one line, without a traceback, and exits non-zero.
+    ReplicatorError
+    ├── UserError        the request is wrong; never retried. The CLI prints the message on one
+    │                    line, without a traceback, and exits 2.
+    ├── RetryableError   transient; the same call may succeed later. The CLI exits 3.
+    └── FatalError       retrying the same thing cannot help: the job (or this attempt) ends.
+
+Subclasses never override ``retryable``: a test walks the tree and fails if one does, so the
+answer to "retry?" is always read off the branch (as dramatiq's errors do), and ``retryable(exc)``
+below is the one place that also classifies errors from outside this package.
 """
 
 from __future__ import annotations
+
+import sqlalchemy as sa
 
 
 class ReplicatorError(Exception):
@@ -20,8 +29,13 @@ class ReplicatorError(Exception):
         return self.message
 
 
+# -- the request is wrong ------------------------------------------------------------------
+
+
 class UserError(ReplicatorError):
     """The request is wrong; the message says what and how to fix it. Never retried."""
+
+    retryable = False
 
 
 class NotFound(UserError):
@@ -53,7 +67,14 @@ class TableBusy(UserError):
 
 
 class VersionConflict(UserError):
-    """Versions do not allow the operation (e.g. target ahead of source)."""
+    """The versions asked for do not allow the request (e.g. a target ahead of its source)."""
+
+
+class SetupError(UserError):
+    """The machine is not ready for what was asked (a port taken, a service or tool missing)."""
+
+
+# -- transient -----------------------------------------------------------------------------
 
 
 class RetryableError(ReplicatorError):
@@ -74,14 +95,22 @@ class TransactionConflict(RetryableError):
     """A concurrent change won a compare-and-set; re-plan and try again."""
 
 
+class ChecksumMismatch(RetryableError):
+    """A transferred or stored file does not match its recorded size or checksum. Another
+    attempt, or another source replica, may deliver good bytes."""
+
+
+class JobTimeout(RetryableError):
+    """``Job.wait`` ran out of time; the job itself goes on."""
+
+
+# -- retrying cannot help ------------------------------------------------------------------
+
+
 class FatalError(ReplicatorError):
-    """An unrecoverable failure of a job: it must abort."""
+    """Retrying the same thing cannot help: the job must abort (or the attempt must stop)."""
 
-
-class ChecksumMismatch(FatalError):
-    """A transferred or stored file does not match its recorded size or checksum."""
-
-    retryable = True  # another attempt, or another source replica, may deliver good bytes
+    retryable = False
 
 
 class CorruptSource(FatalError):
@@ -94,3 +123,19 @@ class SourceDataGone(FatalError):
 
 class TransactionExpired(FatalError):
     """The transaction passed its timeout and was aborted."""
+
+
+class TargetMoved(FatalError):
+    """A target partition changed after planning; committing would lose that change."""
+
+
+class LeaseLost(FatalError):
+    """Another attempt owns the task now, or its job ended: stop without touching the task."""
+
+
+def retryable(exc: BaseException) -> bool:
+    """Whether another attempt may succeed: our errors by their branch; connection trouble with
+    Postgres or storage is transient by nature; anything else (a bug) is not."""
+    if isinstance(exc, ReplicatorError):
+        return exc.retryable
+    return isinstance(exc, OSError | sa.exc.OperationalError | sa.exc.InterfaceError)

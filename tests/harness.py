@@ -18,7 +18,7 @@ from pathlib import Path
 
 import redis
 
-from app.replication.coordinator import queue_name
+from app.queues import queue_name
 from workers.commands import backend_worker_argv, coordinator_argv
 
 # Workers in tests start faster without the cluster-wide hello and gossip.

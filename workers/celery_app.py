@@ -12,10 +12,8 @@ from celery.signals import worker_process_init
 
 from app.catalog.engine import dispose_all
 from app.config import load_settings
+from app.queues import BEAT_QUEUE, COORDINATOR_QUEUE
 
-COORDINATOR_QUEUE = "coordinator"
-# The beat's periodic work has a queue of its own, so a backlog of nudges can never starve it.
-BEAT_QUEUE = "coordinator.beat"
 TASK_TIME_LIMIT_SEC = 3600
 VISIBILITY_TIMEOUT_SEC = 2 * TASK_TIME_LIMIT_SEC
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-from workers.celery_app import BEAT_QUEUE, COORDINATOR_QUEUE
+from app.queues import BEAT_QUEUE, COORDINATOR_QUEUE
 
 
 def _celery_worker(queue: str, node: str, concurrency: int) -> list[str]:

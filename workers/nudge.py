@@ -7,7 +7,8 @@ from collections.abc import Callable
 from celery import Celery
 
 from app.config import Settings
-from workers.celery_app import COORDINATOR_QUEUE, app
+from app.queues import COORDINATOR_QUEUE
+from workers.celery_app import app
 
 _clients: dict[str, Celery] = {}
 

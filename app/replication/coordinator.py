@@ -23,6 +23,7 @@ from app.catalog.engine import scan_engine
 from app.cluster import Cluster
 from app.config import Settings
 from app.errors import ReplicatorError, UserError
+from app.queues import queue_name
 from app.replication import finish
 from app.replication.plan import TablePair, make_plan
 from app.replication.state import (
@@ -36,10 +37,6 @@ from app.replication.state import (
 )
 
 log = logging.getLogger(__name__)
-
-
-def queue_name(cluster: str, backend: str) -> str:
-    return f"be.{cluster}.{backend}"
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from app import txn as txns
 from app.catalog import model
 from app.catalog import schema as s
 from app.cluster import Cluster
-from app.errors import VersionConflict
+from app.errors import TargetMoved
 from app.storage import holds
 from app.storage.client import rowset_dir, staging_dir, storage_for
 
@@ -19,7 +19,7 @@ def hold_owner(dst_cluster: str, job_id: int) -> str:
 
 def commit(conn: sa.Connection, job_id: int, txn_id: int) -> dict[str, int]:
     """Make the job's pending rowsets visible and set partition versions, in the caller's
-    transaction. Raises VersionConflict if a target partition moved since planning."""
+    transaction. Raises TargetMoved if a target partition moved since planning."""
     txns.lock_open(conn, txn_id)
     plans = conn.execute(
         sa.select(s.job_partitions).where(s.job_partitions.c.job_id == job_id)
@@ -37,7 +37,7 @@ def commit(conn: sa.Connection, job_id: int, txn_id: int) -> dict[str, int]:
     for p in plans:
         now = current[p.dst_partition_id]
         if (now.visible_version, now.version_epoch) != (p.dst_version, p.dst_epoch):
-            raise VersionConflict(
+            raise TargetMoved(
                 f"target partition {p.partition_name!r} moved from version {p.dst_version} to "
                 f"{now.visible_version} during the job; nothing was applied"
             )

@@ -28,7 +28,7 @@ from app.config import Settings
 from app.errors import (
     ChecksumMismatch,
     CorruptSource,
-    ReplicatorError,
+    LeaseLost,
     SourceDataGone,
     StorageUnavailable,
 )
@@ -102,10 +102,6 @@ class _Beat:
     def report(self, done: int) -> None:
         if self.progress:
             self.progress(done, self.total)
-
-
-class LeaseLost(ReplicatorError):
-    """Another attempt owns the task now, or its job ended; stop without touching it."""
 
 
 @dataclass(frozen=True)
