@@ -3,6 +3,6 @@
 Thin by design: tasks receive ids, call into ``app``, and nudge the coordinator.
 """
 
-from workers.celery_app import app
+from workers.celery_app import celery
 
-__all__ = ["app"]
+__all__ = ["celery"]

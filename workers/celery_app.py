@@ -19,8 +19,8 @@ VISIBILITY_TIMEOUT_SEC = 2 * TASK_TIME_LIMIT_SEC
 
 settings = load_settings()
 
-app = Celery("olap_replicator", broker=settings.broker_url, include=["workers.tasks"])
-app.conf.update(
+celery = Celery("olap_replicator", broker=settings.broker_url, include=["workers.tasks"])
+celery.conf.update(
     task_serializer="json",
     accept_content=["json"],
     task_ignore_result=True,

@@ -8,7 +8,7 @@ from celery import Celery
 
 from app.config import Settings
 from app.queues import COORDINATOR_QUEUE
-from workers.celery_app import app
+from workers.celery_app import celery
 
 _clients: dict[str, Celery] = {}
 
@@ -23,12 +23,12 @@ def _send(client: Celery, cluster: str, job_id: int) -> None:
 
 
 def nudge(cluster: str, job_id: int) -> None:
-    _send(app, cluster, job_id)
+    _send(celery, cluster, job_id)
 
 
 def notifier(settings: Settings) -> Callable[[str, int], None]:
     """A nudge for the broker that ``settings`` names (the workers' own app if it is the same)."""
-    if settings.broker_url == app.conf.broker_url:
+    if settings.broker_url == celery.conf.broker_url:
         return nudge
     client = _clients.get(settings.broker_url)
     if client is None:

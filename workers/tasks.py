@@ -14,7 +14,7 @@ from app.replication import jobs
 from app.replication.coordinator import Coordinator, Message
 from app.replication.work import TaskRunner
 from app.storage import gc as storage_gc
-from workers.celery_app import app, settings
+from workers.celery_app import celery, settings
 from workers.nudge import nudge
 
 log = logging.getLogger(__name__)
@@ -34,7 +34,7 @@ def clusters() -> list[str]:
 
 def send(messages: list[Message]) -> None:
     for m in messages:
-        app.send_task(
+        celery.send_task(
             f"replication.{m.kind}",
             kwargs={"cluster": m.cluster, "job_id": m.job_id, "task_ids": list(m.task_ids)},
             queue=m.queue,
@@ -42,7 +42,7 @@ def send(messages: list[Message]) -> None:
         )
 
 
-@app.task(name="replication.tick", bind=True, acks_late=False, ignore_result=True)
+@celery.task(name="replication.tick", bind=True, acks_late=False, ignore_result=True)
 def tick(self: Task, cluster: str | None = None, job_id: int | None = None) -> dict[str, Any]:
     """Advance one job (a nudge) or every active job of every cluster (the beat)."""
     coordinator = Coordinator(settings, actor=self.request.hostname or "coordinator")
@@ -92,19 +92,19 @@ def _run(task: Task, kind: str, cluster: str, job_id: int, task_ids: list[int]) 
     return {"job": f"{cluster}:{job_id}", **outcome.__dict__}
 
 
-@app.task(name="replication.snapshot", bind=True, ignore_result=True)
+@celery.task(name="replication.snapshot", bind=True, ignore_result=True)
 def snapshot(self: Task, cluster: str, job_id: int, task_ids: list[int]) -> dict[str, Any]:
     """Choose rowsets, place holds and write manifests for target tablets (source backend)."""
     return _run(self, "SNAPSHOT", cluster, job_id, task_ids)
 
 
-@app.task(name="replication.apply", bind=True, ignore_result=True)
+@celery.task(name="replication.apply", bind=True, ignore_result=True)
 def apply(self: Task, cluster: str, job_id: int, task_ids: list[int]) -> dict[str, Any]:
     """Fetch, verify, stage and install a manifest's files on a target replica (target backend)."""
     return _run(self, "APPLY", cluster, job_id, task_ids)
 
 
-@app.task(name="maintenance.gc", ignore_result=True)
+@celery.task(name="maintenance.gc", ignore_result=True)
 def gc() -> dict[str, Any]:
     """Every cluster: purge old finished jobs, abort expired transactions, delete stale rowsets,
     orphaned and abandoned staging files, and expired holds."""
