@@ -12,7 +12,9 @@ from app.catalog.engine import discover_clusters
 from app.cluster import Cluster
 from app.replication import jobs
 from app.replication.coordinator import Coordinator, Message
-from app.replication.work import TaskRunner
+from app.replication.runner import TaskRunner
+from app.replication.taskrows import TaskKind
+from app.replication.work import run_message
 from app.storage import gc as storage_gc
 from workers.celery_app import celery, settings
 from workers.nudge import nudge
@@ -35,7 +37,7 @@ def clusters() -> list[str]:
 def send(messages: list[Message]) -> None:
     for m in messages:
         celery.send_task(
-            f"replication.{m.kind}",
+            f"replication.{m.kind.lower()}",
             kwargs={"cluster": m.cluster, "job_id": m.job_id, "task_ids": list(m.task_ids)},
             queue=m.queue,
             routing_key=m.queue,
@@ -68,7 +70,9 @@ def tick(self: Task, cluster: str | None = None, job_id: int | None = None) -> d
     return {"jobs": len(targets), "advanced": advanced}
 
 
-def _run(task: Task, kind: str, cluster: str, job_id: int, task_ids: list[int]) -> dict[str, Any]:
+def _run(
+    task: Task, kind: TaskKind, cluster: str, job_id: int, task_ids: list[int]
+) -> dict[str, Any]:
     runner = TaskRunner(settings, cluster, job_id, worker=task.request.hostname or "worker")
 
     def progress(done: int, total: int) -> None:
@@ -76,7 +80,7 @@ def _run(task: Task, kind: str, cluster: str, job_id: int, task_ids: list[int]) 
         task.send_event("task-progress", job=f"{cluster}:{job_id}", bytes_done=done, bytes=total)
 
     try:
-        outcome = runner.run(kind, task_ids, progress)
+        outcome = run_message(runner, kind, task_ids, progress)
     except BaseException:
         nudge(cluster, job_id)
         raise
@@ -95,13 +99,13 @@ def _run(task: Task, kind: str, cluster: str, job_id: int, task_ids: list[int]) 
 @celery.task(name="replication.snapshot", bind=True, ignore_result=True)
 def snapshot(self: Task, cluster: str, job_id: int, task_ids: list[int]) -> dict[str, Any]:
     """Choose rowsets, place holds and write manifests for target tablets (source backend)."""
-    return _run(self, "SNAPSHOT", cluster, job_id, task_ids)
+    return _run(self, TaskKind.SNAPSHOT, cluster, job_id, task_ids)
 
 
 @celery.task(name="replication.apply", bind=True, ignore_result=True)
 def apply(self: Task, cluster: str, job_id: int, task_ids: list[int]) -> dict[str, Any]:
     """Fetch, verify, stage and install a manifest's files on a target replica (target backend)."""
-    return _run(self, "APPLY", cluster, job_id, task_ids)
+    return _run(self, TaskKind.APPLY, cluster, job_id, task_ids)
 
 
 @celery.task(name="maintenance.gc", ignore_result=True)

@@ -1,13 +1,15 @@
 """The coordinator: one tick advances one job by the state machine's decision.
 
 A tick locks the job row with ``FOR UPDATE SKIP LOCKED`` (a second coordinator skips it), gathers
-the facts, asks ``state.step`` what to do, performs it in the same Postgres transaction, and
-returns the messages to send once that transaction has committed. Messages carry only ids.
+the facts, asks ``state.step`` what to do, performs the actions in the same Postgres transaction,
+and returns the messages to send once that transaction has committed. Messages carry only ids.
+The coordinator decides nothing itself: when PLAN or COMMIT reports a ``Result`` (done, nothing
+to do, refused), it asks ``step`` again with that result and performs the new decision.
 """
 
 from __future__ import annotations
 
-import datetime as dt
+import dataclasses
 import logging
 import math
 from collections import defaultdict
@@ -24,24 +26,27 @@ from app.cluster import Cluster
 from app.config import Settings
 from app.errors import ReplicatorError, UserError
 from app.queues import queue_name
-from app.replication import finish
-from app.replication.plan import TablePair, make_plan
+from app.replication import finish, taskrows
+from app.replication.plan import Plan, TablePair, make_plan
 from app.replication.state import (
     ACTIVE_STATES,
     Action,
+    Decision,
     JobFacts,
     JobState,
-    TaskCounts,
+    Outcome,
+    Result,
     check_edge,
     step,
 )
+from app.replication.taskrows import TaskKind
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Message:
-    kind: str  # "snapshot" | "apply"
+    kind: TaskKind
     queue: str
     cluster: str  # the target cluster, where the job lives
     job_id: int
@@ -78,7 +83,7 @@ class Coordinator:
     def tick(self, cluster: str, job_id: int) -> TickResult:
         dst = Cluster(self.settings, cluster)
         result = TickResult()
-        cleanup: tuple[str, int | None] | None = None
+        cleanup: list[Action] = []
         with dst.engine.begin() as conn:
             job = conn.execute(
                 sa.select(s.jobs).where(s.jobs.c.id == job_id).with_for_update(skip_locked=True)
@@ -89,43 +94,50 @@ class Coordinator:
             result.state = state
             if state.final:
                 return result
-            decision = step(self._facts(conn, job, state))
-            target = decision.to
-            reason = decision.reason
-            for action in decision.actions:
-                if action is Action.PLAN:
-                    target, reason = self._plan(conn, job, dst)
-                    if target is JobState.SNAPSHOTING:
-                        result.messages += self._dispatch(conn, cluster, job.id, "SNAPSHOT")
-                elif action is Action.START_APPLY:
-                    self._start_apply(conn, job, dst)
-                elif action is Action.DISPATCH:
-                    kind = "SNAPSHOT" if (target or state) is JobState.SNAPSHOTING else "APPLY"
-                    result.messages += self._dispatch(conn, cluster, job.id, kind)
-                elif action is Action.COMMIT:
-                    try:
-                        with conn.begin_nested():
-                            versions = finish.commit(conn, job.id, job.txn_id)
-                        reason = "committed: " + ", ".join(
-                            f"{p}=v{v}" for p, v in sorted(versions.items())
-                        )
-                    except ReplicatorError as exc:
-                        target, reason = JobState.ABORTED, f"commit refused: {exc}"
-                        finish.abort_txn(conn, job.txn_id, reason)
-                    cleanup = (job.src_cluster, job.txn_id if target is JobState.ABORTED else None)
-                elif action is Action.ABORT:
-                    finish.abort_txn(conn, job.txn_id, reason)
-                    cleanup = (job.src_cluster, job.txn_id)
-            if target is not None and target is not state:
-                if target is JobState.ABORTED and cleanup is None:
-                    finish.abort_txn(conn, job.txn_id, reason)
-                    cleanup = (job.src_cluster, job.txn_id)
-                self._move(conn, job.id, state, target, reason)
-                result.state = target
-                result.finished = target.final
-        if cleanup is not None:
-            self._cleanup(dst, job_id, *cleanup)
+            facts = self._facts(conn, job, state)
+            decision = step(facts)
+            while True:
+                outcome = self._perform(conn, job, dst, decision, result, cleanup)
+                if outcome is None:
+                    break
+                # PLAN or COMMIT reported what it found: the state machine decides what follows.
+                facts = dataclasses.replace(facts, result=outcome)
+                decision = step(facts)
+            if decision.to is not None:
+                self._move(conn, job.id, state, decision.to, decision.reason)
+                result.state = decision.to
+                result.finished = decision.to.final
+        if cleanup:
+            self._cleanup(dst, job, cleanup)
         return result
+
+    def _perform(
+        self,
+        conn: sa.Connection,
+        job: Any,
+        dst: Cluster,
+        decision: Decision,
+        result: TickResult,
+        cleanup: list[Action],
+    ) -> Result | None:
+        """Perform the decision's actions in order; stop at the first that reports a Result."""
+        phase = decision.to if decision.to in ACTIVE_STATES else JobState(job.state)
+        for action in decision.actions:
+            if action is Action.PLAN:
+                return self._plan(conn, job, dst)
+            if action is Action.COMMIT:
+                return self._commit(conn, job)
+            if action is Action.START_APPLY:
+                self._start_apply(conn, job, dst)
+            elif action is Action.DISPATCH:
+                kind = TaskKind.of_phase(phase)
+                result.messages += self._dispatch(conn, dst.name, job.id, kind)
+            elif action is Action.ABORT:
+                finish.abort_txn(conn, job.txn_id, decision.reason)
+                cleanup.append(Action.ABORT)
+            elif action is Action.RELEASE:
+                cleanup.append(Action.RELEASE)
+        return None
 
     def _facts(self, conn: sa.Connection, job: Any, state: JobState) -> JobFacts:
         txn_state, expired = None, False
@@ -137,22 +149,14 @@ class Coordinator:
             ).first()
             if row is not None:
                 txn_state, expired = row[0], bool(row[1]) and row[0] == "PREPARE"
-        kind = "SNAPSHOT" if state is JobState.SNAPSHOTING else "APPLY"
-        counts = conn.execute(
-            sa.select(
-                sa.func.count(),
-                sa.func.count().filter(s.job_tasks.c.state == "DONE"),
-                sa.func.count().filter(s.job_tasks.c.state == "FAILED"),
-                sa.func.min(s.job_tasks.c.error).filter(s.job_tasks.c.state == "FAILED"),
-            ).where(s.job_tasks.c.job_id == job.id, s.job_tasks.c.kind == kind)
-        ).one()
+        counts, failure = taskrows.counts(conn, job.id, TaskKind.of_phase(state))
         return JobFacts(
             state=state,
             cancel_requested=job.cancel_requested,
             txn_state=txn_state,
             txn_expired=expired,
-            tasks=TaskCounts(counts[0], counts[1], counts[2]),
-            failure=counts[3],
+            tasks=counts,
+            failure=failure,
         )
 
     def _move(
@@ -174,20 +178,27 @@ class Coordinator:
         record_event(conn, job_id, frm, to, reason, self.actor)
 
     # -- actions ---------------------------------------------------------------------------
-    def _plan(self, conn: sa.Connection, job: Any, dst: Cluster) -> tuple[JobState, str]:
+    def _plan(self, conn: sa.Connection, job: Any, dst: Cluster) -> Result:
+        """Plan, begin the target transaction and create the snapshot tasks; or say why not."""
         src = Cluster(self.settings, job.src_cluster)
         pair = TablePair(job.src_cluster, job.src_table, dst.name, job.dst_table)
         try:
             plan = make_plan(src, dst, pair, partitions=job.options.get("partitions"))
         except UserError as exc:
-            return JobState.ABORTED, f"planning failed: {exc}"
+            return Result(Action.PLAN, Outcome.REFUSED, f"planning failed: {exc}")
         if plan.up_to_date:
-            return JobState.COMMITTED, "nothing to replicate: target is up to date"
+            return Result(
+                Action.PLAN, Outcome.NOTHING, "nothing to replicate: target is up to date"
+            )
         assert plan.dst is not None
         table = plan.dst
         other = txns.open_replication(conn, table.id)
         if other is not None:
-            return JobState.ABORTED, f"table {table.full_name} is being replicated by {other.label}"
+            return Result(
+                Action.PLAN,
+                Outcome.REFUSED,
+                f"table {table.full_name} is being replicated by {other.label}",
+            )
         txn = txns.begin(
             conn,
             table,
@@ -197,11 +208,22 @@ class Coordinator:
             or self.settings.replication_transaction_timeout_sec,
         )
         conn.execute(sa.update(s.jobs).where(s.jobs.c.id == job.id).values(txn_id=txn.id))
+        self._record_plan(conn, job.id, plan, src)
+        modes = sorted({p.mode.lower() for p in plan.partitions})
+        return Result(
+            Action.PLAN,
+            Outcome.DONE,
+            f"planned {len(plan.partitions)} partitions ({'/'.join(modes)}), "
+            f"{len(plan.tablets)} tablets; skipped {len(plan.skipped)} up-to-date partitions; "
+            f"transaction {txn.label}",
+        )
+
+    def _record_plan(self, conn: sa.Connection, job_id: int, plan: Plan, src: Cluster) -> None:
         conn.execute(
             sa.insert(s.job_partitions),
             [
                 {
-                    "job_id": job.id,
+                    "job_id": job_id,
                     "partition_name": p.name,
                     "src_partition_id": p.src_partition_id,
                     "dst_partition_id": p.dst_partition_id,
@@ -222,8 +244,7 @@ class Coordinator:
             candidates = _rotate(sorted(t.src_backend_ids), i)
             rows.append(
                 {
-                    "job_id": job.id,
-                    "kind": "SNAPSHOT",
+                    "job_id": job_id,
                     "partition_name": t.partition,
                     "bucket": t.bucket,
                     "src_tablet_id": t.src_tablet_id,
@@ -232,20 +253,19 @@ class Coordinator:
                     "queue": queue_name(src.name, src_backends[candidates[0]].name),
                 }
             )
-        conn.execute(sa.insert(s.job_tasks), rows)
-        modes = sorted({p.mode.lower() for p in plan.partitions})
-        return JobState.SNAPSHOTING, (
-            f"planned {len(plan.partitions)} partitions ({'/'.join(modes)}), "
-            f"{len(plan.tablets)} tablets; skipped {len(plan.skipped)} up-to-date partitions; "
-            f"transaction {txn.label}"
-        )
+        taskrows.insert(conn, TaskKind.SNAPSHOT, rows)
+
+    def _commit(self, conn: sa.Connection, job: Any) -> Result:
+        try:
+            with conn.begin_nested():  # a refused commit leaves no trace
+                versions = finish.commit(conn, job.id, job.txn_id)
+        except ReplicatorError as exc:
+            return Result(Action.COMMIT, Outcome.REFUSED, str(exc))
+        detail = ", ".join(f"{p}=v{v}" for p, v in sorted(versions.items()))
+        return Result(Action.COMMIT, Outcome.DONE, f"committed: {detail}")
 
     def _start_apply(self, conn: sa.Connection, job: Any, dst: Cluster) -> None:
-        snaps = conn.execute(
-            sa.select(s.job_tasks).where(
-                s.job_tasks.c.job_id == job.id, s.job_tasks.c.kind == "SNAPSHOT"
-            )
-        ).all()
+        snaps = taskrows.of_job(conn, job.id, TaskKind.SNAPSHOT)
         backends = model.list_backends(conn)
         replicas: dict[int, list[int]] = defaultdict(list)
         for r in conn.execute(
@@ -263,7 +283,6 @@ class Coordinator:
                 rows.append(
                     {
                         "job_id": job.id,
-                        "kind": "APPLY",
                         "partition_name": snap.partition_name,
                         "bucket": snap.bucket,
                         "src_tablet_id": snap.src_tablet_id,
@@ -277,51 +296,14 @@ class Coordinator:
                         "bytes_total": snap.bytes_total,
                     }
                 )
-        if rows:
-            conn.execute(sa.insert(s.job_tasks), rows)
+        taskrows.insert(conn, TaskKind.APPLY, rows)
 
-    def _dispatch(self, conn: sa.Connection, cluster: str, job_id: int, kind: str) -> list[Message]:
-        t = s.job_tasks
-        now = sa.func.now()
+    def _dispatch(
+        self, conn: sa.Connection, cluster: str, job_id: int, kind: TaskKind
+    ) -> list[Message]:
         # Tasks that ran out of attempts fail the job instead of looping for ever.
-        conn.execute(
-            sa.update(t)
-            .where(
-                t.c.job_id == job_id,
-                t.c.kind == kind,
-                t.c.attempts >= self.settings.task_max_attempts,
-                sa.or_(
-                    t.c.state == "PENDING",
-                    sa.and_(t.c.state == "RUNNING", t.c.lease_until < now),
-                ),
-            )
-            .values(
-                state="FAILED",
-                error=sa.func.concat(
-                    f"gave up after {self.settings.task_max_attempts} attempts; last error: ",
-                    sa.func.coalesce(t.c.error, "worker lost"),
-                ),
-                updated_at=now,
-            )
-        )
-        due = conn.execute(
-            sa.update(t)
-            .where(
-                t.c.job_id == job_id,
-                t.c.kind == kind,
-                sa.or_(
-                    sa.and_(t.c.state == "PENDING", t.c.next_attempt_at <= now),
-                    sa.and_(
-                        t.c.state == "QUEUED",
-                        t.c.dispatched_at
-                        < now - dt.timedelta(seconds=self.settings.task_queued_timeout_sec),
-                    ),
-                    sa.and_(t.c.state == "RUNNING", t.c.lease_until < now),
-                ),
-            )
-            .values(state="QUEUED", dispatched_at=now, updated_at=now)
-            .returning(t.c.id, t.c.queue)
-        ).all()
+        taskrows.give_up(conn, job_id, kind, self.settings.task_max_attempts)
+        due = taskrows.mark_due(conn, job_id, kind, self.settings.task_queued_timeout_sec)
         by_queue: dict[str, list[int]] = defaultdict(list)
         for task_id, queue in due:
             by_queue[queue].append(task_id)
@@ -332,18 +314,18 @@ class Coordinator:
             chunks = max(math.ceil(len(ids) / self.settings.tablets_per_message), min(4, len(ids)))
             size = math.ceil(len(ids) / chunks)
             for i in range(0, len(ids), size):
-                messages.append(
-                    Message(kind.lower(), queue, cluster, job_id, tuple(ids[i : i + size]))
-                )
+                messages.append(Message(kind, queue, cluster, job_id, tuple(ids[i : i + size])))
         return messages
 
-    def _cleanup(self, dst: Cluster, job_id: int, src_cluster: str, txn_id: int | None) -> None:
+    def _cleanup(self, dst: Cluster, job: Any, actions: list[Action]) -> None:
+        """After the tick's transaction: remove what an aborted job left on the target, and
+        release the source holds of a finished job."""
         try:
-            if txn_id is not None:
-                finish.clean_target(dst, txn_id)
-            finish.release_holds(Cluster(self.settings, src_cluster), dst.name, job_id)
+            if Action.ABORT in actions and job.txn_id is not None:
+                finish.clean_target(dst, job.txn_id)
+            finish.release_holds(Cluster(self.settings, job.src_cluster), dst.name, job.id)
         except Exception:
-            log.exception("cleanup after job %s on %s did not finish", job_id, dst.name)
+            log.exception("cleanup after job %s on %s did not finish", job.id, dst.name)
 
 
 def record_event(

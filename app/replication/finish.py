@@ -9,6 +9,7 @@ from app.catalog import model
 from app.catalog import schema as s
 from app.cluster import Cluster
 from app.errors import TargetMoved
+from app.replication import taskrows
 from app.storage import holds
 from app.storage.client import rowset_dir, staging_dir, storage_for
 
@@ -41,11 +42,7 @@ def commit(conn: sa.Connection, job_id: int, txn_id: int) -> dict[str, int]:
                 f"target partition {p.partition_name!r} moved from version {p.dst_version} to "
                 f"{now.visible_version} during the job; nothing was applied"
             )
-    full_tablets = sa.select(s.job_tasks.c.dst_tablet_id).where(
-        s.job_tasks.c.job_id == job_id,
-        s.job_tasks.c.kind == "SNAPSHOT",
-        s.job_tasks.c.incremental.is_(False),
-    )
+    full_tablets = taskrows.snapshot_targets(job_id, full_only=True)
     conn.execute(
         sa.update(s.rowsets)
         .where(s.rowsets.c.tablet_id.in_(full_tablets), s.rowsets.c.state == "VISIBLE")

@@ -16,9 +16,11 @@ from app.catalog import schema as s
 from app.cluster import Cluster
 from app.config import Settings
 from app.errors import AdmissionRefused, InvalidRequest, LabelConflict, NotFound, TableBusy
+from app.replication import taskrows
 from app.replication.coordinator import record_event
 from app.replication.plan import TablePair, create_target_like, make_plan
 from app.replication.state import ACTIVE_STATES, JobState
+from app.replication.taskrows import TaskKind
 
 
 @dataclass(frozen=True)
@@ -275,50 +277,30 @@ def list_jobs(
 
 def progress(settings: Settings, cluster: str, job_id: int) -> Progress:
     dst = Cluster(settings, cluster)
-    t = s.job_tasks
     with dst.engine.connect() as conn:
         state = conn.execute(sa.select(s.jobs.c.state).where(s.jobs.c.id == job_id)).scalar_one()
-        rows = conn.execute(
-            sa.select(
-                t.c.kind,
-                sa.func.count(),
-                sa.func.count().filter(t.c.state == "DONE"),
-                sa.func.coalesce(sa.func.sum(t.c.bytes_total), 0),
-                sa.func.coalesce(sa.func.sum(t.c.bytes_done), 0),
-                sa.func.count().filter(t.c.incremental.is_(True)),
-                sa.func.count().filter(t.c.incremental.is_(False)),
-            )
-            .where(t.c.job_id == job_id)
-            .group_by(t.c.kind)
-        ).all()
+        by_kind = taskrows.progress(conn, [job_id])
+        snap = by_kind.get((job_id, TaskKind.SNAPSHOT), taskrows.KindProgress())
+        apply = by_kind.get((job_id, TaskKind.APPLY))
         replicas_planned = 0
-        if not any(r[0] == "APPLY" for r in rows):
+        if apply is None:  # before the applies exist, count the replicas they will cover
             replicas_planned = int(
                 conn.execute(
                     sa.select(sa.func.count())
                     .select_from(s.replicas)
-                    .where(
-                        s.replicas.c.tablet_id.in_(
-                            sa.select(t.c.dst_tablet_id).where(
-                                t.c.job_id == job_id, t.c.kind == "SNAPSHOT"
-                            )
-                        )
-                    )
+                    .where(s.replicas.c.tablet_id.in_(taskrows.snapshot_targets(job_id)))
                 ).scalar_one()
             )
-    by = {r[0]: r for r in rows}
-    snap = by.get("SNAPSHOT")
-    apply = by.get("APPLY")
     return Progress(
         phase=state,
-        snapshots_done=snap[2] if snap else 0,
-        snapshots_total=snap[1] if snap else 0,
-        tablets_done=apply[2] if apply else 0,
-        tablets_total=apply[1] if apply else replicas_planned,
-        bytes_done=int(apply[4]) if apply else 0,
-        bytes_total=int(apply[3]) if apply else 0,
-        incremental_tablets=snap[5] if snap else 0,
-        full_tablets=snap[6] if snap else 0,
+        snapshots_done=snap.done,
+        snapshots_total=snap.total,
+        tablets_done=apply.done if apply else 0,
+        tablets_total=apply.total if apply else replicas_planned,
+        bytes_done=apply.bytes_done if apply else 0,
+        bytes_total=apply.bytes_total if apply else 0,
+        incremental_tablets=snap.incremental,
+        full_tablets=snap.full,
     )
 
 
@@ -336,13 +318,7 @@ def events(settings: Settings, cluster: str, job_id: int) -> list[Event]:
 def tasks(settings: Settings, cluster: str, job_id: int) -> list[Any]:
     dst = Cluster(settings, cluster)
     with dst.engine.connect() as conn:
-        return list(
-            conn.execute(
-                sa.select(s.job_tasks)
-                .where(s.job_tasks.c.job_id == job_id)
-                .order_by(s.job_tasks.c.id)
-            )
-        )
+        return taskrows.of_job(conn, job_id)
 
 
 def partitions(settings: Settings, cluster: str, job_id: int) -> list[Any]:

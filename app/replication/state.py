@@ -1,11 +1,23 @@
 """The replication job state machine, as a pure function.
 
-    INITIALIZING --plan--> SNAPSHOTING --all snapshots done--> REPLICATING --all applies done-->
-    COMMITTED;  any non-final state --cancel / failed task / transaction ended--> ABORTED
+Every transition the coordinator makes, and why (nothing else moves a job; the client's submit
+records INITIALIZING, or INITIALIZING -> COMMITTED at once when there is nothing to replicate):
+
+    INITIALIZING --PLAN done-----------------------------------------> SNAPSHOTING
+    INITIALIZING --PLAN found nothing to do (target up to date)------> COMMITTED
+    INITIALIZING --PLAN refused (bad input, table busy) / cancel-----> ABORTED
+    SNAPSHOTING  --every snapshot DONE: START_APPLY, DISPATCH--------> REPLICATING
+    SNAPSHOTING  --cancel / failed task / txn aborted, missing, timed out--> ABORTED
+    REPLICATING  --every apply DONE: COMMIT done, RELEASE holds------> COMMITTED
+    REPLICATING  --COMMIT refused (a target partition moved)---------> ABORTED
+    REPLICATING  --cancel / failed task / txn aborted, missing, timed out--> ABORTED
+    COMMITTED, ABORTED: final; nothing moves them.
 
 ``step(facts)`` looks at what Postgres says about one job and returns the transition to make and
 the actions that go with it. It reads no clock and touches nothing: the coordinator gathers the
 facts, calls it, and performs the decision in one Postgres transaction with compare-and-set.
+Two actions can be refused by the world (PLAN and COMMIT); the coordinator then asks ``step``
+again with the action's ``Result`` among the facts, so even those outcomes are decided here.
 """
 
 from __future__ import annotations
@@ -43,7 +55,23 @@ class Action(StrEnum):
     DISPATCH = "DISPATCH"  # (re)send messages for tasks that are due
     START_APPLY = "START_APPLY"  # create apply task rows from the snapshots' manifests
     COMMIT = "COMMIT"  # one catalog transaction makes everything visible
-    ABORT = "ABORT"  # abort the transaction, clean up, release holds
+    RELEASE = "RELEASE"  # release the source holds (after a commit)
+    ABORT = "ABORT"  # abort the transaction, remove what it left, release holds
+
+
+class Outcome(StrEnum):
+    DONE = "DONE"  # the action did its work
+    NOTHING = "NOTHING"  # there was nothing to do (PLAN: the target is up to date)
+    REFUSED = "REFUSED"  # the world said no; the detail says why
+
+
+@dataclass(frozen=True)
+class Result:
+    """What performing PLAN or COMMIT found; ``detail`` becomes the event's reason."""
+
+    action: Action
+    outcome: Outcome
+    detail: str = ""
 
 
 @dataclass(frozen=True)
@@ -67,6 +95,7 @@ class JobFacts:
     txn_expired: bool = False
     tasks: TaskCounts = TaskCounts()
     failure: str | None = None  # the first failed task's error
+    result: Result | None = None  # what the PLAN or COMMIT just performed found
 
 
 @dataclass(frozen=True)
@@ -88,9 +117,13 @@ def step(f: JobFacts) -> Decision:
         return STAY
     if f.cancel_requested:
         return Decision(JobState.ABORTED, (Action.ABORT,), "cancelled by user")
+    r = f.result
     if f.state is JobState.INITIALIZING:
-        # PLAN decides between SNAPSHOTING, COMMITTED (nothing to do) and ABORTED itself.
-        return Decision(None, (Action.PLAN,), "planning")
+        return _after_plan(r) if r is not None and r.action is Action.PLAN else PLANNING
+    if r is not None and r.action is Action.COMMIT:
+        if r.outcome is Outcome.REFUSED:
+            return Decision(JobState.ABORTED, (Action.ABORT,), f"commit refused: {r.detail}")
+        return Decision(JobState.COMMITTED, (Action.RELEASE,), r.detail)
     if f.txn_state == "ABORTED":
         return Decision(JobState.ABORTED, (Action.ABORT,), "transaction was aborted")
     if f.txn_expired or f.txn_state is None:
@@ -108,9 +141,21 @@ def step(f: JobFacts) -> Decision:
         return Decision(None, (Action.DISPATCH,), "waiting for snapshots")
     if f.state is JobState.REPLICATING:
         if f.tasks.all_done:
+            # COMMITTED if the commit goes through; asked again with its Result either way.
             return Decision(JobState.COMMITTED, (Action.COMMIT,), "all replicas applied")
         return Decision(None, (Action.DISPATCH,), "waiting for applies")
     raise AssertionError(f"unhandled state {f.state}")
+
+
+PLANNING = Decision(None, (Action.PLAN,), "planning")
+
+
+def _after_plan(r: Result) -> Decision:
+    if r.outcome is Outcome.REFUSED:
+        return Decision(JobState.ABORTED, (Action.ABORT,), r.detail)
+    if r.outcome is Outcome.NOTHING:
+        return Decision(JobState.COMMITTED, (), r.detail)
+    return Decision(JobState.SNAPSHOTING, (Action.DISPATCH,), r.detail)
 
 
 def check_edge(frm: JobState, to: JobState) -> None:

@@ -1,0 +1,195 @@
+"""Apply tasks, run on a target backend's queue: bring each file of a manifest to the target
+replica, verified, and record the rowsets as pending rows of the job's transaction.
+
+A file already installed and verified is not fetched again; a file is received under the
+transaction's staging directory and renamed into place only once its size and checksum match.
+Nothing becomes visible here: the coordinator's commit does that for the whole job at once.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from app.catalog import model
+from app.catalog import schema as s
+from app.errors import LeaseLost
+from app.replication import taskrows
+from app.replication.fetch import fetch
+from app.replication.runner import BatchOutcome, ProgressFn, TaskRunner
+from app.replication.taskrows import Claimed
+from app.storage.checksum import FileMeta
+from app.storage.client import rowset_dir, staging_dir, storage_for
+from app.storage.rowsets import verify_file
+from app.units import MB
+
+# Target rowset ids are derived, not drawn: a rerun of the same task names the same rowsets.
+ROWSET_NS = uuid.UUID("5b0c7f5e-9d1e-4a57-9a52-0f3c9b1f2e11")
+PROGRESS_EVERY_SEC = 1.0
+FLUSH_EVERY_TASKS = 64
+FLUSH_EVERY_SEC = 1.0
+
+
+class Throttle:
+    """Sleeps just enough to keep a copy under ``mb_per_sec`` (0 = unlimited)."""
+
+    def __init__(self, mb_per_sec: float) -> None:
+        self.rate = mb_per_sec * MB
+        self.start = time.monotonic()
+        self.sent = 0
+
+    def __call__(self, n: int) -> None:
+        if self.rate <= 0:
+            return
+        self.sent += n
+        ahead = self.sent / self.rate - (time.monotonic() - self.start)
+        if ahead > 0:
+            time.sleep(ahead)
+
+
+class Heartbeat:
+    """Called for every chunk copied: keeps the bandwidth cap and, about once a second, renews
+    the leases of the whole batch, records the bytes of the task in flight and reports progress
+    (the renewal is also how a worker notices that its job was cancelled)."""
+
+    def __init__(
+        self, runner: TaskRunner, claims: list[Claimed], progress: ProgressFn | None
+    ) -> None:
+        self.runner, self.claims, self.progress = runner, claims, progress
+        self.total = sum(int(c.row.bytes_total) for c in claims)
+        self.throttle = Throttle(runner.settings.transfer_bandwidth_mb_per_sec)
+        self.batch_done = 0  # bytes of finished tasks in this batch
+        self.completed = 0  # bytes of the current task's installed files
+        self.current = 0  # bytes of the file in flight
+        self.claim: Claimed | None = None
+        self.last = time.monotonic()
+
+    def start(self, claim: Claimed) -> None:
+        self.batch_done += self.completed
+        self.claim, self.completed, self.current = claim, 0, 0
+
+    def __call__(self, n: int) -> None:
+        self.throttle(n)
+        self.current += n
+        now = time.monotonic()
+        if now - self.last >= PROGRESS_EVERY_SEC:
+            self.last = now
+            done = self.completed + self.current
+            self.runner.renew(self.claims, self.claim, done)
+            self.report(self.batch_done + done)
+
+    def file_done(self, size: int) -> None:
+        self.completed += size
+        self.current = 0
+
+    def report(self, done: int) -> None:
+        if self.progress:
+            self.progress(done, self.total)
+
+
+@dataclass
+class _Applied:
+    claim: Claimed
+    rowsets: list[dict[str, Any]]
+    bytes_done: int
+
+
+def apply_batch(
+    runner: TaskRunner,
+    job: Any,
+    claims: list[Claimed],
+    out: BatchOutcome,
+    progress: ProgressFn | None,
+) -> None:
+    with runner.dst.engine.connect() as conn:
+        backends = model.list_backends(conn)
+    beat = Heartbeat(runner, claims, progress)
+    applied: list[_Applied] = []
+    last_flush = time.monotonic()
+    for claim in claims:
+        beat.start(claim)
+        try:
+            applied.append(_apply_one(runner, job, claim, backends, beat, out))
+        except LeaseLost:
+            raise
+        except Exception as exc:  # recorded on that task's row
+            runner.fail_all([claim], exc, out)
+        if len(applied) >= FLUSH_EVERY_TASKS or time.monotonic() - last_flush >= FLUSH_EVERY_SEC:
+            _flush(runner, job, applied, out)
+            applied, last_flush = [], time.monotonic()
+    _flush(runner, job, applied, out)
+    beat.report(beat.batch_done + beat.completed)
+
+
+def _apply_one(
+    runner: TaskRunner,
+    job: Any,
+    claim: Claimed,
+    backends: dict[int, model.Backend],
+    beat: Heartbeat,
+    out: BatchOutcome,
+) -> _Applied:
+    task = claim.row
+    manifest = task.manifest
+    target = storage_for(backends[task.dst_backend_id].storage_root)
+    target.check()
+    sources = [(int(b), storage_for(manifest["src_roots"][str(b)])) for b in task.src_backend_ids]
+    rows = []
+    for rs in manifest["rowsets"]:
+        dst_rowset = uuid.uuid5(ROWSET_NS, f"{runner.job_id}/{task.dst_tablet_id}/{rs['id']}").hex
+        for f in rs["files"]:
+            meta = FileMeta.from_json(f)
+            final = f"{rowset_dir(task.dst_tablet_id, dst_rowset)}/{meta.name}"
+            if not verify_file(target, final, meta):
+                # Flat staging: one directory per transaction, not one per rowset.
+                staged = f"{staging_dir(job.txn_id)}/{dst_rowset}.{meta.name}"
+                src_path = f"{rowset_dir(task.src_tablet_id, rs['id'])}/{meta.name}"
+                out.bytes += fetch(sources, target, src_path, staged, meta, beat)
+                target.rename(staged, final)
+            beat.file_done(meta.size)
+        rows.append(
+            {
+                "id": dst_rowset,
+                "tablet_id": task.dst_tablet_id,
+                "txn_id": job.txn_id,
+                "start_version": rs["start"],
+                "end_version": rs["end"],
+                "state": "PENDING",
+                "num_rows": rs["num_rows"],
+                "data_size": rs["data_size"],
+                "files": rs["files"],
+            }
+        )
+    return _Applied(claim, rows, beat.completed)
+
+
+def _flush(runner: TaskRunner, job: Any, applied: list[_Applied], out: BatchOutcome) -> None:
+    """Record installed rowsets (pending, invisible) and mark their tasks DONE, together —
+    only while the job's transaction is still open (a late apply of an aborted job records
+    nothing)."""
+    if not applied:
+        return
+    with runner.dst.engine.begin() as conn:
+        state = conn.execute(
+            sa.select(s.transactions.c.state)
+            .where(s.transactions.c.id == job.txn_id)
+            .with_for_update(read=True)
+        ).scalar_one()
+        if state != "PREPARE":
+            raise LeaseLost(f"job {runner.job_id}'s transaction is {state}; dropping the apply")
+        rows = [r for a in applied for r in a.rowsets]
+        if rows:
+            conn.execute(pg_insert(s.rowsets).values(rows).on_conflict_do_nothing())
+        out.done += taskrows.complete(
+            conn,
+            [
+                {"task_id": a.claim.id, "attempt": a.claim.attempt, "bytes_done": a.bytes_done}
+                for a in applied
+            ],
+            bytes_done=sa.BigInteger(),
+        )

@@ -1,0 +1,366 @@
+"""A task row's life: its states, and every change of state as a named compare-and-set.
+
+A task row is one unit of a job's work (one target tablet's snapshot on a source backend, or one
+target replica's apply) and the only truth about it; Celery messages carry just its id.
+
+    PENDING --mark_due--> QUEUED --claim--> RUNNING --complete--> DONE
+       ^  \\                  |                | \\
+       |   `--give_up--> FAILED <-------------' `--fail (retryable, backoff)--> PENDING
+       |                      ^                   fail (permanent, or out of attempts)
+       `-- mark_due also re-queues a QUEUED row whose message was lost (queued too long) and a
+           RUNNING row whose lease expired (its worker died); claim takes those over too.
+
+Every function here is one ``UPDATE ... WHERE <expected state>`` so that two actors (two
+coordinators, a worker and the coordinator, a worker and its own late twin) can never both win:
+a worker completes or fails only the attempt it claimed, and a lease it did not renew is anyone's.
+Nothing outside this module spells a task state or a task kind.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import sqlalchemy as sa
+
+from app.catalog import schema as s
+from app.replication.state import JobState, TaskCounts
+
+
+class TaskState(StrEnum):
+    PENDING = "PENDING"  # waiting to be sent (first time, or after a retry's backoff)
+    QUEUED = "QUEUED"  # a message is on the broker
+    RUNNING = "RUNNING"  # claimed by a worker, under a lease
+    DONE = "DONE"
+    FAILED = "FAILED"  # for good: the job aborts
+
+
+OPEN_STATES = (TaskState.PENDING, TaskState.QUEUED, TaskState.RUNNING)
+
+ALLOWED = {
+    TaskState.PENDING: {TaskState.QUEUED, TaskState.RUNNING, TaskState.FAILED},
+    TaskState.QUEUED: {TaskState.QUEUED, TaskState.RUNNING},
+    TaskState.RUNNING: {TaskState.QUEUED, TaskState.RUNNING, TaskState.DONE, TaskState.PENDING,
+                        TaskState.FAILED},
+    TaskState.DONE: set(),
+    TaskState.FAILED: set(),
+}  # fmt: skip
+
+
+class TaskKind(StrEnum):
+    SNAPSHOT = "SNAPSHOT"  # runs on a source backend's queue
+    APPLY = "APPLY"  # runs on a target backend's queue
+
+    @property
+    def phase(self) -> JobState:
+        """The job state in which tasks of this kind run."""
+        return JobState.SNAPSHOTING if self is TaskKind.SNAPSHOT else JobState.REPLICATING
+
+    @staticmethod
+    def of_phase(state: JobState) -> TaskKind:
+        return TaskKind.SNAPSHOT if state is JobState.SNAPSHOTING else TaskKind.APPLY
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A task this worker owns: ``attempt`` is the one its compare-and-sets must still see."""
+
+    id: int
+    attempt: int
+    row: Any
+
+
+_t = s.job_tasks
+_now = sa.func.now()
+
+
+def _secs(n: float) -> dt.timedelta:
+    return dt.timedelta(seconds=n)
+
+
+def _lease_expired() -> sa.ColumnElement[bool]:
+    return sa.and_(_t.c.state == TaskState.RUNNING, _t.c.lease_until < _now)
+
+
+# -- creation (coordinator) -----------------------------------------------------------------
+
+
+def insert(conn: sa.Connection, kind: TaskKind, rows: list[dict[str, Any]]) -> None:
+    """New tasks of one kind, PENDING."""
+    if rows:
+        conn.execute(sa.insert(_t), [r | {"kind": str(kind), "state": str(TaskState.PENDING)}
+                                     for r in rows])  # fmt: skip
+
+
+# -- transitions the coordinator makes -------------------------------------------------------
+
+
+def give_up(conn: sa.Connection, job_id: int, kind: TaskKind, max_attempts: int) -> int:
+    """PENDING, or RUNNING with an expired lease, -> FAILED once out of attempts: a task that
+    keeps killing its worker fails the job instead of looping for ever."""
+    return int(
+        conn.execute(
+            sa.update(_t)
+            .where(
+                _t.c.job_id == job_id,
+                _t.c.kind == kind,
+                _t.c.attempts >= max_attempts,
+                sa.or_(_t.c.state == TaskState.PENDING, _lease_expired()),
+            )
+            .values(
+                state=TaskState.FAILED,
+                error=sa.func.concat(
+                    f"gave up after {max_attempts} attempts; last error: ",
+                    sa.func.coalesce(_t.c.error, "worker lost"),
+                ),
+                updated_at=_now,
+            )
+        ).rowcount
+    )
+
+
+def mark_due(
+    conn: sa.Connection, job_id: int, kind: TaskKind, queued_timeout_sec: float
+) -> list[tuple[int, str]]:
+    """-> QUEUED for every task that needs a message now: PENDING past its backoff, QUEUED for
+    longer than ``queued_timeout_sec`` (the message was lost: Redis restarted, say), RUNNING
+    with an expired lease (the worker died). Returns (task id, queue) to send."""
+    rows = conn.execute(
+        sa.update(_t)
+        .where(
+            _t.c.job_id == job_id,
+            _t.c.kind == kind,
+            sa.or_(
+                sa.and_(_t.c.state == TaskState.PENDING, _t.c.next_attempt_at <= _now),
+                sa.and_(
+                    _t.c.state == TaskState.QUEUED,
+                    _t.c.dispatched_at < _now - _secs(queued_timeout_sec),
+                ),
+                _lease_expired(),
+            ),
+        )
+        .values(state=TaskState.QUEUED, dispatched_at=_now, updated_at=_now)
+        .returning(_t.c.id, _t.c.queue)
+    ).all()
+    return [(int(r[0]), str(r[1])) for r in rows]
+
+
+# -- transitions a worker makes --------------------------------------------------------------
+
+
+def claim(
+    conn: sa.Connection,
+    job_id: int,
+    kind: TaskKind,
+    task_ids: Sequence[int],
+    *,
+    worker: str,
+    lease_sec: float,
+    max_attempts: int,
+) -> list[Claimed]:
+    """-> RUNNING (attempt + 1, a fresh lease) for every task of ``task_ids`` that is free
+    (PENDING, QUEUED, or RUNNING under an expired lease) and still has attempts left, while
+    its job is in the phase this kind belongs to and not cancelled. One statement per batch."""
+    job_ok = (
+        sa.select(s.jobs.c.id)
+        .where(
+            s.jobs.c.id == job_id,
+            s.jobs.c.state == kind.phase,
+            s.jobs.c.cancel_requested.is_(False),
+        )
+        .exists()
+    )
+    rows = conn.execute(
+        sa.update(_t)
+        .where(
+            _t.c.id.in_(list(task_ids)),
+            _t.c.job_id == job_id,
+            _t.c.kind == kind,
+            _t.c.attempts < max_attempts,
+            sa.or_(_t.c.state.in_([TaskState.PENDING, TaskState.QUEUED]), _lease_expired()),
+            job_ok,
+        )
+        .values(
+            state=TaskState.RUNNING,
+            attempts=_t.c.attempts + 1,
+            lease_until=_now + _secs(lease_sec),
+            worker=worker,
+            updated_at=_now,
+        )
+        .returning(_t)
+    ).all()
+    return sorted((Claimed(r.id, r.attempts, r) for r in rows), key=lambda c: c.id)
+
+
+def renew(
+    conn: sa.Connection,
+    job_id: int,
+    claims: Iterable[Claimed],
+    *,
+    worker: str,
+    lease_sec: float,
+    current: Claimed | None = None,
+    bytes_done: int | None = None,
+) -> int:
+    """Extend the leases of this worker's RUNNING tasks while the job is active and not
+    cancelled; record the bytes of the task in flight. Returns how many leases are still ours:
+    zero means stop (another attempt took over, or the job ended)."""
+    job_alive = (
+        sa.select(s.jobs.c.id)
+        .where(
+            s.jobs.c.id == job_id,
+            s.jobs.c.cancel_requested.is_(False),
+            s.jobs.c.state.in_([JobState.SNAPSHOTING, JobState.REPLICATING]),
+        )
+        .exists()
+    )
+    alive = conn.execute(
+        sa.update(_t)
+        .where(
+            _t.c.id.in_([c.id for c in claims]),
+            _t.c.state == TaskState.RUNNING,
+            _t.c.worker == worker,
+            job_alive,
+        )
+        .values(lease_until=_now + _secs(lease_sec), updated_at=_now)
+    ).rowcount
+    if current is not None and bytes_done is not None:
+        conn.execute(
+            sa.update(_t)
+            .where(_t.c.id == current.id, _t.c.attempts == current.attempt)
+            .values(bytes_done=bytes_done)
+        )
+    return int(alive)
+
+
+def complete(conn: sa.Connection, done: list[dict[str, Any]], **columns: Any) -> int:
+    """RUNNING -> DONE for each ``{"task_id", "attempt", <columns>...}``, only where the attempt
+    is still the one claimed. ``columns`` names the extra columns to set and their SQL types."""
+    if not done:
+        return 0
+    return int(
+        conn.execute(
+            sa.update(_t)
+            .where(
+                _t.c.id == sa.bindparam("task_id"),
+                _t.c.attempts == sa.bindparam("attempt"),
+                _t.c.state == TaskState.RUNNING,
+            )
+            .values(
+                state=TaskState.DONE,
+                lease_until=None,
+                error=None,
+                updated_at=_now,
+                **{k: sa.bindparam(k, type_=v) for k, v in columns.items()},
+            )
+            .execution_options(preserve_rowcount=True),
+            done,
+        ).rowcount
+    )
+
+
+def fail(conn: sa.Connection, task: Claimed, error: str, retry_after: float | None) -> bool:
+    """RUNNING -> PENDING after ``retry_after`` seconds, or -> FAILED when it is None; only
+    where the attempt is still the one claimed. True if the row changed."""
+    values: dict[str, Any] = {"error": error[:2000], "lease_until": None, "updated_at": _now}
+    if retry_after is None:
+        values["state"] = TaskState.FAILED
+    else:
+        values |= {"state": TaskState.PENDING, "next_attempt_at": _now + _secs(retry_after)}
+    return bool(
+        conn.execute(
+            sa.update(_t)
+            .where(
+                _t.c.id == task.id,
+                _t.c.state == TaskState.RUNNING,
+                _t.c.attempts == task.attempt,
+            )
+            .values(**values)
+        ).rowcount
+    )
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+def counts(conn: sa.Connection, job_id: int, kind: TaskKind) -> tuple[TaskCounts, str | None]:
+    """The state machine's view of one phase: (total, done, failed) and the first failure."""
+    row = conn.execute(
+        sa.select(
+            sa.func.count(),
+            sa.func.count().filter(_t.c.state == TaskState.DONE),
+            sa.func.count().filter(_t.c.state == TaskState.FAILED),
+            sa.func.min(_t.c.error).filter(_t.c.state == TaskState.FAILED),
+        ).where(_t.c.job_id == job_id, _t.c.kind == kind)
+    ).one()
+    return TaskCounts(row[0], row[1], row[2]), row[3]
+
+
+def open_count(conn: sa.Connection, job_id: int, kind: TaskKind) -> int:
+    """Tasks of ``kind`` not yet DONE: zero means the phase is complete."""
+    return int(
+        conn.execute(
+            sa.select(sa.func.count()).where(
+                _t.c.job_id == job_id, _t.c.kind == kind, _t.c.state != TaskState.DONE
+            )
+        ).scalar_one()
+    )
+
+
+def of_job(conn: sa.Connection, job_id: int, kind: TaskKind | None = None) -> list[Any]:
+    q = sa.select(_t).where(_t.c.job_id == job_id).order_by(_t.c.id)
+    if kind is not None:
+        q = q.where(_t.c.kind == kind)
+    return list(conn.execute(q))
+
+
+def snapshot_targets(job_id: int, *, full_only: bool = False) -> sa.Select[Any]:
+    """A subquery: the job's target tablets (with ``full_only``, those whose snapshot is full,
+    so that their old rowsets go stale at the commit)."""
+    q = sa.select(_t.c.dst_tablet_id).where(_t.c.job_id == job_id, _t.c.kind == TaskKind.SNAPSHOT)
+    return q.where(_t.c.incremental.is_(False)) if full_only else q
+
+
+@dataclass(frozen=True)
+class KindProgress:
+    """One kind of task of one job, summed."""
+
+    total: int = 0
+    done: int = 0
+    failed: int = 0
+    running: int = 0
+    bytes_total: int = 0
+    bytes_done: int = 0
+    incremental: int = 0
+    full: int = 0
+    attempts: int = 0
+
+
+def progress(
+    conn: sa.Connection, job_ids: Sequence[int]
+) -> dict[tuple[int, TaskKind], KindProgress]:
+    """The one progress query: per (job, kind), counts by state, bytes and attempts. Every
+    reader (the client, the CLI, the metrics, the demo) goes through it."""
+    if not job_ids:
+        return {}
+    rows = conn.execute(
+        sa.select(
+            _t.c.job_id,
+            _t.c.kind,
+            sa.func.count(),
+            sa.func.count().filter(_t.c.state == TaskState.DONE),
+            sa.func.count().filter(_t.c.state == TaskState.FAILED),
+            sa.func.count().filter(_t.c.state == TaskState.RUNNING),
+            sa.func.coalesce(sa.func.sum(_t.c.bytes_total), 0),
+            sa.func.coalesce(sa.func.sum(_t.c.bytes_done), 0),
+            sa.func.count().filter(_t.c.incremental.is_(True)),
+            sa.func.count().filter(_t.c.incremental.is_(False)),
+            sa.func.coalesce(sa.func.sum(_t.c.attempts), 0),
+        )
+        .where(_t.c.job_id == sa.func.any(sa.literal(list(job_ids), sa.ARRAY(sa.BigInteger))))
+        .group_by(_t.c.job_id, _t.c.kind)
+    ).all()
+    return {(int(r[0]), TaskKind(r[1])): KindProgress(*(int(x) for x in r[2:])) for r in rows}
