@@ -212,7 +212,7 @@ class Coordinator:
         modes = sorted({p.mode.lower() for p in plan.partitions})
         return Result(
             Action.PLAN,
-            Outcome.DONE,
+            Outcome.OK,
             f"planned {len(plan.partitions)} partitions ({'/'.join(modes)}), "
             f"{len(plan.tablets)} tablets; skipped {len(plan.skipped)} up-to-date partitions; "
             f"transaction {txn.label}",
@@ -262,7 +262,7 @@ class Coordinator:
         except ReplicatorError as exc:
             return Result(Action.COMMIT, Outcome.REFUSED, str(exc))
         detail = ", ".join(f"{p}=v{v}" for p, v in sorted(versions.items()))
-        return Result(Action.COMMIT, Outcome.DONE, f"committed: {detail}")
+        return Result(Action.COMMIT, Outcome.OK, f"committed: {detail}")
 
     def _start_apply(self, conn: sa.Connection, job: Any, dst: Cluster) -> None:
         snaps = taskrows.of_job(conn, job.id, TaskKind.SNAPSHOT)

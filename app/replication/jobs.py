@@ -18,7 +18,7 @@ from app.config import Settings
 from app.errors import AdmissionRefused, InvalidRequest, LabelConflict, NotFound, TableBusy
 from app.replication import taskrows
 from app.replication.coordinator import record_event
-from app.replication.plan import TablePair, create_target_like, make_plan
+from app.replication.plan import Plan, TablePair, create_target_like, make_plan
 from app.replication.state import ACTIVE_STATES, JobState
 from app.replication.taskrows import TaskKind
 
@@ -131,25 +131,27 @@ def submit(
         create_target_like(dst_c, pair, plan.src, src_parts, replication_num)
         plan = make_plan(src_c, dst_c, pair, partitions=partitions)
     assert plan.dst is not None
+    return _insert_job(settings, dst_c, pair, plan, label, digest, options)
+
+
+def _insert_job(
+    settings: Settings,
+    dst_c: Cluster,
+    pair: TablePair,
+    plan: Plan,
+    label: str,
+    digest: str,
+    options: dict[str, Any],
+) -> tuple[str, int, bool]:
+    """Admit and insert the job row, or say why not."""
     replicas = sum(len(t.dst_backend_ids) for t in plan.tablets)
     with dst_c.engine.begin() as conn:
         # Admission and the duplicate-table check must see every other submit's job row.
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(727274002)"))
         if not plan.up_to_date:
             _admit(conn, settings, replicas, plan.data_size)
-        busy = conn.execute(
-            sa.select(s.jobs.c.id, s.jobs.c.label).where(
-                s.jobs.c.dst_table == pair.dst_table,
-                s.jobs.c.state.in_([str(x) for x in ACTIVE_STATES]),
-            )
-        ).first()
-        if busy is not None:
-            raise TableBusy(
-                f"{pair.dst_cluster}:{pair.dst_table} is already being replicated by job "
-                f"{pair.dst_cluster}:{busy.id} ({busy.label}); wait for it or cancel it"
-            )
+        _refuse_if_busy(conn, pair)
         up_to_date = plan.up_to_date
-        state = JobState.COMMITTED if up_to_date else JobState.INITIALIZING
         message = (
             f"nothing to replicate: {pair.dst_cluster}:{pair.dst_table} is up to date with "
             f"{pair.src_cluster}:{pair.src_table}"
@@ -162,7 +164,7 @@ def submit(
                     sa.insert(s.jobs)
                     .values(
                         label=label,
-                        state=str(state),
+                        state=str(JobState.COMMITTED if up_to_date else JobState.INITIALIZING),
                         src_cluster=pair.src_cluster,
                         src_table=pair.src_table,
                         dst_table=pair.dst_table,
@@ -179,10 +181,23 @@ def submit(
                 raise LabelConflict(f"label {label!r} was just taken by another job") from None
             return pair.dst_cluster, raced[0], False
         record_event(conn, job_id, None, JobState.INITIALIZING, "submitted", "client")
-        if up_to_date:
-            assert message is not None
+        if message is not None:
             record_event(conn, job_id, JobState.INITIALIZING, JobState.COMMITTED, message, "client")
     return pair.dst_cluster, job_id, True
+
+
+def _refuse_if_busy(conn: sa.Connection, pair: TablePair) -> None:
+    busy = conn.execute(
+        sa.select(s.jobs.c.id, s.jobs.c.label).where(
+            s.jobs.c.dst_table == pair.dst_table,
+            s.jobs.c.state.in_([str(x) for x in ACTIVE_STATES]),
+        )
+    ).first()
+    if busy is not None:
+        raise TableBusy(
+            f"{pair.dst_cluster}:{pair.dst_table} is already being replicated by job "
+            f"{pair.dst_cluster}:{busy.id} ({busy.label}); wait for it or cancel it"
+        )
 
 
 def _admit(conn: sa.Connection, settings: Settings, replicas: int, data_size: int) -> None:

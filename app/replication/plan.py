@@ -7,6 +7,7 @@ the coordinator starts it (the source may have moved on since).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -90,6 +91,8 @@ def make_plan(
     partitions: list[str] | None = None,
     create_target: bool = False,
 ) -> Plan:
+    """What replicating ``pair`` would do now: per partition skip, incremental or full, and the
+    tablet pairs. Raises a UserError naming what is wrong; changes nothing."""
     with src.engine.connect() as conn:
         src_table = model.find_table(conn, pair.src_table)
         if src_table is None:
@@ -104,6 +107,28 @@ def make_plan(
         dst_parts = model.list_partitions(conn, dst_table.id) if dst_table else []
         dst_tablets = model.list_tablets(conn, dst_table.id) if dst_table else []
         dst_backends = model.list_backends(conn)
+    _check_target(pair, src_table, dst_table, dst_backends, create_target)
+    plan = Plan(src_table, dst_table)
+    dst_by_name = {p.name: p for p in dst_parts}
+    for sp in _wanted(pair, src_parts, partitions):
+        pp = _plan_partition(pair, sp, dst_by_name.get(sp.name), dst_table is not None)
+        if pp is None:
+            plan.skipped.append(sp.name)
+            continue
+        plan.partitions.append(pp)
+        plan.data_size += src_sizes.get(sp.id, 0)
+    if dst_table is not None:
+        plan.tablets = _pair_tablets(plan.partitions, src_table.buckets, src_tablets, dst_tablets)
+    return plan
+
+
+def _check_target(
+    pair: TablePair,
+    src_table: TableInfo,
+    dst_table: TableInfo | None,
+    dst_backends: dict[int, Any],
+    create_target: bool,
+) -> None:
     if dst_table is None and not create_target:
         raise NotFound(
             f"target table {pair.dst_table} does not exist in cluster {pair.dst_cluster!r}; "
@@ -118,68 +143,75 @@ def make_plan(
     if dst_table is not None:
         _check_compatible(src_table, dst_table, pair)
 
-    wanted = [p.name for p in src_parts] if partitions is None else list(partitions)
+
+def _wanted(pair: TablePair, src_parts: list[Any], partitions: list[str] | None) -> list[Any]:
+    """The source partitions asked for (all by default), in the order asked."""
     src_by_name = {p.name: p for p in src_parts}
+    wanted = [p.name for p in src_parts] if partitions is None else list(partitions)
     unknown = [n for n in wanted if n not in src_by_name]
     if unknown:
         raise NotFound(
             f"partition(s) {', '.join(unknown)} do not exist in source table {pair.src_table} "
             f"(it has {', '.join(src_by_name)})"
         )
-    dst_by_name = {p.name: p for p in dst_parts}
-    plan = Plan(src_table, dst_table)
-    for name in wanted:
-        sp = src_by_name[name]
-        dp = dst_by_name.get(name)
-        if dst_table is not None and dp is None:
-            raise SchemaMismatch(
-                f"target table {pair.dst_table} has no partition {name!r}; add it or replicate "
-                "only the partitions both tables have"
-            )
-        if dp is not None and (sp.lower, sp.upper) != (dp.lower, dp.upper):
-            raise SchemaMismatch(
-                f"partition {name!r} covers [{sp.lower}, {sp.upper}) on the source but "
-                f"[{dp.lower}, {dp.upper}) on the target"
-            )
-        dst_version = dp.visible_version if dp else 1
-        dst_epoch = dp.version_epoch if dp else 0
-        if dst_version > sp.visible_version:
-            raise VersionConflict(
-                f"target partition {name!r} is at version {dst_version}, ahead of the source's "
-                f"{sp.visible_version}: the target has data the source lacks, so replication "
-                "would lose it. Drop or truncate the target partition first"
-            )
-        if sp.visible_version == 1 and dst_version == 1:
-            plan.skipped.append(name)  # nothing was ever loaded on either side
-            continue
-        if dst_version == sp.visible_version and dst_epoch == sp.version_epoch:
-            plan.skipped.append(name)
-            continue
-        mode = "INCREMENTAL" if dst_epoch == sp.version_epoch and dst_version > 1 else "FULL"
-        plan.partitions.append(
-            PartitionPlan(
-                name,
-                sp.id,
-                dp.id if dp else 0,
-                sp.visible_version,
-                sp.version_epoch,
-                dst_version,
-                dst_epoch,
-                mode,
-            )
+    return [src_by_name[n] for n in wanted]
+
+
+def _plan_partition(
+    pair: TablePair, sp: Any, dp: Any | None, target_exists: bool
+) -> PartitionPlan | None:
+    """One partition's plan, or None when there is nothing to copy."""
+    name = sp.name
+    if target_exists and dp is None:
+        raise SchemaMismatch(
+            f"target table {pair.dst_table} has no partition {name!r}; add it or replicate "
+            "only the partitions both tables have"
         )
-        plan.data_size += src_sizes.get(sp.id, 0)
-    if dst_table is not None:
-        src_by_key = {(t.partition_id, t.bucket): t for t in src_tablets}
-        dst_by_key = {(t.partition_id, t.bucket): t for t in dst_tablets}
-        for pp in plan.partitions:
-            for bucket in range(src_table.buckets):
-                st = src_by_key[(pp.src_partition_id, bucket)]
-                dt_ = dst_by_key[(pp.dst_partition_id, bucket)]
-                plan.tablets.append(
-                    TabletPair(pp.name, bucket, st.id, dt_.id, st.backend_ids, dt_.backend_ids)
-                )
-    return plan
+    if dp is not None and (sp.lower, sp.upper) != (dp.lower, dp.upper):
+        raise SchemaMismatch(
+            f"partition {name!r} covers [{sp.lower}, {sp.upper}) on the source but "
+            f"[{dp.lower}, {dp.upper}) on the target"
+        )
+    dst_version = dp.visible_version if dp else 1
+    dst_epoch = dp.version_epoch if dp else 0
+    if dst_version > sp.visible_version:
+        raise VersionConflict(
+            f"target partition {name!r} is at version {dst_version}, ahead of the source's "
+            f"{sp.visible_version}: the target has data the source lacks, so replication "
+            "would lose it. Drop or truncate the target partition first"
+        )
+    if sp.visible_version == 1 and dst_version == 1:
+        return None  # nothing was ever loaded on either side
+    if dst_version == sp.visible_version and dst_epoch == sp.version_epoch:
+        return None
+    mode = "INCREMENTAL" if dst_epoch == sp.version_epoch and dst_version > 1 else "FULL"
+    return PartitionPlan(
+        name,
+        sp.id,
+        dp.id if dp else 0,
+        sp.visible_version,
+        sp.version_epoch,
+        dst_version,
+        dst_epoch,
+        mode,
+    )
+
+
+def _pair_tablets(
+    parts: list[PartitionPlan], buckets: int, src_tablets: list[Any], dst_tablets: list[Any]
+) -> list[TabletPair]:
+    """Tablets pair by (partition, bucket), never by position."""
+    src_by_key = {(t.partition_id, t.bucket): t for t in src_tablets}
+    dst_by_key = {(t.partition_id, t.bucket): t for t in dst_tablets}
+    pairs = []
+    for pp in parts:
+        for bucket in range(buckets):
+            st = src_by_key[(pp.src_partition_id, bucket)]
+            dt_ = dst_by_key[(pp.dst_partition_id, bucket)]
+            pairs.append(
+                TabletPair(pp.name, bucket, st.id, dt_.id, st.backend_ids, dt_.backend_ids)
+            )
+    return pairs
 
 
 def _check_compatible(src: TableInfo, dst: TableInfo, pair: TablePair) -> None:

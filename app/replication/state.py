@@ -60,7 +60,7 @@ class Action(StrEnum):
 
 
 class Outcome(StrEnum):
-    DONE = "DONE"  # the action did its work
+    OK = "OK"  # the action did its work
     NOTHING = "NOTHING"  # there was nothing to do (PLAN: the target is up to date)
     REFUSED = "REFUSED"  # the world said no; the detail says why
 

@@ -18,6 +18,7 @@ from app.catalog.engine import dispose_all
 from app.client import ClusterHandle, Job, Replicator
 from app.config import Settings
 from app.replication.state import JobState
+from app.replication.taskrows import TaskKind, TaskState
 from tests.harness import PostgresServer, RedisServer, Workers, wait_until
 from tests.integration.rig import create_test_table, rows
 
@@ -88,10 +89,10 @@ class FaultRig:
         with self.dst.catalog.engine.connect() as conn:
             return conn.execute(
                 sa.text(
-                    "SELECT * FROM job_tasks WHERE job_id = :j AND kind = 'APPLY' "
-                    "AND state = 'RUNNING' ORDER BY id LIMIT 1"
+                    "SELECT * FROM job_tasks WHERE job_id = :j AND kind = :k "
+                    "AND state = :s ORDER BY id LIMIT 1"
                 ),
-                {"j": job.id},
+                {"j": job.id, "k": TaskKind.APPLY, "s": TaskState.RUNNING},
             ).first()
 
     def wait_for_transfer(self, job: Job, timeout: float = 60) -> sa.Row[tuple[object, ...]]:

@@ -11,6 +11,7 @@ from pathlib import Path
 import sqlalchemy as sa
 
 from app.replication.state import JobState
+from app.replication.taskrows import TaskKind, TaskState
 from tests.faults.conftest import FaultRig, record
 from tests.harness import wait_until
 
@@ -30,7 +31,9 @@ def test_a_killed_apply_child_process_is_retried_and_the_job_commits(rig: FaultR
     worker = str(task.worker).split("@")[0]
     children = rig.workers.procs[worker].child_pids()
     assert children, f"{worker} has no pool process"
-    in_flight = [t.id for t in job.tasks() if t.state == "RUNNING" and t.worker == task.worker]
+    in_flight = [
+        t.id for t in job.tasks() if t.state == TaskState.RUNNING and t.worker == task.worker
+    ]
     struck = time.time()
     for pid in children:
         os.kill(pid, signal.SIGKILL)
@@ -238,7 +241,7 @@ def test_an_unreachable_source_replica_is_replaced_by_another(rig: FaultRig) -> 
         hidden.rename(be1)
 
     assert job.state is JobState.COMMITTED, job.message
-    sources = {t.src_backend_ids[0] for t in job.tasks() if t.kind == "APPLY"}
+    sources = {t.src_backend_ids[0] for t in job.tasks() if t.kind == TaskKind.APPLY}
     be2_id = next(b.id for b in rig.src.backends() if b.name == "be2")
     assert sources == {be2_id}  # every file came from the replica that was still there
     rig.assert_clean_end(job, table, before)

@@ -15,6 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from app import metrics
 from app.config import Settings
 from app.replication.state import JobState
+from app.replication.taskrows import TaskKind
 from tests.harness import ROOT, free_port, wait_until
 from tests.integration.rig import Rig, rows, start_rig
 
@@ -81,10 +82,10 @@ def test_metrics_report_bytes_jobs_lag_and_queues(rig: Rig, endpoint: str) -> No
     assert applied == job.progress.bytes_done > 0
     # 4 partitions x 2 buckets x 2 target replicas, one load: one file per replica at least.
     assert one(s, "replicator_replicated_files_total", cluster=dst, table=table) >= 16
-    assert one(s, "replicator_task_attempts_total", cluster=dst, kind="APPLY") >= 16
-    assert one(s, "replicator_task_retries_total", cluster=dst, kind="APPLY") >= 0
-    assert one(s, "replicator_task_duration_seconds_count", cluster=dst, kind="APPLY") >= 16
-    assert one(s, "replicator_task_duration_seconds_sum", cluster=dst, kind="APPLY") > 0
+    assert one(s, "replicator_task_attempts_total", cluster=dst, kind=TaskKind.APPLY) >= 16
+    assert one(s, "replicator_task_retries_total", cluster=dst, kind=TaskKind.APPLY) >= 0
+    assert one(s, "replicator_task_duration_seconds_count", cluster=dst, kind=TaskKind.APPLY) >= 16
+    assert one(s, "replicator_task_duration_seconds_sum", cluster=dst, kind=TaskKind.APPLY) > 0
     assert one(s, "replicator_job_duration_seconds_count", cluster=dst, state="COMMITTED") >= 1
     assert one(s, "replicator_table_last_commit_timestamp_seconds", cluster=dst, table=table) > 0
     lag = pick(s, "replicator_table_version_lag", cluster=dst, table=table)

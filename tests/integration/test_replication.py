@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from app.config import Settings
 from app.errors import LabelConflict, NotFound, SchemaMismatch, TableBusy, VersionConflict
 from app.replication.state import JobState
+from app.replication.taskrows import TaskKind
 from tests.harness import wait_until
 from tests.integration.rig import COLUMNS, PARTITIONS, Rig, rows, start_rig
 
@@ -46,7 +47,7 @@ def test_a_full_replication_makes_the_target_equal_to_the_source(rig: Rig) -> No
     assert rig.content(rig.dst, table) == rig.content(rig.src, table)
     assert all(version == 3 for _p, version, *_ in rig.content(rig.dst, table))
     assert rig.missing_replica_files(rig.dst, table) == []
-    applies = _job_rows(rig, job.id, "APPLY")
+    applies = _job_rows(rig, job.id, TaskKind.APPLY)
     assert len(applies) == 4 * 8 * 2  # every tablet, on both target replicas
     assert all(not a.incremental for a in applies)
     assert rig.staged_files(rig.dst) == []
@@ -72,7 +73,7 @@ def test_an_incremental_replication_ships_only_the_new_rowsets(rig: Rig) -> None
 
     assert second.state is JobState.COMMITTED, second.message
     assert rig.content(rig.dst, table) == rig.content(rig.src, table)
-    applies = _job_rows(rig, second.id, "APPLY")
+    applies = _job_rows(rig, second.id, TaskKind.APPLY)
     assert applies and all(a.incremental for a in applies)
     # Only the two new loads travel, once to each of the two target replicas.
     assert sum(a.bytes_done for a in applies) == 2 * new_bytes
@@ -95,7 +96,7 @@ def test_compaction_across_the_target_version_falls_back_to_a_full_snapshot(rig:
 
     assert job.state is JobState.COMMITTED, job.message
     assert rig.content(rig.dst, table) == rig.content(rig.src, table)
-    snaps = _job_rows(rig, job.id, "SNAPSHOT")
+    snaps = _job_rows(rig, job.id, TaskKind.SNAPSHOT)
     assert snaps and all(s.incremental is False for s in snaps)
     assert rig.missing_replica_files(rig.dst, table) == []
     # The rowsets the full snapshot replaced are stale, so nothing is counted twice.
@@ -318,7 +319,7 @@ def test_the_cli_replicates_and_shows_the_job(rig: Rig, test_env: dict[str, str]
         timeout=60,
     )
     assert shown.returncode == 0, shown.stderr
-    for expected in ("SNAPSHOT", "APPLY", "REPLICATING", "COMMITTED", "p2023q1"):
+    for expected in (TaskKind.SNAPSHOT, TaskKind.APPLY, "REPLICATING", "COMMITTED", "p2023q1"):
         assert expected in shown.stdout
     listed = subprocess.run(
         [sys.executable, "-m", "app.cli", "jobs", "--cluster", rig.dst.name],

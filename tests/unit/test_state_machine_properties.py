@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from app.replication.state import Action, JobFacts, JobState, TaskCounts, check_edge, step
+from app.replication.taskrows import TaskState
 
 OLD, NEW = {"p1": 3, "p2": 5}, {"p1": 7, "p2": 9}
 
@@ -23,7 +24,7 @@ class World:
     txn: str | None = None
     txn_expired: bool = False
     cancel: bool = False
-    tasks: list[str] = field(default_factory=list)
+    tasks: list[TaskState] = field(default_factory=list)
     visible: dict[str, int] = field(default_factory=lambda: dict(OLD))
     history: list[JobState] = field(default_factory=lambda: [JobState.INITIALIZING])
 
@@ -33,8 +34,12 @@ class World:
             cancel_requested=self.cancel,
             txn_state=self.txn,
             txn_expired=self.txn_expired,
-            tasks=TaskCounts(len(self.tasks), self.tasks.count("DONE"), self.tasks.count("FAILED")),
-            failure="boom" if "FAILED" in self.tasks else None,
+            tasks=TaskCounts(
+                len(self.tasks),
+                self.tasks.count(TaskState.DONE),
+                self.tasks.count(TaskState.FAILED),
+            ),
+            failure="boom" if TaskState.FAILED in self.tasks else None,
         )
 
     def tick(self) -> None:
@@ -43,12 +48,12 @@ class World:
         for action in decision.actions:
             if action is Action.PLAN:
                 self.txn = "PREPARE"
-                self.tasks = ["PENDING"] * self.snapshot_tasks
+                self.tasks = [TaskState.PENDING] * self.snapshot_tasks
                 target = JobState.SNAPSHOTING
             elif action is Action.START_APPLY:
-                self.tasks = ["PENDING"] * (self.snapshot_tasks * self.replicas_per_tablet)
+                self.tasks = [TaskState.PENDING] * (self.snapshot_tasks * self.replicas_per_tablet)
             elif action is Action.DISPATCH:
-                self.tasks = ["QUEUED" if t == "PENDING" else t for t in self.tasks]
+                self.tasks = [TaskState.QUEUED if t == TaskState.PENDING else t for t in self.tasks]
             elif action is Action.COMMIT:
                 assert self.txn == "PREPARE" and not self.txn_expired
                 self.visible = dict(NEW)  # one catalog transaction: all partitions at once
@@ -76,12 +81,15 @@ class World:
             return
         i = index % len(self.tasks)
         moves = {
-            "deliver": ("QUEUED", "RUNNING"),
-            "complete": ("RUNNING", "DONE"),
-            "fail_retryable": ("RUNNING", "PENDING"),
-            "fail_permanent": ("RUNNING", "FAILED"),
-            "lose_message": ("QUEUED", "PENDING"),  # re-sent after the queued timeout
-            "crash_worker": ("RUNNING", "PENDING"),  # the lease expires
+            "deliver": (TaskState.QUEUED, TaskState.RUNNING),
+            "complete": (TaskState.RUNNING, TaskState.DONE),
+            "fail_retryable": (TaskState.RUNNING, TaskState.PENDING),
+            "fail_permanent": (TaskState.RUNNING, TaskState.FAILED),
+            "lose_message": (
+                TaskState.QUEUED,
+                TaskState.PENDING,
+            ),  # re-sent after the queued timeout
+            "crash_worker": (TaskState.RUNNING, TaskState.PENDING),  # the lease expires
         }
         frm, to = moves[event]
         if self.tasks[i] == frm:
@@ -138,7 +146,7 @@ def test_without_cancel_timeout_or_permanent_failure_the_job_commits(
     # Then the faults stop: workers get every message and finish it.
     for _ in range(10):
         world.tick()
-        world.tasks = ["DONE" for _ in world.tasks]
+        world.tasks = [TaskState.DONE for _ in world.tasks]
         world.tick()
     assert world.state is JobState.COMMITTED
     _check(world)
@@ -149,7 +157,7 @@ def _check(world: World) -> None:
     assert len(finals) <= 1, f"more than one final state: {world.history}"
     assert world.visible in (OLD, NEW), f"a partial version is visible: {world.visible}"
     if world.state is JobState.COMMITTED:
-        assert world.tasks == ["DONE"] * (world.snapshot_tasks * world.replicas_per_tablet)
+        assert world.tasks == [TaskState.DONE] * (world.snapshot_tasks * world.replicas_per_tablet)
         assert world.visible == NEW and world.txn == "VISIBLE"
     else:
         assert world.visible == OLD, f"{world.state} job made data visible"

@@ -1,0 +1,158 @@
+"""The real coordinator, driven through every edge of the job state machine.
+
+Real Postgres catalogs and real storage roots; the coordinator's ticks and the workers' task
+code run in this process, one step at a time, so each edge can be reached on purpose. Every
+transition the coordinator records must be an edge of ``state.ALLOWED``, and together the
+scenarios must take every edge there is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+import sqlalchemy as sa
+
+from app.client import ClusterHandle, Job, Replicator
+from app.config import Settings
+from app.replication.coordinator import Coordinator, Message
+from app.replication.runner import TaskRunner
+from app.replication.state import ALLOWED, JobState
+from app.replication.work import run_message
+from tests.conftest import ClusterFactory
+from tests.integration.rig import create_test_table, rows
+
+S = JobState
+TABLE = "db.edges"
+
+
+def _no_nudge(_cluster: str, _job_id: int) -> None:
+    return None
+
+
+class Driver:
+    def __init__(self, settings: Settings, make_cluster: ClusterFactory) -> None:
+        self.settings = settings
+        self.src = make_cluster(backends=2)
+        self.dst = make_cluster(backends=2)
+        for handle in (self.src, self.dst):
+            create_test_table(handle, TABLE, buckets=2, replication_num=2)
+        self.src.load(TABLE, rows(2_000, seed=7), label="edges-1")
+        self.r = Replicator(settings, _no_nudge)
+        self.coordinator = Coordinator(settings, actor="edge-test")
+
+    def submit(self) -> Job:
+        return self.r.replicate(f"{self.src.name}:{TABLE}", self.dst.name)
+
+    def tick(self, job: Job) -> list[Message]:
+        return self.coordinator.tick(self.dst.name, job.id).messages
+
+    def work(self, messages: list[Message]) -> None:
+        """Run the messages' tasks as a backend worker would."""
+        for m in messages:
+            runner = TaskRunner(self.settings, m.cluster, m.job_id, worker="edge-worker")
+            run_message(runner, m.kind, list(m.task_ids))
+
+    def run_until(self, job: Job, state: JobState, then: Callable[[], None] | None = None) -> Job:
+        """Tick and work until the job reaches ``state`` (its messages done), then ``then``."""
+        for _ in range(20):
+            messages = self.tick(job)
+            self.work(messages)
+            if job.refresh().state is state or job.state.final:
+                break
+        if then is not None:
+            then()
+        return job
+
+    def sql(self, handle: ClusterHandle, statement: str, **params: object) -> None:
+        with handle.catalog.engine.begin() as conn:
+            conn.execute(sa.text(statement), params)
+
+    def finish(self, job: Job) -> Job:
+        for _ in range(20):
+            self.work(self.tick(job))
+            if job.refresh().state.final:
+                return job
+        raise AssertionError(f"job {job.ref} did not finish: {job.state}")
+
+    def reset_target(self) -> None:
+        """A fresh target table, so the next scenario starts from an empty replica."""
+        self.sql(self.dst, "UPDATE partitions SET visible_version = 1, version_epoch = 0")
+
+
+def _edges(job: Job) -> set[tuple[JobState, JobState]]:
+    return {
+        (S(e.from_state), S(e.to_state))
+        for e in job.events
+        if e.from_state is not None and e.actor == "edge-test"
+    }
+
+
+@pytest.fixture
+def driver(settings: Settings, make_cluster: ClusterFactory) -> Driver:
+    return Driver(settings, make_cluster)
+
+
+def test_the_coordinator_takes_every_allowed_edge_and_no_other(driver: Driver) -> None:
+    seen: dict[tuple[JobState, JobState], str] = {}
+
+    def record(job: Job) -> None:
+        for edge in _edges(job):
+            assert edge[1] in ALLOWED[edge[0]], f"{job.ref} took {edge}: not in state.ALLOWED"
+            seen.setdefault(edge, job.message or "")
+
+    # INITIALIZING -> SNAPSHOTING -> REPLICATING -> COMMITTED: a job that goes through.
+    job = driver.finish(driver.submit())
+    assert job.state is S.COMMITTED, job.message
+    record(job)
+
+    # INITIALIZING -> COMMITTED: by the time the coordinator plans, the target has caught up.
+    driver.src.load(TABLE, rows(500, seed=8), label="edges-2")
+    job = driver.submit()
+    src_versions = {c.partition: (c.version, c.epoch) for c in driver.src.checksum(TABLE)}
+    for name, (version, epoch) in src_versions.items():
+        driver.sql(
+            driver.dst,
+            "UPDATE partitions SET visible_version = :v, version_epoch = :e WHERE name = :n",
+            v=version,
+            e=epoch,
+            n=name,
+        )
+    job = driver.finish(job)
+    assert job.state is S.COMMITTED and job.message and "up to date" in job.message
+    record(job)
+
+    # INITIALIZING -> ABORTED: planning refused (the target is ahead of the source).
+    driver.src.load(TABLE, rows(500, seed=9), label="edges-3")
+    job = driver.submit()
+    driver.sql(driver.dst, "UPDATE partitions SET visible_version = visible_version + 10")
+    job = driver.finish(job)
+    assert job.state is S.ABORTED and job.message and "planning failed" in job.message
+    record(job)
+    driver.reset_target()
+
+    # SNAPSHOTING -> ABORTED: cancelled while the snapshots are out.
+    job = driver.submit()
+    driver.tick(job)  # plans and sends the snapshots, which no worker runs
+    assert job.refresh().state is S.SNAPSHOTING
+    job.cancel()
+    job = driver.finish(job)
+    assert job.state is S.ABORTED and job.message == "cancelled by user"
+    record(job)
+
+    # REPLICATING -> ABORTED: every replica applied, then the target moved before the commit.
+    job = driver.submit()
+    job = driver.run_until(
+        job,
+        S.REPLICATING,
+        then=lambda: driver.sql(
+            driver.dst, "UPDATE partitions SET visible_version = visible_version + 1"
+        ),
+    )
+    assert job.state is S.REPLICATING
+    job = driver.finish(job)
+    assert job.state is S.ABORTED and job.message and "commit refused" in job.message, job.message
+    record(job)
+
+    every_edge = {(frm, to) for frm, tos in ALLOWED.items() for to in tos}
+    assert set(seen) == every_edge, f"edges never taken: {every_edge - set(seen)}"
