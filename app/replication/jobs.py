@@ -19,6 +19,8 @@ from app.errors import AdmissionRefused, InvalidRequest, LabelConflict, NotFound
 from app.replication import taskrows
 from app.replication.coordinator import record_event
 from app.replication.plan import Plan, TablePair, create_target_like, make_plan
+from app.replication.progress import KindProgress
+from app.replication.progress import progress as task_progress
 from app.replication.state import ACTIVE_STATES, JobState
 from app.replication.taskrows import TaskKind
 
@@ -294,8 +296,8 @@ def progress(settings: Settings, cluster: str, job_id: int) -> Progress:
     dst = Cluster(settings, cluster)
     with dst.engine.connect() as conn:
         state = conn.execute(sa.select(s.jobs.c.state).where(s.jobs.c.id == job_id)).scalar_one()
-        by_kind = taskrows.progress(conn, [job_id])
-        snap = by_kind.get((job_id, TaskKind.SNAPSHOT), taskrows.KindProgress())
+        by_kind = task_progress(conn, [job_id])
+        snap = by_kind.get((job_id, TaskKind.SNAPSHOT), KindProgress())
         apply = by_kind.get((job_id, TaskKind.APPLY))
         replicas_planned = 0
         if apply is None:  # before the applies exist, count the replicas they will cover
