@@ -8,6 +8,7 @@ than the grace period (a crash between writing a file and recording it).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ from app import txn as txns
 from app.catalog import model
 from app.catalog import schema as s
 from app.cluster import Cluster
+from app.errors import StorageUnavailable
 from app.storage import holds
 from app.storage.client import rowset_dir, storage_for
 
@@ -63,7 +65,10 @@ def collect(cluster: Cluster, *, orphan_grace_sec: int | None = None) -> GcRepor
         for r in doomed:
             # Replicated rowsets may also sit on a former replica backend; try them all.
             for b in by_tablet.get(r.tablet_id, backends.keys()):
-                storage_for(backends[b].storage_root).delete_tree(rowset_dir(r.tablet_id, r.id))
+                # An unreachable backend keeps the files: once the row is DELETED they are
+                # orphans, which the sweep below removes when the backend is back.
+                with contextlib.suppress(StorageUnavailable):
+                    storage_for(backends[b].storage_root).delete_tree(rowset_dir(r.tablet_id, r.id))
         if doomed:
             conn.execute(
                 sa.update(s.rowsets)
@@ -82,6 +87,10 @@ def collect(cluster: Cluster, *, orphan_grace_sec: int | None = None) -> GcRepor
     cutoff = time.time() - grace
     for backend in backends.values():
         storage = storage_for(backend.storage_root)
+        try:
+            storage.check()
+        except StorageUnavailable:
+            continue  # swept by a later run, when the backend can be reached again
         for tablet_dir in storage.list_dirs("data"):
             for rowset_id in storage.list_dirs(f"data/{tablet_dir}"):
                 if rowset_id in live:

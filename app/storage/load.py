@@ -27,7 +27,13 @@ from app.catalog import model
 from app.catalog import schema as s
 from app.catalog.model import Backend, PartitionInfo, TableInfo
 from app.cluster import Cluster, new_epoch
-from app.errors import InvalidRequest, LabelConflict, NotFound, RowsOutsidePartitions
+from app.errors import (
+    InvalidRequest,
+    LabelConflict,
+    NotFound,
+    RowsOutsidePartitions,
+    StorageUnavailable,
+)
 from app.rowhash import ContentChecksum, bucket_of
 from app.schema import conform
 from app.storage.client import rowset_dir, storage_for
@@ -424,10 +430,12 @@ class Loader:
             ).all()
         for r in rows:
             for rep in replica_rows:
+                # An unreachable backend keeps the files; the orphan sweep of GC removes them.
                 if rep.tablet_id == r.tablet_id:
-                    storage_for(backends[rep.backend_id].storage_root).delete_tree(
-                        rowset_dir(r.tablet_id, r.id)
-                    )
+                    with contextlib.suppress(StorageUnavailable):
+                        storage_for(backends[rep.backend_id].storage_root).delete_tree(
+                            rowset_dir(r.tablet_id, r.id)
+                        )
         with self.engine.begin() as conn:
             conn.execute(
                 sa.update(s.rowsets)
