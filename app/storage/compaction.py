@@ -18,7 +18,7 @@ from app.catalog import schema as s
 from app.cluster import Cluster
 from app.errors import InvalidRequest, TransactionConflict
 from app.storage.checksum import FileMeta
-from app.storage.rowsets import RowsetWriter, new_rowset_id, read_rowset
+from app.storage.rowsets import RowsetState, RowsetWriter, new_rowset_id, read_rowset
 
 
 @dataclass
@@ -161,8 +161,8 @@ def _publish(
     ids = [r.id for r in inputs]
     gone = conn.execute(
         sa.update(s.rowsets)
-        .where(s.rowsets.c.id.in_(ids), s.rowsets.c.state == "VISIBLE")
-        .values(state="STALE", stale_at=sa.func.now())
+        .where(s.rowsets.c.id.in_(ids), s.rowsets.c.state == RowsetState.VISIBLE)
+        .values(state=RowsetState.STALE, stale_at=sa.func.now())
     ).rowcount
     if gone != len(ids):
         raise TransactionConflict(f"tablet {tablet.id} changed during compaction")
@@ -170,7 +170,7 @@ def _publish(
         sa.update(s.rowsets)
         .where(s.rowsets.c.id == rowset_id)
         .values(
-            state="VISIBLE",
+            state=RowsetState.VISIBLE,
             start_version=inputs[0].start_version,
             end_version=inputs[-1].end_version,
             num_rows=num_rows,

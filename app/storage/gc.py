@@ -21,6 +21,7 @@ from app.cluster import Cluster
 from app.errors import StorageUnavailable
 from app.storage import holds
 from app.storage.client import StorageClient, rowset_dir, storage_for
+from app.storage.rowsets import RowsetState
 
 
 @dataclass
@@ -46,7 +47,9 @@ def collect(cluster: Cluster, *, orphan_grace_sec: int | None = None) -> GcRepor
         report.kept_by_holds = _count_held_stale(conn, held)
         report.deleted_rowsets, backends = _delete_stale_rowsets(conn, held)
         live = set(
-            conn.execute(sa.select(s.rowsets.c.id).where(s.rowsets.c.state != "DELETED")).scalars()
+            conn.execute(
+                sa.select(s.rowsets.c.id).where(s.rowsets.c.state != RowsetState.DELETED)
+            ).scalars()
         )
         open_txns = set(
             conn.execute(
@@ -68,7 +71,7 @@ def _count_held_stale(conn: sa.Connection, held: sa.Select[tuple[str]]) -> int:
         conn.execute(
             sa.select(sa.func.count())
             .select_from(s.rowsets)
-            .where(s.rowsets.c.state == "STALE", s.rowsets.c.id.in_(held))
+            .where(s.rowsets.c.state == RowsetState.STALE, s.rowsets.c.id.in_(held))
         ).scalar_one()
     )
 
@@ -80,7 +83,7 @@ def _delete_stale_rowsets(
     many, and the cluster's backends."""
     doomed = conn.execute(
         sa.select(s.rowsets.c.id, s.rowsets.c.tablet_id)
-        .where(s.rowsets.c.state == "STALE", s.rowsets.c.id.not_in(held))
+        .where(s.rowsets.c.state == RowsetState.STALE, s.rowsets.c.id.not_in(held))
         .with_for_update(skip_locked=True)
     ).all()
     backends = model.list_backends(conn)
@@ -99,7 +102,7 @@ def _delete_stale_rowsets(
         conn.execute(
             sa.update(s.rowsets)
             .where(s.rowsets.c.id.in_([r.id for r in doomed]))
-            .values(state="DELETED")
+            .values(state=RowsetState.DELETED)
         )
     return len(doomed), backends
 

@@ -29,7 +29,7 @@ from app.storage.client import rowset_dir, storage_for
 from app.storage.inputs import LoadSource as LoadSource
 from app.storage.inputs import read_batches as read_batches
 from app.storage.routing import PartitionRouter as PartitionRouter
-from app.storage.rowsets import RowsetWriter, new_rowset_id
+from app.storage.rowsets import RowsetState, RowsetWriter, new_rowset_id
 
 # Read at every flush decision (tests lower them with monkeypatch).
 FLUSH_TABLET_BYTES = 16 * 1024 * 1024
@@ -220,7 +220,7 @@ class Loader:
         with self.engine.begin() as conn:
             rows = conn.execute(
                 sa.select(s.rowsets.c.id, s.rowsets.c.tablet_id).where(
-                    s.rowsets.c.txn_id == txn_id, s.rowsets.c.state == "STALE"
+                    s.rowsets.c.txn_id == txn_id, s.rowsets.c.state == RowsetState.STALE
                 )
             ).all()
             backends = model.list_backends(conn)
@@ -241,7 +241,7 @@ class Loader:
             conn.execute(
                 sa.update(s.rowsets)
                 .where(s.rowsets.c.id.in_([r.id for r in rows]))
-                .values(state="DELETED")
+                .values(state=RowsetState.DELETED)
             )
 
     def _relabelled(
@@ -253,7 +253,7 @@ class Loader:
         overwrite: bool,
         fmt: str | None,
     ) -> LoadResult:
-        if existing.state != "VISIBLE" or existing.content_digest is None:
+        if existing.state != txns.TxnState.VISIBLE or existing.content_digest is None:
             raise LabelConflict(
                 f"label {label!r} belongs to a {existing.kind} transaction that is "
                 f"{existing.state}; wait for it to finish or use another label"
@@ -338,13 +338,13 @@ def _publish_partition(conn: sa.Connection, p: Any, txn_id: int, *, overwrite: b
     if overwrite:
         conn.execute(
             sa.update(s.rowsets)
-            .where(s.rowsets.c.tablet_id.in_(tablet_ids), s.rowsets.c.state == "VISIBLE")
-            .values(state="STALE", stale_at=sa.func.now())
+            .where(s.rowsets.c.tablet_id.in_(tablet_ids), s.rowsets.c.state == RowsetState.VISIBLE)
+            .values(state=RowsetState.STALE, stale_at=sa.func.now())
         )
     conn.execute(
         sa.update(s.rowsets)
         .where(s.rowsets.c.txn_id == txn_id, s.rowsets.c.tablet_id.in_(tablet_ids))
-        .values(state="VISIBLE", start_version=v, end_version=v)
+        .values(state=RowsetState.VISIBLE, start_version=v, end_version=v)
     )
     conn.execute(
         sa.update(s.partitions)
