@@ -154,108 +154,66 @@ class Cluster:
     ) -> model.TableInfo:
         db_name, table_name = model.split_table_name(full_name)
         cols = columns_from(columns)
-        names = {c.name for c in cols}
-        if buckets < 1 or buckets > 4096:
-            raise InvalidRequest(f"buckets must be between 1 and 4096, got {buckets}")
-        if replication_num < 1:
-            raise InvalidRequest(f"replication_num must be at least 1, got {replication_num}")
-        dist = list(distributed_by) or [cols[0].name]
-        for col in dist:
-            if col not in names:
-                raise InvalidRequest(f"distribution column {col!r} is not a column of {full_name}")
+        dist = _check_distribution(full_name, cols, distributed_by, buckets, replication_num)
         specs = [p if isinstance(p, PartitionSpec) else PartitionSpec(*p) for p in partitions]
         bounds = self._check_partitions(full_name, cols, partition_by, specs)
 
         with self.engine.begin() as conn:
-            active = [b for b in model.list_backends(conn).values() if b.state == "ACTIVE"]
-            if len(active) < replication_num:
-                raise InvalidRequest(
-                    f"replication_num {replication_num} needs {replication_num} active backends, "
-                    f"cluster {self.name!r} has {len(active)}: add backends with "
-                    f"`replicator backend add {self.name} NAME --storage DIR`"
-                )
-            conn.execute(
-                pg_insert(s.databases)
-                .values(name=db_name)
-                .on_conflict_do_nothing(index_elements=["name"])
+            active = self._active_backends(conn, replication_num)
+            db_id = _database_id(conn, db_name)
+            h = schema_hash(cols)
+            table_id = self._insert_table(
+                conn,
+                full_name,
+                db_id=db_id,
+                name=table_name,
+                columns=[c.to_json() for c in cols],
+                schema_hash=h,
+                partition_column=partition_by,
+                distribution_columns=dist,
+                buckets=buckets,
+                replication_num=replication_num,
             )
-            db_id = conn.execute(
-                sa.select(s.databases.c.id).where(s.databases.c.name == db_name)
-            ).scalar_one()
-            try:
-                with conn.begin_nested():
-                    h = schema_hash(cols)
-                    table_id = conn.execute(
-                        sa.insert(s.tables)
-                        .values(
-                            db_id=db_id,
-                            name=table_name,
-                            columns=[c.to_json() for c in cols],
-                            schema_hash=h,
-                            partition_column=partition_by,
-                            distribution_columns=dist,
-                            buckets=buckets,
-                            replication_num=replication_num,
-                        )
-                        .returning(s.tables.c.id)
-                    ).scalar_one()
-            except sa.exc.IntegrityError:
-                raise AlreadyExists(
-                    f"table {full_name} already exists in cluster {self.name!r}"
-                ) from None
             index_id = conn.execute(
                 sa.insert(s.indexes)
                 .values(table_id=table_id, name="base", is_base=True, schema_hash=h)
                 .returning(s.indexes.c.id)
             ).scalar_one()
-            # Replicas each backend holds already: new tablets go to the least loaded first.
-            load: Counter[int] = Counter({b.id: 0 for b in active})
-            for backend_id, count in conn.execute(
-                sa.select(s.replicas.c.backend_id, sa.func.count()).group_by(
-                    s.replicas.c.backend_id
-                )
-            ):
-                if backend_id in load:
-                    load[backend_id] = count
+            load = _replica_counts(conn, active)
             order = [b.id for b in active]
-            replica_rows = []
+            replica_rows: list[dict[str, int]] = []
             for name, lower, upper in bounds:
-                pid = conn.execute(
-                    sa.insert(s.partitions)
-                    .values(
-                        table_id=table_id,
-                        name=name,
-                        lower=lower,
-                        upper=upper,
-                        version_epoch=new_epoch(),
-                    )
-                    .returning(s.partitions.c.id)
-                ).scalar_one()
-                tablet_ids = (
-                    conn.execute(
-                        sa.insert(s.tablets).returning(
-                            s.tablets.c.id, sort_by_parameter_order=True
-                        ),
-                        [
-                            {"partition_id": pid, "index_id": index_id, "bucket": b}
-                            for b in range(buckets)
-                        ],
-                    )
-                    .scalars()
-                    .all()
+                tablet_ids = _insert_partition(
+                    conn, table_id, index_id, name, lower, upper, buckets
                 )
-                for tablet_id in tablet_ids:
-                    # Least-loaded backends first; ties broken by a rotating order so that
-                    # replicas spread evenly over equally loaded backends.
-                    chosen = sorted(order, key=lambda b: (load[b], order.index(b)))[
-                        :replication_num
-                    ]
-                    for b in chosen:
-                        load[b] += 1
-                        replica_rows.append({"tablet_id": tablet_id, "backend_id": b})
-                    order = order[1:] + order[:1]
+                order = _place_replicas(tablet_ids, order, load, replication_num, replica_rows)
             conn.execute(sa.insert(s.replicas), replica_rows)
             return model.table_by_id(conn, table_id)
+
+    def _insert_table(self, conn: sa.Connection, full_name: str, **values: Any) -> int:
+        """Insert the table's row; AlreadyExists if the database has a table of that name."""
+        try:
+            with conn.begin_nested():
+                return int(
+                    conn.execute(
+                        sa.insert(s.tables).values(**values).returning(s.tables.c.id)
+                    ).scalar_one()
+                )
+        except sa.exc.IntegrityError:
+            raise AlreadyExists(
+                f"table {full_name} already exists in cluster {self.name!r}"
+            ) from None
+
+    def _active_backends(self, conn: sa.Connection, replication_num: int) -> list[model.Backend]:
+        """The ACTIVE backends; InvalidRequest if fewer than ``replication_num``."""
+        active = [b for b in model.list_backends(conn).values() if b.state == "ACTIVE"]
+        if len(active) < replication_num:
+            raise InvalidRequest(
+                f"replication_num {replication_num} needs {replication_num} active backends, "
+                f"cluster {self.name!r} has {len(active)}: add backends with "
+                f"`replicator backend add {self.name} NAME --storage DIR`"
+            )
+        return active
 
     def _check_partitions(
         self,
@@ -311,3 +269,91 @@ class Cluster:
         with self.engine.connect() as conn:
             table = model.get_table(conn, full_name, self.name)
             return model.list_partitions(conn, table.id)
+
+
+def _check_distribution(
+    full_name: str,
+    cols: list[ColumnDef],
+    distributed_by: Sequence[str],
+    buckets: int,
+    replication_num: int,
+) -> list[str]:
+    """Check buckets, replication_num and the distribution columns; returns the distribution
+    columns (default: the first column)."""
+    names = {c.name for c in cols}
+    if buckets < 1 or buckets > 4096:
+        raise InvalidRequest(f"buckets must be between 1 and 4096, got {buckets}")
+    if replication_num < 1:
+        raise InvalidRequest(f"replication_num must be at least 1, got {replication_num}")
+    dist = list(distributed_by) or [cols[0].name]
+    for col in dist:
+        if col not in names:
+            raise InvalidRequest(f"distribution column {col!r} is not a column of {full_name}")
+    return dist
+
+
+def _database_id(conn: sa.Connection, db_name: str) -> int:
+    """The database's id, creating it on first use."""
+    conn.execute(
+        pg_insert(s.databases).values(name=db_name).on_conflict_do_nothing(index_elements=["name"])
+    )
+    return int(
+        conn.execute(sa.select(s.databases.c.id).where(s.databases.c.name == db_name)).scalar_one()
+    )
+
+
+def _replica_counts(conn: sa.Connection, active: list[model.Backend]) -> Counter[int]:
+    """Replicas each active backend holds already: new tablets go to the least loaded first."""
+    load: Counter[int] = Counter({b.id: 0 for b in active})
+    for backend_id, count in conn.execute(
+        sa.select(s.replicas.c.backend_id, sa.func.count()).group_by(s.replicas.c.backend_id)
+    ):
+        if backend_id in load:
+            load[backend_id] = count
+    return load
+
+
+def _insert_partition(
+    conn: sa.Connection,
+    table_id: int,
+    index_id: int,
+    name: str,
+    lower: Any,
+    upper: Any,
+    buckets: int,
+) -> list[int]:
+    """Insert a partition with a fresh version epoch and its tablets; returns the tablet ids
+    in bucket order."""
+    pid = conn.execute(
+        sa.insert(s.partitions)
+        .values(table_id=table_id, name=name, lower=lower, upper=upper, version_epoch=new_epoch())
+        .returning(s.partitions.c.id)
+    ).scalar_one()
+    return list(
+        conn.execute(
+            sa.insert(s.tablets).returning(s.tablets.c.id, sort_by_parameter_order=True),
+            [{"partition_id": pid, "index_id": index_id, "bucket": b} for b in range(buckets)],
+        )
+        .scalars()
+        .all()
+    )
+
+
+def _place_replicas(
+    tablet_ids: list[int],
+    order: list[int],
+    load: Counter[int],
+    replication_num: int,
+    replica_rows: list[dict[str, int]],
+) -> list[int]:
+    """Choose ``replication_num`` backends for each tablet, counting them in ``load`` and
+    appending to ``replica_rows``; returns the rotated order for the next partition."""
+    for tablet_id in tablet_ids:
+        # Least-loaded backends first; ties broken by a rotating order so that
+        # replicas spread evenly over equally loaded backends.
+        chosen = sorted(order, key=lambda b: (load[b], order.index(b)))[:replication_num]
+        for b in chosen:
+            load[b] += 1
+            replica_rows.append({"tablet_id": tablet_id, "backend_id": b})
+        order = order[1:] + order[:1]
+    return order

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from enum import StrEnum
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
@@ -16,8 +17,21 @@ from sqlalchemy.engine import Engine
 from app.catalog import schema as s
 from app.catalog.model import TableInfo
 from app.errors import LabelConflict, TableBusy, TransactionConflict, TransactionExpired
+from app.storage.rowsets import RowsetState
 
-OPEN_STATES = ("PREPARE", "COMMITTED")
+
+class TxnState(StrEnum):
+    """``transactions.state``: PREPARE -> COMMITTED -> VISIBLE, or PREPARE -> ABORTED.
+    ``mark_visible`` goes from PREPARE to VISIBLE in one step; COMMITTED is still counted as
+    open."""
+
+    PREPARE = "PREPARE"
+    COMMITTED = "COMMITTED"
+    VISIBLE = "VISIBLE"
+    ABORTED = "ABORTED"
+
+
+OPEN_STATES = (TxnState.PREPARE, TxnState.COMMITTED)
 
 
 @dataclass(frozen=True)
@@ -26,7 +40,7 @@ class Txn:
     table_id: int
     label: str
     kind: str
-    state: str
+    state: TxnState
     deadline: dt.datetime
     content_digest: str | None
     reason: str | None
@@ -39,7 +53,7 @@ def _txn(row: sa.Row[tuple[object, ...]]) -> Txn:
         m["table_id"],
         m["label"],
         m["kind"],
-        m["state"],
+        TxnState(m["state"]),
         m["deadline"],
         m["content_digest"],
         m["reason"],
@@ -51,7 +65,7 @@ def find_by_label(conn: sa.Connection, db_id: int, label: str) -> Txn | None:
         sa.select(s.transactions).where(
             s.transactions.c.db_id == db_id,
             s.transactions.c.label == label,
-            s.transactions.c.state != "ABORTED",
+            s.transactions.c.state != TxnState.ABORTED,
         )
     ).first()
     return _txn(row) if row else None
@@ -126,7 +140,7 @@ def lock_open(conn: sa.Connection, txn_id: int) -> Txn:
     if row is None:
         raise TransactionConflict(f"transaction {txn_id} does not exist")
     txn = _txn(row)
-    if txn.state != "PREPARE":
+    if txn.state != TxnState.PREPARE:
         raise TransactionConflict(
             f"transaction {txn.label} is {txn.state}"
             + (f" ({txn.reason})" if txn.reason else "")
@@ -139,7 +153,7 @@ def lock_open(conn: sa.Connection, txn_id: int) -> Txn:
 
 def mark_visible(conn: sa.Connection, txn_id: int) -> None:
     # Committed and published in one step: the catalog commit is the publish.
-    _cas(conn, txn_id, "PREPARE", "VISIBLE", None)
+    _cas(conn, txn_id, TxnState.PREPARE, TxnState.VISIBLE, None)
 
 
 def abort(engine_or_conn: Engine | sa.Connection, txn_id: int, reason: str) -> bool:
@@ -150,14 +164,14 @@ def abort(engine_or_conn: Engine | sa.Connection, txn_id: int, reason: str) -> b
     conn = engine_or_conn
     done = conn.execute(
         sa.update(s.transactions)
-        .where(s.transactions.c.id == txn_id, s.transactions.c.state == "PREPARE")
-        .values(state="ABORTED", reason=reason, finished_at=sa.func.now())
+        .where(s.transactions.c.id == txn_id, s.transactions.c.state == TxnState.PREPARE)
+        .values(state=TxnState.ABORTED, reason=reason, finished_at=sa.func.now())
     ).rowcount
     if done:
         conn.execute(
             sa.update(s.rowsets)
-            .where(s.rowsets.c.txn_id == txn_id, s.rowsets.c.state == "PENDING")
-            .values(state="STALE", stale_at=sa.func.now())
+            .where(s.rowsets.c.txn_id == txn_id, s.rowsets.c.state == RowsetState.PENDING)
+            .values(state=RowsetState.STALE, stale_at=sa.func.now())
         )
     return bool(done)
 
@@ -169,7 +183,8 @@ def abort_expired(engine: Engine) -> list[int]:
             conn.execute(
                 sa.select(s.transactions.c.id)
                 .where(
-                    s.transactions.c.state == "PREPARE", s.transactions.c.deadline < sa.func.now()
+                    s.transactions.c.state == TxnState.PREPARE,
+                    s.transactions.c.deadline < sa.func.now(),
                 )
                 .with_for_update(skip_locked=True)
             )
@@ -181,7 +196,9 @@ def abort_expired(engine: Engine) -> list[int]:
     return list(ids)
 
 
-def _cas(conn: sa.Connection, txn_id: int, expected: str, new: str, reason: str | None) -> None:
+def _cas(
+    conn: sa.Connection, txn_id: int, expected: TxnState, new: TxnState, reason: str | None
+) -> None:
     done = conn.execute(
         sa.update(s.transactions)
         .where(s.transactions.c.id == txn_id, s.transactions.c.state == expected)

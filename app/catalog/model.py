@@ -13,6 +13,7 @@ from sqlalchemy.dialects.postgresql import aggregate_order_by
 from app.catalog import schema as s
 from app.errors import InvalidRequest, NotFound
 from app.schema import ColumnDef, arrow_schema
+from app.storage.rowsets import RowsetState
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ class RowsetInfo:
     txn_id: int
     start_version: int | None
     end_version: int | None
-    state: str
+    state: RowsetState
     num_rows: int
     data_size: int
     files: tuple[dict[str, Any], ...]
@@ -204,7 +205,7 @@ def visible_rowsets(
         return out
     rows = conn.execute(
         sa.select(s.rowsets)
-        .where(s.rowsets.c.tablet_id.in_(tablet_ids), s.rowsets.c.state == "VISIBLE")
+        .where(s.rowsets.c.tablet_id.in_(tablet_ids), s.rowsets.c.state == RowsetState.VISIBLE)
         .order_by(s.rowsets.c.tablet_id, s.rowsets.c.start_version)
     ).all()
     for r in rows:
@@ -223,7 +224,7 @@ def rowset_from_row(m: Any) -> RowsetInfo:
         txn_id=m["txn_id"],
         start_version=m["start_version"],
         end_version=m["end_version"],
-        state=m["state"],
+        state=RowsetState(m["state"]),
         num_rows=m["num_rows"],
         data_size=m["data_size"],
         files=tuple(m["files"]),

@@ -8,27 +8,107 @@ Paths are relative to the root and always use ``/``. Layout of a root:
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
-from typing import BinaryIO, Protocol
+from types import TracebackType
+from typing import Any, BinaryIO, NoReturn, Protocol
 
 from app.errors import StorageUnavailable
 
 
 class StorageClient(Protocol):
-    root: str
+    """A backend's storage root: a directory on this host today, a bucket prefix (S3) later.
 
-    def open_read(self, path: str) -> BinaryIO: ...
-    def open_write(self, path: str) -> BinaryIO: ...
-    def local_path(self, path: str) -> str | None: ...
-    def size(self, path: str) -> int | None: ...
-    def rename(self, src: str, dst: str) -> None: ...
-    def delete_tree(self, path: str) -> None: ...
-    def list_dirs(self, path: str) -> list[str]: ...
-    def walk_files(self, path: str) -> Iterator[tuple[str, float]]: ...
-    def check(self) -> None: ...
+    Rules every implementation keeps, in every method:
+
+    * A path is relative to the root, ``/``-separated, without a leading ``/``, ``.`` or ``..``
+      parts. A "directory" is a prefix that ends at a ``/``: ``data/1`` holds what is stored
+      under ``data/1/``, never ``data/10/...``.
+      Implementations that have real directories create them on demand and may leave them
+      behind empty; callers never rely on an empty directory existing or not.
+    * Something missing is an answer, not a failure: each method below says what it returns
+      or raises when nothing is stored at its path. "Missing" includes a path whose parent is
+      a file (it cannot hold anything either) and, where a file is expected, a directory.
+    * A root that cannot be reached (unmounted or removed, not a directory, permission
+      denied, an endpoint that does not answer) raises StorageUnavailable, a RetryableError:
+      never FileNotFoundError, so that a root that is away is never taken for data that is
+      gone, and never a bare OSError. Any other failure of the storage itself (I/O error,
+      disk full, permission denied on one file) raises StorageUnavailable too.
+    * Nothing is cached between calls: every answer is read from the storage at call time.
+    """
+
+    root: str
+    """Where the storage is, as the catalog records it (today an absolute directory)."""
+
+    def check(self) -> None:
+        """Raise StorageUnavailable unless the root can be reached now. Changes nothing.
+
+        Callers that must tell "root away" from "file missing" ahead of other calls use it;
+        the other methods raise StorageUnavailable by themselves anyway."""
+
+    def open_read(self, path: str) -> BinaryIO:
+        """A reader of the whole file at ``path``, from its first byte; the caller closes it.
+
+        Missing: raises FileNotFoundError. Root unreachable or the file unreadable: raises
+        StorageUnavailable. Errors while reading from the returned stream may be plain
+        OSError (``app.errors.retryable`` counts them as transient)."""
+
+    def open_write(self, path: str) -> BinaryIO:
+        """A writer that creates ``path``, or empties it if it exists; the caller closes it.
+
+        Parent directories are created as needed. Not atomic: until the writer is closed the
+        file may be partial (an object store publishes it on close), so callers write to a
+        temporary name and ``rename`` it into place. Closing does not promise durability
+        (no fsync). Repeating a write of the same bytes gives the same file. Root unreachable
+        or the file not writable: raises StorageUnavailable; errors while writing or closing
+        may be plain OSError."""
+
+    def local_path(self, path: str) -> str | None:
+        """The name of ``path`` on this host's file system, for tools that need a file name
+        (memory-mapping, external programs), or None when the storage has none (object
+        storage): callers must then fall back to ``open_read``/``open_write``.
+
+        Pure: no I/O, no check that anything exists there, never raises."""
+
+    def size(self, path: str) -> int | None:
+        """The size in bytes of the file at ``path``; None if no file is there (a directory
+        or prefix is not a file). Root unreachable: raises StorageUnavailable."""
+
+    def rename(self, src: str, dst: str) -> None:
+        """Move the file at ``src`` to ``dst`` on the same root (files only, not directories).
+
+        Parent directories of ``dst`` are created as needed. An existing ``dst`` is replaced
+        atomically: a reader of ``dst`` sees the old file or the new one, never a mix or
+        nothing. ``src`` missing: raises FileNotFoundError (so a repeated rename fails once
+        the first one succeeded; callers that retry check ``dst`` first). Root unreachable:
+        raises StorageUnavailable."""
+
+    def delete_tree(self, path: str) -> None:
+        """Delete the file at ``path`` or, if it is a directory (prefix), everything under it.
+
+        Missing: nothing happens, so it is idempotent and safe to repeat after a crash.
+        Not atomic: a failure part way leaves some files, which a later call removes.
+        Root unreachable, or something that could not be removed: raises StorageUnavailable
+        (callers cleaning up after another error decide whether to suppress it)."""
+
+    def list_dirs(self, path: str) -> list[str]:
+        """Names (not paths) of the directories (prefixes) directly under ``path``, sorted.
+
+        Files directly under ``path`` are not listed. Missing, or not a directory: ``[]``
+        (an object store cannot tell an empty prefix from a missing one). Root unreachable:
+        raises StorageUnavailable."""
+
+    def walk_files(self, path: str) -> Iterator[tuple[str, float]]:
+        """``(path, mtime)`` of every file under ``path`` at any depth, in no given order;
+        the path is relative to the root (ready for the other methods), mtime is in Unix
+        seconds (an object's last-modified time).
+
+        Lazy: errors surface while iterating. Missing: yields nothing. A file that vanishes
+        during the walk is skipped. Root unreachable: raises StorageUnavailable."""
 
 
 class LocalStorage:
@@ -40,6 +120,26 @@ class LocalStorage:
     def _abs(self, path: str) -> Path:
         return Path(self.root, path)
 
+    def _missing(self, exc: OSError) -> bool:
+        """Whether ``exc`` means "no file at that path" in a reachable root: nothing there, a
+        parent that is a file, or a directory where a file was asked for (a prefix, to an
+        object store). A root that is not there fails every path the same way: that is an
+        unreachable root, not a missing file."""
+        missing = FileNotFoundError | NotADirectoryError | IsADirectoryError
+        return isinstance(exc, missing) and os.path.isdir(self.root)
+
+    def _unavailable(self, doing: str, path: str, exc: OSError) -> StorageUnavailable:
+        return StorageUnavailable(f"cannot {doing} {path} under {self.root}: {exc}")
+
+    def _not_found(self, doing: str, path: str, exc: OSError) -> NoReturn:
+        """Raise FileNotFoundError if ``exc`` means the file is missing, else
+        StorageUnavailable."""
+        if not self._missing(exc):
+            raise self._unavailable(doing, path, exc) from exc
+        if isinstance(exc, FileNotFoundError):
+            raise exc
+        raise FileNotFoundError(errno.ENOENT, f"no file {path} under {self.root}") from exc
+
     def check(self) -> None:
         if not os.path.isdir(self.root):
             raise StorageUnavailable(f"storage root {self.root} is not a reachable directory")
@@ -47,62 +147,96 @@ class LocalStorage:
     def open_read(self, path: str) -> BinaryIO:
         try:
             return open(self._abs(path), "rb")
-        except FileNotFoundError:
-            raise
         except OSError as exc:
-            raise StorageUnavailable(f"cannot read {path} under {self.root}: {exc}") from exc
+            self._not_found("read", path, exc)
 
     def open_write(self, path: str) -> BinaryIO:
         target = self._abs(path)
-        # Directories usually exist: try first, create them on demand.
         try:
-            return open(target, "wb")
-        except FileNotFoundError:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            return open(target, "wb")
+            # Directories usually exist: try first, create them on demand.
+            try:
+                return open(target, "wb")
+            except FileNotFoundError:
+                self.check()
+                target.parent.mkdir(parents=True, exist_ok=True)
+                return open(target, "wb")
+        except OSError as exc:
+            raise self._unavailable("write", path, exc) from exc
 
     def local_path(self, path: str) -> str | None:
         return str(self._abs(path))
 
     def size(self, path: str) -> int | None:
         try:
-            return self._abs(path).stat().st_size
-        except FileNotFoundError:
-            return None
+            st = self._abs(path).stat()
+        except OSError as exc:
+            if self._missing(exc):
+                return None
+            raise self._unavailable("stat", path, exc) from exc
+        return st.st_size if stat.S_ISREG(st.st_mode) else None
 
     def rename(self, src: str, dst: str) -> None:
         target = self._abs(dst)
         try:
-            os.replace(self._abs(src), target)
-        except FileNotFoundError:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(self._abs(src), target)
+            try:
+                os.replace(self._abs(src), target)
+            except FileNotFoundError:
+                self.check()
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(self._abs(src), target)
+        except OSError as exc:
+            # Either side may fail as "missing": only a missing source is FileNotFoundError.
+            if not self._missing(exc) or os.path.lexists(self._abs(src)):
+                raise self._unavailable("rename", f"{src} to {dst}", exc) from exc
+            self._not_found("rename", src, exc)
 
     def delete_tree(self, path: str) -> None:
         target = self._abs(path)
-        if target.is_dir():
-            shutil.rmtree(target, ignore_errors=True)
-        elif target.exists():
-            target.unlink(missing_ok=True)
+        try:
+            st = target.lstat()
+        except OSError as exc:
+            if self._missing(exc):
+                return
+            raise self._unavailable("delete", path, exc) from exc
+        try:
+            if stat.S_ISDIR(st.st_mode):
+                shutil.rmtree(target, onerror=_vanished_is_fine)
+            else:
+                target.unlink(missing_ok=True)
+        except OSError as exc:
+            raise self._unavailable("delete", path, exc) from exc
 
     def list_dirs(self, path: str) -> list[str]:
-        target = self._abs(path)
-        if not target.is_dir():
-            return []
-        return sorted(p.name for p in target.iterdir() if p.is_dir())
+        try:
+            with os.scandir(self._abs(path)) as entries:
+                return sorted(e.name for e in entries if e.is_dir())
+        except OSError as exc:
+            if self._missing(exc):
+                return []
+            raise self._unavailable("list", path, exc) from exc
 
     def walk_files(self, path: str) -> Iterator[tuple[str, float]]:
-        base = self._abs(path)
-        if not base.is_dir():
-            return
-        for dirpath, _dirs, files in os.walk(base):
+        def failed(exc: OSError) -> None:
+            if not self._missing(exc):
+                raise self._unavailable("walk", path, exc) from exc
+
+        for dirpath, _dirs, files in os.walk(self._abs(path), onerror=failed):
             for name in files:
                 full = Path(dirpath, name)
                 try:
                     mtime = full.stat().st_mtime
-                except FileNotFoundError:
-                    continue
-                yield str(full.relative_to(self.root)), mtime
+                except OSError as exc:
+                    failed(exc)
+                    continue  # removed during the walk
+                yield full.relative_to(self.root).as_posix(), mtime
+
+
+def _vanished_is_fine(
+    _func: Any, _path: str, exc_info: tuple[type[BaseException], BaseException, TracebackType]
+) -> None:
+    """``shutil.rmtree``'s error handler: something removed meanwhile needs no removing."""
+    if not isinstance(exc_info[1], FileNotFoundError):
+        raise exc_info[1]
 
 
 def storage_for(root: str) -> StorageClient:

@@ -8,6 +8,7 @@ than the grace period (a crash between writing a file and recording it).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -17,8 +18,10 @@ from app import txn as txns
 from app.catalog import model
 from app.catalog import schema as s
 from app.cluster import Cluster
+from app.errors import StorageUnavailable
 from app.storage import holds
-from app.storage.client import rowset_dir, storage_for
+from app.storage.client import StorageClient, rowset_dir, storage_for
+from app.storage.rowsets import RowsetState
 
 
 @dataclass
@@ -41,38 +44,12 @@ def collect(cluster: Cluster, *, orphan_grace_sec: int | None = None) -> GcRepor
             sa.delete(s.holds).where(s.holds.c.expires_at <= sa.func.now())
         ).rowcount
         held = holds.held_rowsets_subquery()
-        report.kept_by_holds = int(
-            conn.execute(
-                sa.select(sa.func.count())
-                .select_from(s.rowsets)
-                .where(s.rowsets.c.state == "STALE", s.rowsets.c.id.in_(held))
-            ).scalar_one()
-        )
-        doomed = conn.execute(
-            sa.select(s.rowsets.c.id, s.rowsets.c.tablet_id)
-            .where(s.rowsets.c.state == "STALE", s.rowsets.c.id.not_in(held))
-            .with_for_update(skip_locked=True)
-        ).all()
-        backends = model.list_backends(conn)
-        replica_rows = conn.execute(
-            sa.select(s.replicas.c.tablet_id, s.replicas.c.backend_id)
-        ).all()
-        by_tablet: dict[int, list[int]] = {}
-        for rep in replica_rows:
-            by_tablet.setdefault(rep.tablet_id, []).append(rep.backend_id)
-        for r in doomed:
-            # Replicated rowsets may also sit on a former replica backend; try them all.
-            for b in by_tablet.get(r.tablet_id, backends.keys()):
-                storage_for(backends[b].storage_root).delete_tree(rowset_dir(r.tablet_id, r.id))
-        if doomed:
-            conn.execute(
-                sa.update(s.rowsets)
-                .where(s.rowsets.c.id.in_([r.id for r in doomed]))
-                .values(state="DELETED")
-            )
-        report.deleted_rowsets = len(doomed)
+        report.kept_by_holds = _count_held_stale(conn, held)
+        report.deleted_rowsets, backends = _delete_stale_rowsets(conn, held)
         live = set(
-            conn.execute(sa.select(s.rowsets.c.id).where(s.rowsets.c.state != "DELETED")).scalars()
+            conn.execute(
+                sa.select(s.rowsets.c.id).where(s.rowsets.c.state != RowsetState.DELETED)
+            ).scalars()
         )
         open_txns = set(
             conn.execute(
@@ -82,18 +59,72 @@ def collect(cluster: Cluster, *, orphan_grace_sec: int | None = None) -> GcRepor
     cutoff = time.time() - grace
     for backend in backends.values():
         storage = storage_for(backend.storage_root)
-        for tablet_dir in storage.list_dirs("data"):
-            for rowset_id in storage.list_dirs(f"data/{tablet_dir}"):
-                if rowset_id in live:
-                    continue
-                path = f"data/{tablet_dir}/{rowset_id}"
-                newest = max((m for _p, m in storage.walk_files(path)), default=0.0)
-                if newest < cutoff:
-                    storage.delete_tree(path)
-                    report.orphan_files += 1
-        for txn_dir in storage.list_dirs("staging"):
-            if txn_dir.isdigit() and int(txn_dir) in open_txns:
-                continue
-            storage.delete_tree(f"staging/{txn_dir}")
-            report.staging_dirs += 1
+        # A backend that cannot be reached is swept by a later run, once it is back.
+        with contextlib.suppress(StorageUnavailable):
+            _sweep_orphans(storage, live, cutoff, report)
+            _sweep_staging(storage, open_txns, report)
     return report
+
+
+def _count_held_stale(conn: sa.Connection, held: sa.Select[tuple[str]]) -> int:
+    return int(
+        conn.execute(
+            sa.select(sa.func.count())
+            .select_from(s.rowsets)
+            .where(s.rowsets.c.state == RowsetState.STALE, s.rowsets.c.id.in_(held))
+        ).scalar_one()
+    )
+
+
+def _delete_stale_rowsets(
+    conn: sa.Connection, held: sa.Select[tuple[str]]
+) -> tuple[int, dict[int, model.Backend]]:
+    """Delete the files of STALE rowsets no hold covers and mark them DELETED. Returns how
+    many, and the cluster's backends."""
+    doomed = conn.execute(
+        sa.select(s.rowsets.c.id, s.rowsets.c.tablet_id)
+        .where(s.rowsets.c.state == RowsetState.STALE, s.rowsets.c.id.not_in(held))
+        .with_for_update(skip_locked=True)
+    ).all()
+    backends = model.list_backends(conn)
+    replica_rows = conn.execute(sa.select(s.replicas.c.tablet_id, s.replicas.c.backend_id)).all()
+    by_tablet: dict[int, list[int]] = {}
+    for rep in replica_rows:
+        by_tablet.setdefault(rep.tablet_id, []).append(rep.backend_id)
+    for r in doomed:
+        # Replicated rowsets may also sit on a former replica backend; try them all.
+        for b in by_tablet.get(r.tablet_id, backends.keys()):
+            # An unreachable backend keeps the files: once the row is DELETED they are
+            # orphans, which the sweep removes when the backend is back.
+            with contextlib.suppress(StorageUnavailable):
+                storage_for(backends[b].storage_root).delete_tree(rowset_dir(r.tablet_id, r.id))
+    if doomed:
+        conn.execute(
+            sa.update(s.rowsets)
+            .where(s.rowsets.c.id.in_([r.id for r in doomed]))
+            .values(state=RowsetState.DELETED)
+        )
+    return len(doomed), backends
+
+
+def _sweep_orphans(storage: StorageClient, live: set[str], cutoff: float, report: GcReport) -> None:
+    """Delete rowset directories that no live catalog row names and whose newest file is older
+    than ``cutoff`` (a crash between writing a file and recording it)."""
+    for tablet_dir in storage.list_dirs("data"):
+        for rowset_id in storage.list_dirs(f"data/{tablet_dir}"):
+            if rowset_id in live:
+                continue
+            path = f"data/{tablet_dir}/{rowset_id}"
+            newest = max((m for _p, m in storage.walk_files(path)), default=0.0)
+            if newest < cutoff:
+                storage.delete_tree(path)
+                report.orphan_files += 1
+
+
+def _sweep_staging(storage: StorageClient, open_txns: set[int], report: GcReport) -> None:
+    """Delete the staging directories of transactions that are no longer open."""
+    for txn_dir in storage.list_dirs("staging"):
+        if txn_dir.isdigit() and int(txn_dir) in open_txns:
+            continue
+        storage.delete_tree(f"staging/{txn_dir}")
+        report.staging_dirs += 1

@@ -4,16 +4,40 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator, Sequence
+from enum import StrEnum
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from app.catalog.model import Backend, RowsetInfo
 from app.errors import ChecksumMismatch, SourceDataGone, StorageUnavailable
 from app.storage.checksum import FileMeta, checksum_stream, copy_verified
 from app.storage.client import StorageClient, rowset_dir, storage_for
 
+if TYPE_CHECKING:
+    # Annotations only: app.catalog.model imports RowsetState from here.
+    from app.catalog.model import Backend, RowsetInfo
+
 DATA_FILE = "0.parquet"
+
+
+class RowsetState(StrEnum):
+    """The life of a rowset (``rowsets.state``)::
+
+        PENDING --commit--> VISIBLE --replaced--> STALE --gc--> DELETED
+        PENDING --abort---> STALE
+
+    PENDING: written by an open transaction (a load, a compaction, a replication apply);
+    nothing reads it. VISIBLE: part of its tablet at versions [start_version, end_version].
+    STALE: replaced by a compaction, an overwrite or a full replication, or left by an aborted
+    transaction; its files stay until GC deletes them, and as long as a hold covers them.
+    DELETED: its files are gone (or being removed); the row remains as a record.
+    """
+
+    PENDING = "PENDING"
+    VISIBLE = "VISIBLE"
+    STALE = "STALE"
+    DELETED = "DELETED"
 
 
 def new_rowset_id() -> str:
