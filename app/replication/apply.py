@@ -25,7 +25,8 @@ from app.replication.runner import BatchOutcome, ProgressFn, TaskRunner
 from app.replication.taskrows import Claimed
 from app.storage.checksum import FileMeta
 from app.storage.client import rowset_dir, staging_dir, storage_for
-from app.storage.rowsets import verify_file
+from app.storage.rowsets import RowsetState, verify_file
+from app.txn import TxnState
 from app.units import MB
 
 # Target rowset ids are derived, not drawn: a rerun of the same task names the same rowsets.
@@ -159,7 +160,7 @@ def _apply_one(
                 "txn_id": job.txn_id,
                 "start_version": rs["start"],
                 "end_version": rs["end"],
-                "state": "PENDING",
+                "state": RowsetState.PENDING,
                 "num_rows": rs["num_rows"],
                 "data_size": rs["data_size"],
                 "files": rs["files"],
@@ -180,7 +181,7 @@ def _flush(runner: TaskRunner, job: Any, applied: list[_Applied], out: BatchOutc
             .where(s.transactions.c.id == job.txn_id)
             .with_for_update(read=True)
         ).scalar_one()
-        if state != "PREPARE":
+        if state != TxnState.PREPARE:
             raise LeaseLost(f"job {runner.job_id}'s transaction is {state}; dropping the apply")
         rows = [r for a in applied for r in a.rowsets]
         if rows:

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import math
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,6 +41,7 @@ from app.replication.state import (
     step,
 )
 from app.replication.taskrows import TaskKind
+from app.txn import TxnState
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +150,7 @@ class Coordinator:
                 ).where(s.transactions.c.id == job.txn_id)
             ).first()
             if row is not None:
-                txn_state, expired = row[0], bool(row[1]) and row[0] == "PREPARE"
+                txn_state, expired = row[0], bool(row[1]) and row[0] == TxnState.PREPARE
         counts, failure = taskrows.counts(conn, job.id, TaskKind.of_phase(state))
         return JobFacts(
             state=state,
@@ -319,13 +321,18 @@ class Coordinator:
 
     def _cleanup(self, dst: Cluster, job: Any, actions: list[Action]) -> None:
         """After the tick's transaction: remove what an aborted job left on the target, and
-        release the source holds of a finished job."""
-        try:
-            if Action.ABORT in actions and job.txn_id is not None:
-                finish.clean_target(dst, job.txn_id)
-            finish.release_holds(Cluster(self.settings, job.src_cluster), dst.name, job.id)
-        except Exception:
-            log.exception("cleanup after job %s on %s did not finish", job.id, dst.name)
+        release the source holds of a finished job (each step on its own: a target that cannot
+        be cleaned now must not keep the source's files pinned)."""
+        steps: list[tuple[str, Callable[[], object]]] = []
+        if Action.ABORT in actions and job.txn_id is not None:
+            steps.append(("target cleanup", lambda: finish.clean_target(dst, job.txn_id)))
+        src = Cluster(self.settings, job.src_cluster)
+        steps.append(("hold release", lambda: finish.release_holds(src, dst.name, job.id)))
+        for what, run in steps:
+            try:
+                run()
+            except Exception:
+                log.exception("%s after job %s on %s did not finish", what, job.id, dst.name)
 
 
 def record_event(

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import logging
+
 import sqlalchemy as sa
 
 from app import txn as txns
 from app.catalog import model
 from app.catalog import schema as s
 from app.cluster import Cluster
-from app.errors import TargetMoved
+from app.errors import StorageUnavailable, TargetMoved
 from app.replication import taskrows
 from app.storage import holds
 from app.storage.client import rowset_dir, staging_dir, storage_for
+from app.storage.rowsets import RowsetState
+
+log = logging.getLogger(__name__)
 
 
 def hold_owner(dst_cluster: str, job_id: int) -> str:
@@ -45,13 +50,13 @@ def commit(conn: sa.Connection, job_id: int, txn_id: int) -> dict[str, int]:
     full_tablets = taskrows.snapshot_targets(job_id, full_only=True)
     conn.execute(
         sa.update(s.rowsets)
-        .where(s.rowsets.c.tablet_id.in_(full_tablets), s.rowsets.c.state == "VISIBLE")
-        .values(state="STALE", stale_at=sa.func.now())
+        .where(s.rowsets.c.tablet_id.in_(full_tablets), s.rowsets.c.state == RowsetState.VISIBLE)
+        .values(state=RowsetState.STALE, stale_at=sa.func.now())
     )
     conn.execute(
         sa.update(s.rowsets)
-        .where(s.rowsets.c.txn_id == txn_id, s.rowsets.c.state == "PENDING")
-        .values(state="VISIBLE")
+        .where(s.rowsets.c.txn_id == txn_id, s.rowsets.c.state == RowsetState.PENDING)
+        .values(state=RowsetState.VISIBLE)
     )
     versions = {}
     for p in plans:
@@ -81,7 +86,7 @@ def clean_target(dst: Cluster, txn_id: int) -> int:
         backends = model.list_backends(conn)
         rows = conn.execute(
             sa.select(s.rowsets.c.id, s.rowsets.c.tablet_id).where(
-                s.rowsets.c.txn_id == txn_id, s.rowsets.c.state == "STALE"
+                s.rowsets.c.txn_id == txn_id, s.rowsets.c.state == RowsetState.STALE
             )
         ).all()
         tablet_backends: dict[int, list[int]] = {}
@@ -94,16 +99,25 @@ def clean_target(dst: Cluster, txn_id: int) -> int:
                 tablet_backends.setdefault(rep.tablet_id, []).append(rep.backend_id)
         for r in rows:
             for b in tablet_backends.get(r.tablet_id, []):
-                storage_for(backends[b].storage_root).delete_tree(rowset_dir(r.tablet_id, r.id))
+                _delete(backends[b], rowset_dir(r.tablet_id, r.id))
         if rows:
             conn.execute(
                 sa.update(s.rowsets)
                 .where(s.rowsets.c.id.in_([r.id for r in rows]))
-                .values(state="DELETED")
+                .values(state=RowsetState.DELETED)
             )
     for backend in backends.values():
-        storage_for(backend.storage_root).delete_tree(staging_dir(txn_id))
+        _delete(backend, staging_dir(txn_id))
     return len(rows)
+
+
+def _delete(backend: model.Backend, path: str) -> None:
+    """Best effort: a backend that cannot be reached now keeps the files until GC's orphan
+    sweep finds them (the catalog no longer names them)."""
+    try:
+        storage_for(backend.storage_root).delete_tree(path)
+    except StorageUnavailable as exc:
+        log.warning("cannot remove %s on backend %s now: %s", path, backend.name, exc)
 
 
 def release_holds(src: Cluster, dst_cluster: str, job_id: int) -> int:

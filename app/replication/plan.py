@@ -16,6 +16,7 @@ from app.catalog import schema as s
 from app.catalog.model import TableInfo
 from app.cluster import Cluster, PartitionSpec
 from app.errors import InvalidRequest, NotFound, SchemaMismatch, VersionConflict
+from app.storage.rowsets import RowsetState
 
 
 @dataclass(frozen=True)
@@ -273,7 +274,7 @@ def _sizes(conn: sa.Connection, table_id: int) -> dict[int, int]:
         sa.select(s.tablets.c.partition_id, sa.func.coalesce(sa.func.sum(s.rowsets.c.data_size), 0))
         .join(s.rowsets, s.rowsets.c.tablet_id == s.tablets.c.id)
         .join(s.partitions, s.partitions.c.id == s.tablets.c.partition_id)
-        .where(s.partitions.c.table_id == table_id, s.rowsets.c.state == "VISIBLE")
+        .where(s.partitions.c.table_id == table_id, s.rowsets.c.state == RowsetState.VISIBLE)
         .group_by(s.tablets.c.partition_id)
     ).all()
     return {r[0]: int(r[1]) for r in rows}

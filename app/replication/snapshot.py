@@ -23,6 +23,7 @@ from app.replication.state import JobState
 from app.replication.taskrows import Claimed
 from app.storage import holds
 from app.storage.client import rowset_dir, storage_for
+from app.storage.rowsets import RowsetState
 
 
 def snapshot_batch(runner: TaskRunner, job: Any, claims: list[Claimed], out: BatchOutcome) -> None:
@@ -90,7 +91,7 @@ def _manifests(
         sa.select(s.rowsets)
         .where(
             s.rowsets.c.tablet_id.in_({c.row.src_tablet_id for c in claims}),
-            s.rowsets.c.state == "VISIBLE",
+            s.rowsets.c.state == RowsetState.VISIBLE,
         )
         .order_by(s.rowsets.c.tablet_id, s.rowsets.c.start_version)
         .with_for_update(read=True)

@@ -19,6 +19,7 @@ from app.client import ClusterHandle, Job, Replicator
 from app.config import Settings
 from app.replication.state import JobState
 from app.replication.taskrows import TaskKind, TaskState
+from app.storage.rowsets import RowsetState
 from tests.harness import PostgresServer, RedisServer, Workers, wait_until
 from tests.integration.rig import create_test_table, rows
 
@@ -116,7 +117,8 @@ class FaultRig:
             assert self.content(self.dst, table) == self.content(self.src, table)
         else:
             assert self.content(self.dst, table) == before
-        assert self.scalar(self.dst, "SELECT count(*) FROM rowsets WHERE state = 'PENDING'") == 0
+        pending = "SELECT count(*) FROM rowsets WHERE state = :s"
+        assert self.scalar(self.dst, pending, s=RowsetState.PENDING) == 0
         assert (
             self.scalar(self.dst, "SELECT count(*) FROM transactions WHERE state = 'PREPARE'") == 0
         )

@@ -12,6 +12,7 @@ import sqlalchemy as sa
 
 from app.replication.state import JobState
 from app.replication.taskrows import TaskKind, TaskState
+from app.storage.rowsets import RowsetState
 from tests.faults.conftest import FaultRig, record
 from tests.harness import wait_until
 
@@ -220,7 +221,12 @@ def test_a_transaction_timeout_aborts_the_job_and_cleans_up(rig: FaultRig) -> No
     assert job.state is JobState.ABORTED
     assert job.message == "transaction timeout reached"
     wait_until(
-        lambda: rig.scalar(rig.dst, "SELECT count(*) FROM rowsets WHERE state = 'PENDING'") == 0,
+        lambda: (
+            rig.scalar(
+                rig.dst, "SELECT count(*) FROM rowsets WHERE state = :s", s=RowsetState.PENDING
+            )
+            == 0
+        ),
         10,
         "pending rowsets to go",
     )

@@ -23,6 +23,7 @@ from app.catalog import engine as engine_module
 from app.catalog import schema as s
 from app.client import ClusterHandle, Replicator
 from app.config import Settings
+from app.storage.rowsets import RowsetState
 
 CLUSTER = f"clierr{uuid.uuid4().hex[:8]}"
 MISSING_CLUSTER = f"nosuch{uuid.uuid4().hex[:8]}"
@@ -52,7 +53,9 @@ def snapshot(handle: ClusterHandle, settings: Settings) -> dict[str, Any]:
         ).all()
         rowsets = conn.execute(
             sa.select(s.rowsets.c.id, s.rowsets.c.state)
-            .where(s.rowsets.c.state.in_(["VISIBLE", "PENDING", "STALE"]))
+            .where(
+                s.rowsets.c.state.in_([RowsetState.VISIBLE, RowsetState.PENDING, RowsetState.STALE])
+            )
             .order_by(s.rowsets.c.id)
         ).all()
         live_txns = conn.execute(

@@ -31,6 +31,7 @@ from app.errors import LabelConflict, RowsOutsidePartitions
 from app.rowhash import ContentChecksum
 from app.storage import load as load_module
 from app.storage.load import Loader
+from app.storage.rowsets import RowsetState
 from tests.integration.rig import replica_paths
 
 CRASH_SCRIPT = Path(__file__).with_name("crash_load.py")
@@ -94,7 +95,11 @@ def rowsets_of(handle: ClusterHandle, where: Any = sa.true()) -> list[sa.Row[Any
 
 def state(handle: ClusterHandle, table: str) -> tuple[Any, ...]:
     """Everything a refused request must leave untouched."""
-    visible = [(r.id, r.state) for r in rowsets_of(handle) if r.state in ("VISIBLE", "PENDING")]
+    visible = [
+        (r.id, r.state)
+        for r in rowsets_of(handle)
+        if r.state in (RowsetState.VISIBLE, RowsetState.PENDING)
+    ]
     return (
         versions(handle, table),
         [c.content() for c in handle.checksum(table)],
@@ -279,7 +284,7 @@ def test_a_load_killed_before_commit_leaves_nothing_visible_and_gc_removes_it_af
     # Nothing of the dead load is visible, but its files are on disk, on both replicas.
     assert handle.checksum("db.t") == before
     pending = rowsets_of(handle, s.rowsets.c.txn_id == info["txn_id"])
-    assert len(pending) == 3 and {r.state for r in pending} == {"PENDING"}
+    assert len(pending) == 3 and {r.state for r in pending} == {RowsetState.PENDING}
     paths = replica_paths(handle, pending)
     assert len(paths) == 6 and all(p.is_file() for p in paths)
     with handle.catalog.engine.connect() as conn:

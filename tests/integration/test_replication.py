@@ -14,6 +14,7 @@ from app.config import Settings
 from app.errors import LabelConflict, NotFound, SchemaMismatch, TableBusy, VersionConflict
 from app.replication.state import JobState
 from app.replication.taskrows import TaskKind
+from app.storage.rowsets import RowsetState
 from tests.harness import wait_until
 from tests.integration.rig import COLUMNS, PARTITIONS, Rig, rows, start_rig
 
@@ -148,8 +149,9 @@ def test_a_cancelled_job_leaves_the_target_exactly_as_it_was(rig: Rig) -> None:
     assert (
         rig.count(
             rig.dst,
-            "SELECT count(*) FROM rowsets WHERE txn_id = :t AND state IN ('PENDING', 'VISIBLE')",
+            "SELECT count(*) FROM rowsets WHERE txn_id = :t AND state = ANY(:s)",
             t=txn_id,
+            s=[RowsetState.PENDING, RowsetState.VISIBLE],
         )
         == 0
     )
