@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
+import urllib.parse
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -88,26 +89,39 @@ class Cluster:
         _ready.add(self.dsn)
 
     # -- backends --------------------------------------------------------------------------
-    def add_backend(self, name: str, storage_root: str) -> model.Backend:
+    def add_backend(
+        self, name: str, storage_root: str, transfer_url: str | None = None
+    ) -> model.Backend:
+        """Register a backend (idempotent). ``transfer_url`` is where other hosts reach its
+        transfer server; giving it again for an existing backend updates it."""
         if not name or not all(c.isalnum() or c in "_-" for c in name):
             raise InvalidRequest(f"backend name {name!r} may use letters, digits, '_' and '-'")
+        url = check_transfer_url(transfer_url) if transfer_url is not None else None
         root = os.path.abspath(storage_root)
         os.makedirs(root, exist_ok=True)
         with self.engine.begin() as conn:
             existing = conn.execute(sa.select(s.backends).where(s.backends.c.name == name)).first()
             if existing is not None:
                 if existing.storage_root == root and existing.state == "ACTIVE":
-                    return model.Backend(existing.id, name, root, existing.state)
+                    if url is not None and url != existing.transfer_url:
+                        conn.execute(
+                            sa.update(s.backends)
+                            .where(s.backends.c.id == existing.id)
+                            .values(transfer_url=url)
+                        )
+                    return model.Backend(
+                        existing.id, name, root, existing.state, url or existing.transfer_url
+                    )
                 raise AlreadyExists(
                     f"backend {name!r} already exists in cluster {self.name!r} "
                     f"with storage {existing.storage_root} ({existing.state})"
                 )
             new_id = conn.execute(
                 sa.insert(s.backends)
-                .values(name=name, storage_root=root)
+                .values(name=name, storage_root=root, transfer_url=url)
                 .returning(s.backends.c.id)
             ).scalar_one()
-        return model.Backend(new_id, name, root, "ACTIVE")
+        return model.Backend(new_id, name, root, "ACTIVE", url)
 
     def backends(self) -> list[model.Backend]:
         with self.engine.connect() as conn:
@@ -357,3 +371,26 @@ def _place_replicas(
             replica_rows.append({"tablet_id": tablet_id, "backend_id": b})
         order = order[1:] + order[:1]
     return order
+
+
+def check_transfer_url(url: str) -> str:
+    """``https://host:port`` (or ``http://`` for insecure set-ups), nothing else."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if (
+        parts.scheme not in ("https", "http")
+        or not parts.hostname
+        or port is None
+        or parts.username
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+    ):
+        raise InvalidRequest(
+            f"transfer URL {url[:80]!r} must be https://HOST:PORT (http:// only for insecure "
+            "set-ups), the address other hosts reach this backend's transfer server at"
+        )
+    return f"{parts.scheme}://{parts.netloc}"

@@ -21,6 +21,8 @@ from app.errors import InvalidRequest
 
 CLUSTER_NAME = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 
+TRANSFER_MODES = ("https", "http", "shared")
+
 DEFAULT_DSN_TEMPLATE = "postgresql+psycopg://postgres@127.0.0.1:5432/olap_{cluster}"
 
 
@@ -28,7 +30,7 @@ DEFAULT_DSN_TEMPLATE = "postgresql+psycopg://postgres@127.0.0.1:5432/olap_{clust
 class Settings:
     broker_url: str = "redis://127.0.0.1:6379/0"
     dsn_template: str = DEFAULT_DSN_TEMPLATE
-    clusters: dict[str, str] = field(default_factory=dict)
+    clusters: dict[str, str] = field(default_factory=dict, repr=False)  # DSNs hold passwords
     # Transactions and jobs (names follow StarRocks).
     load_transaction_timeout_sec: int = 3600
     replication_transaction_timeout_sec: int = 86400
@@ -48,8 +50,26 @@ class Settings:
     # Minimum lease of a source hold; holds also last as long as their job's transaction.
     hold_lease_sec: int = 3600
     copy_buffer_bytes: int = 8 * 1024 * 1024
-    # Per worker process; 0 = unlimited. Keeps replication from starving a backend's disk.
+    # -- Transfer between clusters (README: "Hosts and ports") --------------------------------
+    # https: apply tasks download from the source backend's transfer server over TLS (default);
+    # http: the same without TLS, only when asked for (the demo prints that it is insecure);
+    # shared: read source files through their storage roots, for roots every host mounts.
+    transfer_mode: str = "https"
+    transfer_ca_file: str = ""  # the CA bundle that signs the source transfer servers
+    # This host's certificate and key: the transfer server's, and the client certificate that
+    # downloads present when the source requires mutual TLS.
+    transfer_cert_file: str = ""
+    transfer_key_file: str = ""
+    # Transfer server: when set, only clients with a certificate signed by it may download.
+    transfer_client_ca_file: str = ""
+    # One budget per (source cluster -> target cluster) link, shared by every apply process
+    # through Redis; 0 = unlimited.
     transfer_bandwidth_mb_per_sec: float = 0.0
+    # Per transfer server (source side), to protect the source's own queries; 0 = unlimited.
+    transfer_serving_cap_mb_per_sec: float = 0.0
+    # Per source cluster: the secret its snapshot tasks sign download tokens with and its
+    # transfer servers check them with. Only that cluster's hosts need it.
+    transfer_secrets: dict[str, str] = field(default_factory=dict, repr=False)
     # Garbage collection: files no catalog row mentions are deleted once this old.
     orphan_file_grace_sec: int = 3600
 
@@ -58,6 +78,23 @@ class Settings:
         if cluster in self.clusters:
             return self.clusters[cluster]
         return self.dsn_template.format(cluster=cluster)
+
+    def __post_init__(self) -> None:
+        if self.transfer_mode not in TRANSFER_MODES:
+            raise InvalidRequest(
+                f"transfer_mode must be one of {', '.join(TRANSFER_MODES)}, "
+                f"got {self.transfer_mode!r}"
+            )
+
+    def transfer_secret(self, cluster: str) -> bytes:
+        secret = self.transfer_secrets.get(cluster, "")
+        if not secret:
+            raise InvalidRequest(
+                f"cluster {cluster!r} has no transfer secret: set "
+                f"REPLICATOR_CLUSTER_{cluster.upper()}_TRANSFER_SECRET (or transfer_secret under "
+                f"[clusters.{cluster}]) on its hosts, e.g. to the output of `openssl rand -hex 32`"
+            )
+        return secret.encode()
 
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)
@@ -93,27 +130,48 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
             raise InvalidRequest(f"settings file {config_path} is not valid TOML: {exc}") from None
         for key, raw in data.items():
             if key == "clusters":
-                for name, c in raw.items():
-                    if not isinstance(c, dict) or not isinstance(c.get("dsn"), str):
-                        raise InvalidRequest(
-                            f"clusters.{name} needs a dsn in {config_path}: "
-                            f'write [clusters.{name}] dsn = "postgresql+psycopg://..."'
-                        )
-                values["clusters"] = {name: c["dsn"] for name, c in raw.items()}
+                values["clusters"], values["transfer_secrets"] = _clusters(raw, config_path)
             elif key in kinds:
                 values[key] = _coerce(kinds[key], raw, key)
             else:
                 raise InvalidRequest(f"unknown setting {key!r} in {config_path}")
     clusters = dict(values.get("clusters", {}))
+    secrets = dict(values.get("transfer_secrets", {}))
     for env_key, raw in os.environ.items():
         if not env_key.startswith("REPLICATOR_") or env_key == "REPLICATOR_CONFIG":
             continue
         key = env_key.removeprefix("REPLICATOR_").lower()
-        if key.startswith("cluster_") and key.endswith("_dsn"):
+        if key.startswith("cluster_") and key.endswith("_transfer_secret"):
+            secrets[key.removeprefix("cluster_").removesuffix("_transfer_secret")] = raw
+        elif key.startswith("cluster_") and key.endswith("_dsn"):
             clusters[key.removeprefix("cluster_").removesuffix("_dsn")] = raw
-        elif key in kinds and key != "clusters":
+        elif key in kinds and key not in ("clusters", "transfer_secrets"):
             values[key] = _coerce(kinds[key], raw, env_key)
     values["clusters"] = clusters
-    for name in clusters:
+    values["transfer_secrets"] = secrets
+    for name in (*clusters, *secrets):
         check_cluster_name(name)
     return Settings(**values)
+
+
+def _clusters(raw: Any, config_path: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """``[clusters.NAME]`` tables: a ``dsn`` and/or a ``transfer_secret``."""
+    dsns: dict[str, str] = {}
+    secrets: dict[str, str] = {}
+    for name, c in raw.items():
+        if not isinstance(c, dict) or not (set(c) & {"dsn", "transfer_secret"}):
+            raise InvalidRequest(
+                f"clusters.{name} needs a dsn in {config_path}: "
+                f'write [clusters.{name}] dsn = "postgresql+psycopg://..."'
+            )
+        for k, v in c.items():
+            if k not in ("dsn", "transfer_secret") or not isinstance(v, str):
+                raise InvalidRequest(
+                    f"clusters.{name}.{k} in {config_path}: only dsn and transfer_secret "
+                    "(strings) may be set for a cluster"
+                )
+        if "dsn" in c:
+            dsns[name] = c["dsn"]
+        if "transfer_secret" in c:
+            secrets[name] = c["transfer_secret"]
+    return dsns, secrets

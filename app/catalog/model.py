@@ -22,6 +22,7 @@ class Backend:
     name: str
     storage_root: str
     state: str
+    transfer_url: str | None = None  # where other hosts download its files from
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,7 @@ def list_tablets(conn: sa.Connection, table_id: int) -> list[TabletInfo]:
 
 def list_backends(conn: sa.Connection) -> dict[int, Backend]:
     rows = conn.execute(sa.select(s.backends).order_by(s.backends.c.id)).all()
-    return {r.id: Backend(r.id, r.name, r.storage_root, r.state) for r in rows}
+    return {r.id: Backend(r.id, r.name, r.storage_root, r.state, r.transfer_url) for r in rows}
 
 
 def visible_rowsets(

@@ -35,6 +35,7 @@ backends = Table(
     Column("name", Text, nullable=False, unique=True),
     Column("storage_root", Text, nullable=False),
     Column("state", Text, nullable=False, server_default="ACTIVE"),  # ACTIVE | DECOMMISSIONED
+    Column("transfer_url", Text),  # where other hosts download from: https://host:port
     _created(),
 )
 
@@ -223,6 +224,7 @@ job_tasks = Table(
     Column("dst_backend_id", Integer),  # APPLY only
     Column("src_backend_ids", JSONB, nullable=False),  # candidates, in the order to try
     Column("queue", Text, nullable=False),
+    Column("transfer_token", Text),  # the snapshot's download grant; never shown, cleared at end
     # PENDING | QUEUED (message sent) | RUNNING (claimed, leased) | DONE | FAILED
     Column("state", Text, nullable=False, server_default="PENDING"),
     Column("attempts", Integer, nullable=False, server_default="0"),

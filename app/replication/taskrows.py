@@ -310,8 +310,12 @@ def open_count(conn: sa.Connection, job_id: int, kind: TaskKind) -> int:
     )
 
 
+# Everything a reader may see of a task row: the download token is not for show.
+_SHOWN = [c for c in _t.c if c.name != "transfer_token"]
+
+
 def of_job(conn: sa.Connection, job_id: int, kind: TaskKind | None = None) -> list[Any]:
-    q = sa.select(_t).where(_t.c.job_id == job_id).order_by(_t.c.id)
+    q = sa.select(*_SHOWN).where(_t.c.job_id == job_id).order_by(_t.c.id)
     if kind is not None:
         q = q.where(_t.c.kind == kind)
     return list(conn.execute(q))
