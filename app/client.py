@@ -176,12 +176,17 @@ class Job:
         return asked
 
     def watch(
-        self, timeout: float = 600.0, poll: float = 0.05, *, max_poll: float = 0.5
+        self,
+        timeout: float = 600.0,
+        poll: float = 0.05,
+        *,
+        max_poll: float = 0.5,
+        growth: float = 1.5,
     ) -> Iterator[Job]:
         """Refresh the job until it is COMMITTED or ABORTED, yielding it after every refresh
-        (the last one yielded is final). The interval starts at ``poll`` and grows by half each
-        time up to ``max_poll``; past ``timeout`` seconds this raises JobTimeout (the job goes on).
-        """
+        (the last one yielded is final). The interval starts at ``poll`` and is multiplied by
+        ``growth`` each time, up to ``max_poll``; past ``timeout`` seconds this raises JobTimeout
+        (the job goes on)."""
         deadline = time.monotonic() + timeout
         while True:
             yield self.refresh()
@@ -190,7 +195,7 @@ class Job:
             if time.monotonic() > deadline:
                 raise JobTimeout(f"job {self.ref} is still {self.state} after {timeout:.0f}s")
             time.sleep(poll)
-            poll = min(poll * 1.5, max_poll)
+            poll = min(poll * growth, max_poll)
 
     def wait(self, timeout: float = 600.0, poll: float = 0.05) -> Job:
         """Block until COMMITTED or ABORTED; raise JobTimeout if that takes longer than timeout."""
