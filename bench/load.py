@@ -110,6 +110,7 @@ def _measure(args: argparse.Namespace, files: list[Path]) -> dict[str, Any]:
             )
 
         out_files = bc.data_files()
+        output_bytes = total_bytes(out_files)
         with scratch_dir("load_cp") as dst:
             cp_seconds = time_cp(bc.data_dirs(), dst)
         rsync_seconds = None
@@ -121,7 +122,7 @@ def _measure(args: argparse.Namespace, files: list[Path]) -> dict[str, Any]:
         "seconds": seconds,
         "checksums": checksums,
         "checksum_seconds": checksum_seconds,
-        "output_bytes": total_bytes(out_files),
+        "output_bytes": output_bytes,
         "output_files": len(out_files),
         "cp_seconds": cp_seconds,
         "rsync_seconds": rsync_seconds,
