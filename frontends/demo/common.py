@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import sys
+from pathlib import Path
 
 from rich.console import Console
 
@@ -41,8 +42,6 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 def rel(path: os.PathLike[str] | str) -> str:
     """A path relative to the repository, for messages."""
-    from pathlib import Path
-
     return str(Path(path).relative_to(ROOT))
 
 
