@@ -9,7 +9,7 @@ MYPY   := $(VENV)/bin/mypy
 
 # Extra pytest arguments, e.g. `make test PYTEST_ARGS='-k catalog -x'`.
 PYTEST_ARGS ?=
-LINT_PATHS  := app workers tests bench
+LINT_PATHS  := app workers frontends tests bench
 
 .PHONY: install services test faults lint demo demo-down bench bench-load clean
 
@@ -33,16 +33,16 @@ lint: install
 	$(MYPY)
 
 demo: install services
-	$(PYTHON) -m app.demo
+	$(PYTHON) -m frontends.demo
 
 demo-down:
-	$(PYTHON) -m app.demo --down
+	$(PYTHON) -m frontends.demo --down
 
 bench: install services
-	$(PYTHON) bench/run.py
+	$(PYTHON) -m bench.run
 
 bench-load: install services
-	$(PYTHON) bench/load.py
+	$(PYTHON) -m bench.load
 
 clean:
 	rm -rf $(VENV) var/

@@ -15,9 +15,8 @@ prod.checksum("sales.orders")
 from __future__ import annotations
 
 import contextlib
-import importlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
@@ -176,23 +175,41 @@ class Job:
         self.refresh()
         return asked
 
-    def wait(self, timeout: float = 600.0, poll: float = 0.05) -> Job:
-        """Block until COMMITTED or ABORTED; raise JobTimeout if that takes longer than timeout."""
+    def watch(
+        self,
+        timeout: float = 600.0,
+        poll: float = 0.05,
+        *,
+        max_poll: float = 0.5,
+        growth: float = 1.5,
+    ) -> Iterator[Job]:
+        """Refresh the job until it is COMMITTED or ABORTED, yielding it after every refresh
+        (the last one yielded is final). The interval starts at ``poll`` and is multiplied by
+        ``growth`` each time, up to ``max_poll``; past ``timeout`` seconds this raises JobTimeout
+        (the job goes on)."""
         deadline = time.monotonic() + timeout
-        while not self.refresh().state.final:
+        while True:
+            yield self.refresh()
+            if self.state.final:
+                return
             if time.monotonic() > deadline:
                 raise JobTimeout(f"job {self.ref} is still {self.state} after {timeout:.0f}s")
             time.sleep(poll)
-            poll = min(poll * 1.5, 0.5)
+            poll = min(poll * growth, max_poll)
+
+    def wait(self, timeout: float = 600.0, poll: float = 0.05) -> Job:
+        """Block until COMMITTED or ABORTED; raise JobTimeout if that takes longer than timeout."""
+        for _ in self.watch(timeout, poll):
+            pass
         return self
 
 
 class Replicator:
     """Entry point: built from settings; hands out clusters and replication jobs.
 
-    ``notify(cluster, job_id)`` wakes the coordinator for a job at once. By default it is the
-    Celery nudge of the ``workers`` package when that is importable; without it, the
-    coordinator's periodic tick picks the job up within a second.
+    ``notify(cluster, job_id)`` wakes the coordinator for a job at once (the front ends pass
+    ``workers.nudge.notifier(settings)``). Without one, nothing is nudged: the coordinator's
+    periodic tick picks the job up within a second.
     """
 
     def __init__(self, settings: Settings | None = None, notify: Notify | None = None) -> None:
@@ -203,15 +220,10 @@ class Replicator:
         return ClusterHandle(Cluster(self.settings, name))
 
     def nudge(self, cluster: str, job_id: int) -> None:
-        notify = self._notify
-        if notify is None:
-            try:
-                notify = importlib.import_module("workers.nudge").notifier(self.settings)
-            except ImportError:
-                return
-            self._notify = notify
+        if self._notify is None:
+            return
         with contextlib.suppress(Exception):
-            notify(cluster, job_id)
+            self._notify(cluster, job_id)
 
     def replicate(
         self,

@@ -1,6 +1,6 @@
 """Load benchmark: TPC-H lineitem into a 4-partition x 16-bucket table, against ``cp``.
 
-    .venv/bin/python bench/load.py [--scale-factor 1] [--backends 1] [--replication-num 1]
+    .venv/bin/python -m bench.load [--scale-factor 1] [--backends 1] [--replication-num 1]
 
 Generates lineitem with tpchgen-cli (cached under bench/out/data/), creates a throw-away cluster,
 loads the Parquet file(s) as one transaction, checks that the table holds every row, then times
@@ -14,12 +14,10 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
-if __package__ in (None, ""):  # run as a script: make `bench` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
+from app.units import MB
 from bench.common import (
-    MB,
     bench_cluster,
     create_lineitem,
     emit,
@@ -36,7 +34,7 @@ TABLE = "tpch.lineitem"
 BUCKETS = 16
 
 
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument(
         "--scale-factor", type=float, default=1, help="TPC-H scale factor (1 = 6M rows)"
@@ -50,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         help="have tpchgen write this many files (loaded as one transaction)",
     )
     ap.add_argument("--no-rsync", action="store_true", help="skip the rsync baseline")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
     args = ap.parse_args(argv)
     if args.replication_num > args.backends:
         ap.error("--replication-num cannot exceed --backends")
@@ -57,9 +60,37 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     files = lineitem_files(args.scale_factor, args.parts)
     gen_seconds = time.perf_counter() - t0
-    rows_in = parquet_rows(files)
-    input_bytes = total_bytes(files)
+    m = _measure(args, files)
+    out = {
+        "bench": "load",
+        "scale_factor": args.scale_factor,
+        "backends": args.backends,
+        "replication_num": args.replication_num,
+        "partitions": len(m["checksums"]),
+        "buckets": BUCKETS,
+        "input_files": len(files),
+        "rows": m["rows_in"],
+        "seconds": round(m["seconds"], 3),
+        "rows_per_s": round(m["rows_in"] / m["seconds"]),
+        "input_mb": round(total_bytes(files) / MB, 1),
+        "output_mb": round(m["output_bytes"] / MB, 1),
+        "output_files": m["output_files"],
+        "mb_per_s": round(m["output_bytes"] / MB / m["seconds"], 1),
+        "cp_seconds": round(m["cp_seconds"], 3),
+        "ratio_to_cp": round(m["seconds"] / m["cp_seconds"], 1),
+        "rsync_seconds": None if m["rsync_seconds"] is None else round(m["rsync_seconds"], 3),
+        "checksum_seconds": round(m["checksum_seconds"], 3),
+        "generate_seconds": round(gen_seconds, 3),
+        "partition_rows": {c.partition: c.rows for c in m["checksums"]},
+    }
+    emit(out)
+    _print_line(out, m)
+    return 0
 
+
+def _measure(args: argparse.Namespace, files: list[Path]) -> dict[str, Any]:
+    """Load the files into a throw-away cluster, check the rows, time cp (and rsync)."""
+    rows_in = parquet_rows(files)
     with bench_cluster("load", args.backends) as bc:
         create_lineitem(bc.handle, TABLE, buckets=BUCKETS, replication_num=args.replication_num)
 
@@ -86,39 +117,28 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_rsync:
             with scratch_dir("load_rsync") as dst:
                 rsync_seconds = time_rsync(bc.data_dirs(), dst)
-
-    out = {
-        "bench": "load",
-        "scale_factor": args.scale_factor,
-        "backends": args.backends,
-        "replication_num": args.replication_num,
-        "partitions": len(checksums),
-        "buckets": BUCKETS,
-        "input_files": len(files),
-        "rows": rows_in,
-        "seconds": round(seconds, 3),
-        "rows_per_s": round(rows_in / seconds),
-        "input_mb": round(input_bytes / MB, 1),
-        "output_mb": round(output_bytes / MB, 1),
+    return {
+        "rows_in": rows_in,
+        "seconds": seconds,
+        "checksums": checksums,
+        "checksum_seconds": checksum_seconds,
+        "output_bytes": output_bytes,
         "output_files": len(out_files),
-        "mb_per_s": round(output_bytes / MB / seconds, 1),
-        "cp_seconds": round(cp_seconds, 3),
-        "ratio_to_cp": round(seconds / cp_seconds, 1),
-        "rsync_seconds": None if rsync_seconds is None else round(rsync_seconds, 3),
-        "checksum_seconds": round(checksum_seconds, 3),
-        "generate_seconds": round(gen_seconds, 3),
-        "partition_rows": {c.partition: c.rows for c in checksums},
+        "cp_seconds": cp_seconds,
+        "rsync_seconds": rsync_seconds,
     }
-    emit(out)
+
+
+def _print_line(out: dict[str, Any], m: dict[str, Any]) -> None:
+    rsync_seconds = m["rsync_seconds"]
     rsync_txt = "" if rsync_seconds is None else f", rsync -a {rsync_seconds:.2f}s"
     print(
-        f"load: {rows_in:,} rows in {seconds:.2f}s = {out['rows_per_s']:,} rows/s, "
-        f"{out['mb_per_s']} MB/s ({out['output_mb']} MB in {len(out_files)} files from "
-        f"{out['input_mb']} MB input) | cp -r of the same files {cp_seconds:.2f}s{rsync_txt} "
-        f"-> load is {out['ratio_to_cp']}x cp | checksum {checksum_seconds:.2f}s",
+        f"load: {out['rows']:,} rows in {m['seconds']:.2f}s = {out['rows_per_s']:,} rows/s, "
+        f"{out['mb_per_s']} MB/s ({out['output_mb']} MB in {out['output_files']} files from "
+        f"{out['input_mb']} MB input) | cp -r of the same files {m['cp_seconds']:.2f}s{rsync_txt} "
+        f"-> load is {out['ratio_to_cp']}x cp | checksum {m['checksum_seconds']:.2f}s",
         flush=True,
     )
-    return 0
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 """Replication benchmarks against the physical limit (cp, rsync of the same bytes).
 
-    .venv/bin/python bench/run.py [--quick] [--only bulk,latency,...] [--results PATH]
+    .venv/bin/python -m bench.run [--quick] [--only bulk,latency,...] [--results PATH]
 
 Scenarios (each prints one JSON line; the run writes a markdown table to bench/RESULTS.md):
 
@@ -16,9 +16,9 @@ Scenarios (each prints one JSON line; the run writes a markdown table to bench/R
   small        10,000 tablets of a few KiB in one table (100 partitions x 100 buckets):
                submit -> COMMITTED against ``cp -r``; Celery messages per tablet.
 
-Everything runs on this machine: a private redis-server, Celery worker subprocesses started the
-way the integration tests start them (tests/harness.py), and fresh catalog databases on the local
-Postgres, all dropped at the end with their storage. Worker logs: bench/out/logs/<run>/.
+Everything runs on this machine: a private redis-server, Celery worker subprocesses started by
+the supervisor the integration tests use (frontends/supervise.py), and fresh catalog databases on
+the local Postgres, all dropped at the end with their storage. Worker logs: bench/out/logs/<run>/.
 
 ``--quick`` is a smoke run with small sizes (about a minute); its table goes to
 bench/out/RESULTS.quick.md unless --results says otherwise. ``--only`` runs some scenarios
@@ -52,11 +52,9 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any
-
-if __package__ in (None, ""):  # run as a script: make `bench`, `app` and `tests` importable
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np
 import pyarrow as pa
@@ -64,11 +62,13 @@ import pyarrow.parquet as pq
 import sqlalchemy as sa
 
 from app.catalog import model
-from app.client import ClusterHandle, Replicator
+from app.client import ClusterHandle, Job, Replicator
 from app.config import Settings
+from app.errors import JobTimeout
+from app.queues import cluster_pattern
+from app.units import MB
 from bench.common import (
     BENCH_DIR,
-    MB,
     OUT_DIR,
     PG_URL,
     BenchCluster,
@@ -88,12 +88,13 @@ from bench.common import (
     time_rsync,
     total_bytes,
 )
-from tests.harness import Proc, RedisServer, Workers
+from frontends.connect import replicator
+from frontends.servers import RedisServer
+from frontends.supervise import Proc, Workers
 
 GiB = 1024 * MB
 SCENARIOS = ("bulk", "memory", "incremental", "latency", "concurrency", "small")
 NEEDS_BULK = {"bulk", "memory", "incremental"}
-FINAL = ("COMMITTED", "ABORTED")
 
 SMALL_COLUMNS = ["id:int64", "day:date", "qty:int32", "price:float64", "note:string"]
 
@@ -201,7 +202,7 @@ def _start_run(
         )
     coordinator = Workers(env, logdir / "coordinator")
     coordinator.coordinator()
-    run = Run(run_id, sizes, quick, settings, redis, logdir, env, Replicator(settings), coordinator)
+    run = Run(run_id, sizes, quick, settings, redis, logdir, env, replicator(settings), coordinator)
     run.profile_dir = profile_dir
     try:
         coordinator.wait_ready()
@@ -237,7 +238,7 @@ def start_backend_workers(
     retry_busy(src.handle.load, warm, small_rows(1000, seed=1, days=30), label="warmup")
     for dst, _ in clusters[1:]:
         job = retry_busy(run.replicator.replicate, f"{src.name}:{warm}", dst.name)
-        _, states = wait_jobs(dst.handle, [job.id], 120)
+        _, states = wait_jobs([job], 120)
         if states[job.id] != "COMMITTED":
             raise RuntimeError(f"warm-up job {job.ref} ended {states[job.id]}")
     return workers
@@ -255,26 +256,26 @@ def running(workers: Workers) -> Iterator[Workers]:
 
 
 def wait_jobs(
-    handle: ClusterHandle, job_ids: Sequence[int], timeout: float, poll: float = 0.005
+    jobs: Sequence[Job], timeout: float, poll: float = 0.005
 ) -> tuple[float, dict[int, str]]:
-    """Poll the target catalog until every job is final; return (perf_counter then, states)."""
-    ids = list(job_ids)
-    started = time.monotonic()
-    deadline = started + timeout
-    q = sa.text("SELECT id, state FROM jobs WHERE id = ANY(:ids)")
-    with handle.catalog.engine.connect() as conn:
-        while True:
-            states = {int(r[0]): str(r[1]) for r in conn.execute(q, {"ids": ids})}
-            conn.rollback()
-            if all(states.get(i) in FINAL for i in ids):
-                return time.perf_counter(), states
-            if time.monotonic() > deadline:
-                open_ = {i: s for i, s in states.items() if s not in FINAL}
-                raise TimeoutError(f"{len(open_)} jobs still open after {timeout:.0f}s: {open_}")
-            # Fine polling at first, coarser later: a 5 ms loop costs the workers CPU on a small
-            # machine, and 1% of the time waited is precise enough.
-            waited = time.monotonic() - started
-            time.sleep(max(poll, min(0.1, waited / 100)))
+    """Follow the jobs until every one is final; return (perf_counter then, states).
+
+    Fine polling at first, coarser later: a 5 ms loop costs the workers CPU on a small machine,
+    and 1% of the time waited is precise enough (growth 1.01 adds about 1% of the time waited
+    to each interval)."""
+    deadline = time.monotonic() + timeout
+    for job in jobs:
+        try:
+            for _ in job.watch(
+                max(deadline - time.monotonic(), 0.0), poll, max_poll=0.1, growth=1.01
+            ):
+                pass
+        except JobTimeout:
+            open_ = {j.id: str(j.state) for j in jobs if not j.state.final}
+            raise TimeoutError(
+                f"{len(open_)} jobs still open after {timeout:.0f}s: {open_}"
+            ) from None
+    return time.perf_counter(), {j.id: str(j.state) for j in jobs}
 
 
 def replicate_timed(
@@ -297,7 +298,7 @@ def replicate_timed(
     t_submitted = time.perf_counter()
     unfinished = None
     try:
-        t1, states = wait_jobs(dst.handle, [job.id], timeout)
+        t1, states = wait_jobs([job], timeout)
     except TimeoutError:
         if not cancel_late:
             raise
@@ -312,7 +313,7 @@ def replicate_timed(
             "applies_total": prog.tablets_total,
         }
         job.cancel()
-        _, states = wait_jobs(dst.handle, [job.id], 120)
+        _, states = wait_jobs([job], 120)
     job.refresh()
     out = {
         "job": job.ref,
@@ -650,7 +651,7 @@ def _load_part(
     """Runs in a separate process: one load of one Parquet file."""
     settings = Settings(dsn_template=dsn_template)
     t0 = time.perf_counter()
-    result = retry_busy(Replicator(settings).cluster(cluster).load, table, path, label=label)
+    result = retry_busy(replicator(settings).cluster(cluster).load, table, path, label=label)
     return result.rows, time.perf_counter() - t0
 
 
@@ -757,7 +758,7 @@ def scenario_bulk(
     cp_runs, rsync_runs = [baseline(time_cp, src)], [baseline(time_rsync, src)]
     sync_disks()
     log(f"bulk: cp -r {cp_runs[0]:.2f}s, rsync -a {rsync_runs[0]:.2f}s; replicating")
-    dst_workers = [n for n in workers.procs if n.startswith(f"be.{dst.name}.")]
+    dst_workers = [n for n in workers.procs if fnmatch(n, cluster_pattern(dst.name))]
     children = pool_children(workers, dst_workers)
     for pid in children:
         reset_peak(pid)
@@ -808,7 +809,7 @@ def scenario_bulk(
 def scenario_memory(
     run: Run, workers: Workers, src: BenchCluster, mem: BenchCluster, nbytes: int
 ) -> dict[str, Any]:
-    name = next(n for n in workers.procs if n.startswith(f"be.{mem.name}."))
+    name = next(n for n in workers.procs if fnmatch(n, cluster_pattern(mem.name)))
     proc = workers.procs[name]
     children = proc.child_pids()
     assert proc.popen is not None
@@ -961,21 +962,33 @@ def scenario_concurrency(
     window = LogWindow(coord)
     backend_window = LogWindow(list(workers.procs.values()))
 
-    def submit(name: str) -> int:
-        return int(retry_busy(run.replicator.replicate, f"{src.name}:{name}", dst.name).id)
+    def submit(name: str) -> Job:
+        job: Job = retry_busy(run.replicator.replicate, f"{src.name}:{name}", dst.name)
+        return job
 
     meter = CpuMeter(cpu_roles(run, workers, src, dst))
     profiles = ProfileWindow(run, "concurrency")
     t0 = time.perf_counter()
     with ThreadPoolExecutor(max_workers=8) as pool:
-        ids = list(pool.map(submit, names))
+        jobs = list(pool.map(submit, names))
     submitted = time.perf_counter() - t0
-    t1, states = wait_jobs(dst.handle, ids, timeout=600, poll=0.02)
+    t1, states = wait_jobs(jobs, timeout=600, poll=0.02)
     seconds = t1 - t0
     time.sleep(1.5)  # let the last ticks reach the log
     cpu = meter.read()
     profiles.summarize()
-    text = window.text()
+    return _concurrency_result(n, seconds, submitted, states, cpu, window.text(), backend_window)
+
+
+def _concurrency_result(
+    n: int,
+    seconds: float,
+    submitted: float,
+    states: dict[int, str],
+    cpu: dict[str, float],
+    text: str,
+    backend_window: LogWindow,
+) -> dict[str, Any]:
     ticks = succeeded(text, "replication.tick")
     one_job = [s for s, ret in ticks if "'jobs': 1," in ret]
     sweeps = [(s, _jobs_of(ret)) for s, ret in ticks if "'jobs': 1," not in ret]
@@ -1022,34 +1035,8 @@ def scenario_small(run: Run) -> dict[str, Any]:
     sz = run.sizes
     tablets = sz.small_partitions * sz.small_buckets
     table = "small.t"
-    parts = day_partitions(sz.small_partitions)
     with contextlib.ExitStack() as stack:
-        src = run.cluster(stack, "ssrc", 2)
-        dst = run.cluster(stack, "sdst", 2)
-        for bc in (src, dst):
-            retry_busy(
-                bc.handle.create_table,
-                table,
-                SMALL_COLUMNS,
-                partition_by="day",
-                partitions=parts,
-                distributed_by=["id"],
-                buckets=sz.small_buckets,
-                replication_num=1,
-            )
-        workers = stack.enter_context(
-            running(start_backend_workers(run, "small", [(src, 1), (dst, 1)]))
-        )
-        rows = tablets * sz.small_rows_per_tablet
-        log(f"small: loading {rows:,} rows into {tablets:,} tablets")
-        t0 = time.perf_counter()
-        retry_busy(
-            src.handle.load,
-            table,
-            small_rows(rows, seed=7, days=sz.small_partitions),
-            label="small-1",
-        )
-        load_seconds = time.perf_counter() - t0
+        src, dst, workers, load_seconds = _small_setup(run, stack, table)
         files = table_files(src.handle, table)
         nbytes = total_bytes(files)
         if len(files) != tablets:
@@ -1061,36 +1048,95 @@ def scenario_small(run: Run) -> dict[str, Any]:
             f"small: {len(files):,} files, {nbytes / MB:.1f} MB (load {load_seconds:.0f}s); "
             f"cp -r {cp_runs[0]:.2f}s; replicating (cancelled after {timeout:.0f}s)"
         )
-        src_window = LogWindow([p for n, p in workers.procs.items() if src.name in n])
-        dst_window = LogWindow([p for n, p in workers.procs.items() if dst.name in n])
-        coord_window = LogWindow(list(run.coordinator.procs.values()))
-        rep = replicate_timed(
-            run,
-            src,
-            dst,
-            table,
-            timeout=timeout,
-            workers=workers,
-            label="small",
-            cancel_late=True,
-        )
-        time.sleep(1.5)
-        snap = received(src_window.text()).get("replication.snapshot", 0)
-        appl = received(dst_window.text()).get("replication.apply", 0)
-        ticks = received(coord_window.text()).get("replication.tick", 0)
-        snap_runs = succeeded(src_window.text(), "replication.snapshot")
-        apply_runs = succeeded(dst_window.text(), "replication.apply")
-        unfinished = rep["unfinished"]
-        verified = verify_copy(src, dst, table) if unfinished is None else {}
+        rep, counts = _small_replicate(run, src, dst, workers, table, timeout)
+        verified = verify_copy(src, dst, table) if rep["unfinished"] is None else {}
         cp_runs.append(baseline(time_cp, src))
+    result = _small_result(rep, counts, tablets, nbytes, len(files), cp_runs, load_seconds)
+    return {**result, **verified}
+
+
+def _small_setup(
+    run: Run, stack: contextlib.ExitStack, table: str
+) -> tuple[BenchCluster, BenchCluster, Workers, float]:
+    """Two clusters with the many-tablet table, their workers, the source loaded; returns them
+    and the load's seconds."""
+    sz = run.sizes
+    src = run.cluster(stack, "ssrc", 2)
+    dst = run.cluster(stack, "sdst", 2)
+    for bc in (src, dst):
+        retry_busy(
+            bc.handle.create_table,
+            table,
+            SMALL_COLUMNS,
+            partition_by="day",
+            partitions=day_partitions(sz.small_partitions),
+            distributed_by=["id"],
+            buckets=sz.small_buckets,
+            replication_num=1,
+        )
+    workers = stack.enter_context(
+        running(start_backend_workers(run, "small", [(src, 1), (dst, 1)]))
+    )
+    tablets = sz.small_partitions * sz.small_buckets
+    rows = tablets * sz.small_rows_per_tablet
+    log(f"small: loading {rows:,} rows into {tablets:,} tablets")
+    t0 = time.perf_counter()
+    retry_busy(
+        src.handle.load,
+        table,
+        small_rows(rows, seed=7, days=sz.small_partitions),
+        label="small-1",
+    )
+    return src, dst, workers, time.perf_counter() - t0
+
+
+def _small_replicate(
+    run: Run, src: BenchCluster, dst: BenchCluster, workers: Workers, table: str, timeout: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The timed job, and the Celery messages the workers logged meanwhile."""
+    src_window = LogWindow([p for n, p in workers.procs.items() if src.name in n])
+    dst_window = LogWindow([p for n, p in workers.procs.items() if dst.name in n])
+    coord_window = LogWindow(list(run.coordinator.procs.values()))
+    rep = replicate_timed(
+        run,
+        src,
+        dst,
+        table,
+        timeout=timeout,
+        workers=workers,
+        label="small",
+        cancel_late=True,
+    )
+    time.sleep(1.5)
+    counts = {
+        "snap": received(src_window.text()).get("replication.snapshot", 0),
+        "appl": received(dst_window.text()).get("replication.apply", 0),
+        "ticks": received(coord_window.text()).get("replication.tick", 0),
+        "snap_runs": succeeded(src_window.text(), "replication.snapshot"),
+        "apply_runs": succeeded(dst_window.text(), "replication.apply"),
+    }
+    return rep, counts
+
+
+def _small_result(
+    rep: dict[str, Any],
+    counts: dict[str, Any],
+    tablets: int,
+    nbytes: int,
+    n_files: int,
+    cp_runs: list[float],
+    load_seconds: float,
+) -> dict[str, Any]:
     cp_seconds = min(cp_runs)
     seconds = rep["seconds"]
+    unfinished = rep["unfinished"]
     if unfinished is not None:
         # Snapshot and apply tasks cost about the same per tablet (see cpu_seconds): extrapolate
         # the job's time from the share of tasks it finished.
         done = unfinished["snapshots_done"] + unfinished["applies_done"]
         total = unfinished["snapshots_total"] + max(unfinished["applies_total"], tablets)
         seconds = rep["seconds"] * total / max(done, 1)
+    snap, appl = counts["snap"], counts["appl"]
     log(
         f"small: {seconds:.1f}s{' (extrapolated)' if unfinished else ''} = "
         f"{seconds / cp_seconds:.1f}x cp; {snap} snapshot + {appl} apply messages for "
@@ -1100,7 +1146,7 @@ def scenario_small(run: Run) -> dict[str, Any]:
         "bench": "small",
         "tablets": tablets,
         "bytes": nbytes,
-        "avg_file_kib": round(nbytes / len(files) / 1024, 1),
+        "avg_file_kib": round(nbytes / n_files / 1024, 1),
         "finished": unfinished is None,
         "unfinished": unfinished,
         "seconds": round(seconds, 3),
@@ -1112,16 +1158,15 @@ def scenario_small(run: Run) -> dict[str, Any]:
         "snapshot_messages": snap,
         "apply_messages": appl,
         "messages_per_tablet": round((snap + appl) / tablets, 4),
-        "tick_messages": ticks,
-        "snapshot_message_seconds": sorted(round(s, 2) for s, _ in snap_runs),
-        "apply_message_seconds": sorted(round(s, 2) for s, _ in apply_runs),
+        "tick_messages": counts["ticks"],
+        "snapshot_message_seconds": sorted(round(s, 2) for s, _ in counts["snap_runs"]),
+        "apply_message_seconds": sorted(round(s, 2) for s, _ in counts["apply_runs"]),
         "phases": rep["phases"],
         "cpu_seconds": rep["cpu_seconds"],
         "load_seconds": round(load_seconds, 1),
         "how": "messages: 'Task replication.snapshot|apply[...] received' lines the source and "
         "target backend workers logged during the job (each line is one Celery message); "
         "tick messages (nudges and beat) counted the same way in the coordinator log",
-        **verified,
     }
 
 
@@ -1132,36 +1177,53 @@ def _fmt_s(x: float) -> str:
     return f"{x * 1000:.0f} ms" if x < 1 else f"{x:.2f} s"
 
 
-def summary_rows(results: Sequence[dict[str, Any]]) -> list[tuple[str, str, str, str, str]]:
-    rows: list[tuple[str, str, str, str, str]] = []
+Row = tuple[str, str, str, str, str]
 
-    def add(name: str, measured: str, ratio: str, target: str, met: bool | None) -> None:
-        rows.append(
-            (name, measured, ratio, target, "—" if met is None else ("yes" if met else "**no**"))
-        )
 
+def _row(name: str, measured: str, ratio: str, target: str, met: bool | None) -> Row:
+    return (name, measured, ratio, target, "—" if met is None else ("yes" if met else "**no**"))
+
+
+def summary_rows(results: Sequence[dict[str, Any]]) -> list[Row]:
     by = {r["bench"]: r for r in results}
-    if b := by.get("bulk"):
-        gib = b["bytes"] / GiB
-        measured = (
-            f"{_fmt_s(b['seconds'])} for {gib:.2f} GiB in {b['files']} files ({b['mb_per_s']} MB/s)"
-        )
-        add(
+    makers: list[tuple[str, Callable[[dict[str, Any]], list[Row]]]] = [
+        ("bulk", _bulk_rows),
+        ("small", _small_rows),
+        ("incremental", _incremental_rows),
+        ("latency", _latency_rows),
+        ("concurrency", _concurrency_rows),
+        ("memory", _memory_rows),
+    ]
+    return [row for bench, make in makers if bench in by for row in make(by[bench])]
+
+
+def _bulk_rows(b: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    gib = b["bytes"] / GiB
+    measured = (
+        f"{_fmt_s(b['seconds'])} for {gib:.2f} GiB in {b['files']} files ({b['mb_per_s']} MB/s)"
+    )
+    rows.append(
+        _row(
             "bulk vs cp -r",
             measured + f"; cp -r {_fmt_s(b['cp_seconds'])}",
             f"{b['ratio_to_cp']:.2f}x cp",
             "≤ 1.3x cp",
             b["ratio_to_cp"] <= 1.3,
         )
-        add(
+    )
+    rows.append(
+        _row(
             "bulk vs rsync -a",
             f"rsync -a {_fmt_s(b['rsync_seconds'])}",
             f"{b['ratio_to_rsync']:.2f}x rsync",
             "< 1x rsync",
             b["ratio_to_rsync"] < 1,
         )
-        ok = b["apply_bytes_verified"] == b["bytes"] and b["verified_bytes"] == b["bytes"]
-        add(
+    )
+    ok = b["apply_bytes_verified"] == b["bytes"] and b["verified_bytes"] == b["bytes"]
+    rows.append(
+        _row(
             "bulk: every byte checksummed",
             f"{b['apply_bytes_verified']:,} of {b['bytes']:,} bytes verified by apply (xxh3); "
             "target files byte-identical",
@@ -1169,8 +1231,14 @@ def summary_rows(results: Sequence[dict[str, Any]]) -> list[tuple[str, str, str,
             "all bytes",
             ok,
         )
-    if s := by.get("small"):
-        add(
+    )
+    return rows
+
+
+def _small_rows(s: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    rows.append(
+        _row(
             "many small tablets",
             (
                 f"{_fmt_s(s['seconds'])}"
@@ -1185,7 +1253,9 @@ def summary_rows(results: Sequence[dict[str, Any]]) -> list[tuple[str, str, str,
             "≤ 5x cp",
             s["ratio_to_cp"] <= 5,
         )
-        add(
+    )
+    rows.append(
+        _row(
             "small tablets: messages",
             f"{s['snapshot_messages']} snapshot + {s['apply_messages']} apply messages "
             f"(+ {s['tick_messages']} coordinator ticks)",
@@ -1193,16 +1263,28 @@ def summary_rows(results: Sequence[dict[str, Any]]) -> list[tuple[str, str, str,
             "batched (≤ 0.01 / tablet)",
             s["messages_per_tablet"] <= 0.01,
         )
-    if i := by.get("incremental"):
-        add(
+    )
+    return rows
+
+
+def _incremental_rows(i: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    rows.append(
+        _row(
             "incremental (1% rows)",
             f"{_fmt_s(i['seconds'])} ({i['bytes'] / MB:.1f} MB; bulk {_fmt_s(i['bulk_seconds'])})",
             f"{i['fraction_of_bulk']:.1%} of bulk",
             "≤ 5% of bulk",
             i["fraction_of_bulk"] <= 0.05,
         )
-    if lat := by.get("latency"):
-        add(
+    )
+    return rows
+
+
+def _latency_rows(lat: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    rows.append(
+        _row(
             "latency (one tablet)",
             f"median {_fmt_s(lat['median_seconds'])} of {lat['jobs']} (min "
             f"{_fmt_s(lat['min_seconds'])}, max {_fmt_s(lat['max_seconds'])})",
@@ -1210,8 +1292,14 @@ def summary_rows(results: Sequence[dict[str, Any]]) -> list[tuple[str, str, str,
             "≤ 500 ms",
             lat["median_seconds"] <= 0.5,
         )
-    if c := by.get("concurrency"):
-        add(
+    )
+    return rows
+
+
+def _concurrency_rows(c: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    rows.append(
+        _row(
             "concurrency: all commit",
             f"{c['committed']}/{c['jobs']} committed in {_fmt_s(c['seconds'])} "
             f"(submitting took {_fmt_s(c['submit_seconds'])})",
@@ -1219,7 +1307,9 @@ def summary_rows(results: Sequence[dict[str, Any]]) -> list[tuple[str, str, str,
             f"all {c['jobs']} commit",
             c["committed"] == c["jobs"],
         )
-        add(
+    )
+    rows.append(
+        _row(
             "concurrency: coordinator tick",
             f"per-job tick p50 {c['job_tick_p50_ms']} ms, p95 {c['job_tick_p95_ms']} ms, max "
             f"{c['job_tick_max_ms']} ms ({c['job_ticks']} ticks); "
@@ -1232,8 +1322,14 @@ def summary_rows(results: Sequence[dict[str, Any]]) -> list[tuple[str, str, str,
             "≤ 100 ms",
             c["job_tick_p95_ms"] <= 100,
         )
-    if m := by.get("memory"):
-        add(
+    )
+    return rows
+
+
+def _memory_rows(m: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    rows.append(
+        _row(
             "memory (apply worker)",
             f"peak RSS {m['peak_rss_mb']} MB while one process copied "
             f"{m['bytes_copied'] / GiB:.2f} GiB ({m['mb_per_s']} MB/s)",
@@ -1241,6 +1337,7 @@ def summary_rows(results: Sequence[dict[str, Any]]) -> list[tuple[str, str, str,
             "≤ 200 MB",
             m["peak_rss_mb"] <= 200,
         )
+    )
     return rows
 
 
@@ -1249,7 +1346,7 @@ def write_results(run: Run, path: Path, total_seconds: float, argv: Sequence[str
     lines = [
         "# Replication benchmarks",
         "",
-        f"`{' '.join(['.venv/bin/python bench/run.py', *argv])}` — run `{run.run_id}`, "
+        f"`{' '.join(['.venv/bin/python -m bench.run', *argv])}` — run `{run.run_id}`, "
         f"{m.get('date', '')}, total {total_seconds / 60:.1f} min (including data generation "
         "and loads).",
         "",
@@ -1266,7 +1363,8 @@ def write_results(run: Run, path: Path, total_seconds: float, argv: Sequence[str
         "",
         "## How",
         "",
-        "- One private redis-server; Celery workers started as tests/harness.py starts them: one "
+        "- One private redis-server; Celery workers started as frontends/supervise.py starts "
+        "them: one "
         "coordinator (2 processes + beat), and for each cluster one worker per backend with one "
         "pool process (`-c 1`). Source and target clusters have 2 backends each; the memory "
         "cluster has 1, so one process copies everything. Catalogs are fresh Postgres databases, "
@@ -1341,8 +1439,7 @@ def _raise_on_term(signum: int, _frame: object) -> None:
     raise KeyboardInterrupt(f"signal {signum}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     ap.add_argument("--only", default="", help=f"comma-separated subset of {','.join(SCENARIOS)}")
@@ -1361,13 +1458,36 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="cProfile every worker task (slower; see bench/out/profiles/RUN/*.txt)",
     )
-    args = ap.parse_args(argv)
+    return ap
+
+
+def _wanted(ap: argparse.ArgumentParser, only: str) -> set[str]:
     wanted = set(SCENARIOS)
-    if args.only:
-        wanted = {s.strip() for s in args.only.split(",") if s.strip()}
+    if only:
+        wanted = {s.strip() for s in only.split(",") if s.strip()}
         unknown = wanted - set(SCENARIOS)
         if unknown:
             ap.error(f"unknown scenario(s) {', '.join(sorted(unknown))}; pick from {SCENARIOS}")
+    return wanted
+
+
+def _use_private_postgres(args: argparse.Namespace) -> bool:
+    private = bool(args.private_postgres or args.postgres == "private")
+    if args.postgres == "auto" and not private:
+        free = shared_pg_free_connections()
+        private = free < MIN_FREE_CONNECTIONS
+        log(
+            f"shared Postgres has {free} free connections: "
+            + ("using a private one" if private else "using it")
+        )
+    return private
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    ap = _parser()
+    args = ap.parse_args(argv)
+    wanted = _wanted(ap, args.only)
     results_path = args.results or (
         BENCH_DIR / "RESULTS.md" if not (args.quick or args.only) else OUT_DIR / "RESULTS.quick.md"
     )
@@ -1378,22 +1498,9 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else FULL
     started = time.perf_counter()
     OUT_DIR.mkdir(parents=True, exist_ok=True)
-    private = args.private_postgres or args.postgres == "private"
-    if args.postgres == "auto" and not private:
-        free = shared_pg_free_connections()
-        private = free < MIN_FREE_CONNECTIONS
-        log(
-            f"shared Postgres has {free} free connections: "
-            + ("using a private one" if private else "using it")
-        )
+    private = _use_private_postgres(args)
     with start_run(sizes, args.quick, private, args.profile) as run:
-        run.machine["load average at start (1, 5, 15 min)"] = ", ".join(
-            f"{x:.2f}" for x in os.getloadavg()
-        )
-        run.machine["catalog postgres"] = (
-            "private (bench/out/pg, started by the run)" if private else PG_URL.split("@")[-1]
-        )
-        run.machine = {**machine_info(pg_version(run.settings)), **run.machine}
+        _describe_machine(run, private)
         log(
             f"run {run.run_id}: {', '.join(s for s in SCENARIOS if s in wanted)}; logs {run.logdir}"
         )
@@ -1412,6 +1519,16 @@ def main(argv: list[str] | None = None) -> int:
                 write_results(run, results_path, total, argv)
                 log(f"wrote {results_path} ({total / 60:.1f} min)")
     return 0
+
+
+def _describe_machine(run: Run, private: bool) -> None:
+    run.machine["load average at start (1, 5, 15 min)"] = ", ".join(
+        f"{x:.2f}" for x in os.getloadavg()
+    )
+    run.machine["catalog postgres"] = (
+        "private (bench/out/pg, started by the run)" if private else PG_URL.split("@")[-1]
+    )
+    run.machine = {**machine_info(pg_version(run.settings)), **run.machine}
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ N, how many worker processes did apply work, and asserts from the task rows that
 replica was applied twice. On a 2-core machine the curve flattens early: that is the honest
 result here, not a ceiling of the design.
 
-    .venv/bin/python bench/scaling.py [--scale-factor 0.5] [--processes 1,2,4]
+    .venv/bin/python -m bench.scaling [--scale-factor 0.5] [--processes 1,2,4]
 """
 
 from __future__ import annotations
@@ -16,13 +16,9 @@ import argparse
 import sys
 import time
 from collections import Counter
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-
-from bench.common import (  # noqa: E402
-    MB,
+from app.units import MB
+from bench.common import (
     OUT_DIR,
     bench_cluster,
     bench_settings,
@@ -32,7 +28,9 @@ from bench.common import (  # noqa: E402
     load_source,
     unique_name,
 )
-from tests.harness import RedisServer, Workers  # noqa: E402
+from frontends.connect import replicator
+from frontends.servers import RedisServer
+from frontends.supervise import Workers
 
 
 def main() -> int:
@@ -76,8 +74,6 @@ def _env(settings: object) -> dict[str, str]:
 
 
 def _round(n: int, src, dst, settings, env) -> dict[str, object]:  # type: ignore[no-untyped-def]
-    from app.client import Replicator
-
     workers = Workers(env, OUT_DIR / "scaling-logs" / f"n{n}")
     for b in ("be1", "be2"):
         workers.backend(src.name, b)
@@ -88,7 +84,7 @@ def _round(n: int, src, dst, settings, env) -> dict[str, object]:  # type: ignor
         workers.wait_ready()
         table = f"tpch.lineitem_n{n}"
         start = time.monotonic()
-        job = Replicator(settings).replicate(
+        job = replicator(settings).replicate(
             f"{src.name}:tpch.lineitem",
             f"{dst.name}:{table}",
             create_target=True,

@@ -17,8 +17,9 @@ import pytest
 import sqlalchemy as sa
 
 from app.catalog.engine import dispose_all, drop_database
-from app.client import ClusterHandle, Replicator
+from app.client import ClusterHandle
 from app.config import Settings
+from frontends.connect import replicator
 
 PG_URL = os.environ.get("REPLICATOR_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432")
 RUN_ID = uuid.uuid4().hex[:8]
@@ -78,7 +79,7 @@ def make_cluster(settings: Settings, tmp_path: Path) -> Iterator[ClusterFactory]
 
     def make(backends: int = 2, name: str | None = None) -> ClusterHandle:
         cname = name or f"c{next(_names)}"
-        handle = Replicator(settings).cluster(cname)
+        handle = replicator(settings).cluster(cname)
         handle.init()
         created.append(handle)
         for i in range(1, backends + 1):

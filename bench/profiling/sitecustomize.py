@@ -11,26 +11,33 @@ process CPU time the task used. Without BENCH_PROFILE_DIR it does nothing.
 from __future__ import annotations
 
 import os
+from collections import Counter
+from collections.abc import Callable
 
 _DIR = os.environ.get("BENCH_PROFILE_DIR")
 
 
 def _install(directory: str) -> None:
-    import cProfile
-    import itertools
-    import json
-    import time
-    from collections import Counter
 
     try:
-        import sqlalchemy as sa
         from celery import signals
-        from sqlalchemy.pool import Pool
     except ImportError:
         return
-    running: dict[str, tuple[cProfile.Profile, float, float]] = {}
     counts: Counter[str] = Counter()
-    count = itertools.count()
+    if not _count_sql(counts):
+        return
+    start, stop = _task_hooks(directory, counts)
+    signals.task_prerun.connect(start, weak=False)
+    signals.task_postrun.connect(stop, weak=False)
+
+
+def _count_sql(counts: Counter[str]) -> bool:
+    """Count SQL statements by verb, commits and pool checkouts into ``counts``."""
+    try:
+        import sqlalchemy as sa
+        from sqlalchemy.pool import Pool
+    except ImportError:
+        return False
 
     def on_execute(_conn: object, _cursor: object, statement: str, *_: object) -> None:
         counts["sql " + statement.lstrip().split(None, 1)[0].upper()] += 1
@@ -44,6 +51,20 @@ def _install(directory: str) -> None:
     sa.event.listen(sa.engine.Engine, "before_cursor_execute", on_execute)
     sa.event.listen(sa.engine.Engine, "commit", on_commit)
     sa.event.listen(Pool, "checkout", on_checkout)
+    return True
+
+
+def _task_hooks(
+    directory: str, counts: Counter[str]
+) -> tuple[Callable[..., None], Callable[..., None]]:
+    """Celery prerun/postrun handlers: profile each task, dump .prof and .json beside it."""
+    import cProfile
+    import itertools
+    import json
+    import time
+
+    running: dict[str, tuple[cProfile.Profile, float, float]] = {}
+    count = itertools.count()
 
     def start(task_id: str | None = None, **_: object) -> None:
         if task_id is None:
@@ -79,8 +100,7 @@ def _install(directory: str) -> None:
         with open(base + ".json", "w") as f:
             json.dump(info, f)
 
-    signals.task_prerun.connect(start, weak=False)
-    signals.task_postrun.connect(stop, weak=False)
+    return start, stop
 
 
 if _DIR:

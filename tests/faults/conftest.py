@@ -17,9 +17,11 @@ import sqlalchemy as sa
 from app.catalog.engine import dispose_all
 from app.client import ClusterHandle, Job, Replicator
 from app.config import Settings
+from app.queues import queue_name
 from app.replication.state import JobState
 from app.replication.taskrows import TaskKind, TaskState
 from app.storage.rowsets import RowsetState
+from frontends.connect import replicator as connect
 from tests.harness import PostgresServer, RedisServer, Workers, wait_until
 from tests.integration.rig import create_test_table, rows
 
@@ -48,7 +50,7 @@ class FaultRig:
     tables: list[str] = field(default_factory=list)
 
     def backend_names(self) -> list[str]:
-        return [f"be.{c.name}.{b}" for c in (self.src, self.dst) for b in ("be1", "be2")]
+        return [queue_name(c.name, b) for c in (self.src, self.dst) for b in ("be1", "be2")]
 
     def ensure_running(self) -> None:
         """Every process up, so one scenario's kill does not leak into the next."""
@@ -163,7 +165,7 @@ def fault_rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultRig]:
         task_queued_timeout_sec=4,
         task_max_attempts=6,
     )
-    replicator = Replicator(settings)
+    replicator = connect(settings)
     src, dst = replicator.cluster("fsrc"), replicator.cluster("fdst")
     for handle in (src, dst):
         handle.init()

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from app.queues import queue_name
 from app.replication.state import JobState
 from app.replication.taskrows import TaskKind, TaskState
 from app.storage.rowsets import RowsetState
@@ -258,7 +259,7 @@ def test_cancel_while_snapshoting_with_the_source_workers_down(rig: FaultRig) ->
     table = rig.big_table("cancel_snapshoting")
     before = rig.content(rig.dst, table)
     for b in ("be1", "be2"):
-        rig.workers.kill(f"be.{rig.src.name}.{b}")
+        rig.workers.kill(queue_name(rig.src.name, b))
     job = rig.replicator.replicate(f"{rig.src.name}:{table}", rig.dst.name)
     wait_until(lambda: job.refresh().state is JobState.SNAPSHOTING, 30, "the job to be snapshoting")
     struck = time.time()
@@ -269,7 +270,7 @@ def test_cancel_while_snapshoting_with_the_source_workers_down(rig: FaultRig) ->
     assert job.state is JobState.ABORTED and job.message == "cancelled by user"
     rig.assert_clean_end(job, table, before)
     for b in ("be1", "be2"):
-        rig.workers.restart(f"be.{rig.src.name}.{b}")
+        rig.workers.restart(queue_name(rig.src.name, b))
     # The messages still queued for the dead source workers find an ended job and do nothing.
     time.sleep(2)
     assert rig.scalar(rig.src, "SELECT count(*) FROM holds WHERE expires_at > now()") == 0

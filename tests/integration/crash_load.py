@@ -16,12 +16,12 @@ import sys
 
 from app import txn as txns
 from app.catalog import model
-from app.client import Replicator
 from app.storage.load import Loader
+from frontends.connect import replicator
 
 
 def main(cluster_name: str, full_name: str, path: str, label: str) -> None:
-    cluster = Replicator().cluster(cluster_name).catalog
+    cluster = replicator().cluster(cluster_name).catalog
     loader = Loader(cluster)
     with cluster.engine.connect() as conn:
         table = model.get_table(conn, full_name, cluster.name)

@@ -15,6 +15,7 @@ from app.catalog import model
 from app.catalog import schema as s
 from app.client import ClusterHandle, Replicator
 from app.config import Settings
+from frontends.connect import replicator as connect
 from tests.harness import RedisServer, Workers
 
 COLUMNS = ["id:int64", "day:date", "qty:int32", "price:float64", "note:string"]
@@ -144,7 +145,7 @@ def start_rig(
     workers: Workers | None = None
     try:
         settings = settings.with_overrides(broker_url=redis.url)
-        replicator = Replicator(settings)
+        replicator = connect(settings)
         src = replicator.cluster(f"{prefix}src")
         dst = replicator.cluster(f"{prefix}dst")
         for handle in (src, dst):

@@ -19,17 +19,18 @@ from app.catalog import engine as engine_module
 from app.catalog import model
 from app.catalog import schema as s
 from app.catalog.migrate import head_revision
-from app.client import ClusterHandle, Replicator
+from app.client import ClusterHandle
 from app.config import Settings
 from app.errors import AlreadyExists, InvalidRequest, NotFound
 from app.storage.checksum import checksum_file
+from frontends.connect import replicator
 
 pytestmark = pytest.mark.usefixtures("drop_created_catalogs")
 
 
 def cli(env: dict[str, str], cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "app.cli", *args],
+        [sys.executable, "-m", "frontends.cli", *args],
         env={**env, "COLUMNS": "400"},
         cwd=cwd,
         capture_output=True,
@@ -74,7 +75,7 @@ def test_cluster_init_twice_is_harmless(
     assert second.returncode == 0, second.stderr
     assert f"cluster {name}: catalog already at revision {head_revision()}" in second.stdout
     assert second.stderr == ""
-    handle = Replicator(settings).cluster(name)
+    handle = replicator(settings).cluster(name)
     handle.catalog.ensure_ready()  # the catalog exists, at the newest revision
     assert handle.tables() == [] and handle.backends() == []
 
@@ -82,7 +83,7 @@ def test_cluster_init_twice_is_harmless(
 def test_init_through_the_api_reports_created_then_already_current(
     settings: Settings, tmp_path: Path
 ) -> None:
-    handle = Replicator(settings).cluster(unique("api"))
+    handle = replicator(settings).cluster(unique("api"))
     created, before, after = handle.init()
     assert created and before is None and after == head_revision()
     handle.add_backend("be1", str(tmp_path / "be1"))
@@ -92,7 +93,7 @@ def test_init_through_the_api_reports_created_then_already_current(
 
 
 def test_an_uninitialised_cluster_is_named_in_the_error(settings: Settings) -> None:
-    handle = Replicator(settings).cluster(unique("none"))
+    handle = replicator(settings).cluster(unique("none"))
     with pytest.raises(NotFound, match=f"cluster '{handle.name}' is not initialised"):
         handle.tables()
 
@@ -103,7 +104,7 @@ def test_an_uninitialised_cluster_is_named_in_the_error(settings: Settings) -> N
 def test_backend_add_list_and_decommission_through_the_cli(
     test_env: dict[str, str], tmp_path: Path, settings: Settings
 ) -> None:
-    handle = Replicator(settings).cluster(unique("be"))
+    handle = replicator(settings).cluster(unique("be"))
     handle.init()
     handle.add_backend("be1", str(tmp_path / "be1"))
     handle.add_backend("be2", str(tmp_path / "be2"))
@@ -203,7 +204,7 @@ def refusing_cluster(
     settings: Settings, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ClusterHandle]:
     """One cluster for all the refused definitions: none of them may leave anything behind."""
-    handle = Replicator(settings).cluster(unique("refuse"))
+    handle = replicator(settings).cluster(unique("refuse"))
     handle.init()
     root = tmp_path_factory.mktemp("refuse")
     handle.add_backend("be1", str(root / "be1"))

@@ -21,16 +21,17 @@ import sqlalchemy as sa
 
 from app.catalog import engine as engine_module
 from app.catalog import schema as s
-from app.client import ClusterHandle, Replicator
+from app.client import ClusterHandle
 from app.config import Settings
 from app.storage.rowsets import RowsetState
+from frontends.connect import replicator
 
 CLUSTER = f"clierr{uuid.uuid4().hex[:8]}"
 MISSING_CLUSTER = f"nosuch{uuid.uuid4().hex[:8]}"
 
 
 def command(*args: str) -> list[str]:
-    return [sys.executable, "-m", "app.cli", *args]
+    return [sys.executable, "-m", "frontends.cli", *args]
 
 
 def write_csv(path: Path, text: str) -> str:
@@ -159,7 +160,7 @@ def cluster(
     tmp_path_factory: pytest.TempPathFactory,
     inputs: Path,
 ) -> Iterator[ClusterHandle]:
-    handle = Replicator(settings).cluster(CLUSTER)
+    handle = replicator(settings).cluster(CLUSTER)
     handle.init()
     roots = tmp_path_factory.mktemp("cli-roots")
     handle.add_backend("be1", str(roots / "be1"))

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from app.config import Settings
+from app.queues import queue_name
 from app.replication.state import JobState
 from tests.harness import ROOT, free_port, wait_until
 from tests.integration.rig import Rig, rows, start_rig
@@ -159,15 +160,15 @@ def test_flower_lists_the_replication_tasks(
     # Messages name the job and carry task ids: the source and target backend queues ran them.
     assert all(f"'cluster': '{rig.dst.name}'" in t["kwargs"] for t in ours)
     assert {t["routing_key"] for t in ours if t["name"] == "replication.snapshot"} <= {
-        f"be.{rig.src.name}.be1",
-        f"be.{rig.src.name}.be2",
+        queue_name(rig.src.name, "be1"),
+        queue_name(rig.src.name, "be2"),
     }
     assert {t["routing_key"] for t in ours if t["name"] == "replication.apply"} <= {
-        f"be.{rig.dst.name}.be1",
-        f"be.{rig.dst.name}.be2",
+        queue_name(rig.dst.name, "be1"),
+        queue_name(rig.dst.name, "be2"),
     }
     workers = _get_json(f"{flower}/api/workers?refresh=1")
-    assert {f"be.{rig.src.name}.be1", "coordinator"} <= {w.split("@")[0] for w in workers}
+    assert {queue_name(rig.src.name, "be1"), "coordinator"} <= {w.split("@")[0] for w in workers}
 
     # The tasks page, rendered by a real browser: a screenshot for people, the DOM for us.
     shot = tmp_path / "flower-tasks.png"

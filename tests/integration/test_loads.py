@@ -25,13 +25,14 @@ import sqlalchemy as sa
 
 from app import txn as txns
 from app.catalog import schema as s
-from app.client import ClusterHandle, Replicator
+from app.client import ClusterHandle
 from app.config import Settings
 from app.errors import LabelConflict, RowsOutsidePartitions
 from app.rowhash import ContentChecksum
 from app.storage import load as load_module
 from app.storage.load import Loader
 from app.storage.rowsets import RowsetState
+from frontends.connect import replicator
 from tests.integration.rig import replica_paths
 
 CRASH_SCRIPT = Path(__file__).with_name("crash_load.py")
@@ -194,7 +195,7 @@ def _load_in_process(
 ) -> Any:
     _barrier.wait(timeout=30)  # every process starts its load at the same moment
     try:
-        res = Replicator(settings).cluster(cluster).load(table, rows(start, n), label=label)
+        res = replicator(settings).cluster(cluster).load(table, rows(start, n), label=label)
     except LabelConflict as exc:
         return ("conflict", str(exc))
     return ("loaded", res.already_loaded, res.versions, res.rows)

@@ -12,10 +12,11 @@ import pytest
 import redis
 from prometheus_client.parser import text_string_to_metric_families
 
-from app import metrics
 from app.config import Settings
+from app.queues import queue_name
 from app.replication.state import JobState
 from app.replication.taskrows import TaskKind
+from frontends import metrics
 from tests.harness import ROOT, free_port, wait_until
 from tests.integration.rig import Rig, rows, start_rig
 
@@ -93,7 +94,7 @@ def test_metrics_report_bytes_jobs_lag_and_queues(rig: Rig, endpoint: str) -> No
     assert set(pick(s, "replicator_table_lag_seconds", cluster=dst, table=table).values()) == {0}
     # Every backend queue of both clusters and the coordinator queue have a depth, and each
     # backend queue has the one rig worker consuming it.
-    queues = [f"be.{c}.{b}" for c in (src, dst) for b in ("be1", "be2")] + ["coordinator"]
+    queues = [queue_name(c, b) for c in (src, dst) for b in ("be1", "be2")] + ["coordinator"]
     for queue in queues:
         assert one(s, "replicator_queue_length", queue=queue) >= 0
 
@@ -127,7 +128,7 @@ def test_metrics_report_bytes_jobs_lag_and_queues(rig: Rig, endpoint: str) -> No
 
 def test_queue_depth_counts_priority_sublists(rig: Rig, endpoint: str) -> None:
     client = redis.Redis.from_url(rig.settings.broker_url)
-    queue = "be.mnone.be9"  # no worker and no catalog: found by the SCAN of be.*
+    queue = queue_name("mnone", "be9")  # no worker and no catalog: found by the SCAN of be.*
     keys = [queue, f"{queue}\x06\x163", f"{queue}\x06\x169"]
     try:
         client.lpush(keys[0], "a", "b")
@@ -141,7 +142,7 @@ def test_queue_depth_counts_priority_sublists(rig: Rig, endpoint: str) -> None:
 
 
 def _cli(rig: Rig, *args: str) -> list[str]:
-    return [sys.executable, "-m", "app.cli", *args]
+    return [sys.executable, "-m", "frontends.cli", *args]
 
 
 def test_cli_serves_metrics_and_watches_a_running_job(rig: Rig) -> None:
@@ -228,7 +229,7 @@ def test_cli_serves_metrics_and_watches_a_running_job(rig: Rig) -> None:
         text = show.stdout
         # 4 partitions x 8 buckets: 32 snapshots and 64 applies, so tasks are grouped.
         assert "grouped" in text and "plan" in text and "events" in text, text
-        assert f"be.{rig.dst.name}.be1" in text and "p2023q4" in text, text
+        assert queue_name(rig.dst.name, "be1") in text and "p2023q4" in text, text
     finally:
         server.terminate()
         server.wait(10)

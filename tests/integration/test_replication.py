@@ -239,7 +239,7 @@ class TestBadInputIsRefusedWithoutMakingAJob:
             [
                 sys.executable,
                 "-m",
-                "app.cli",
+                "frontends.cli",
                 "replicate",
                 f"{rig.src.name}:db.buckets",
                 rig.dst.name,
@@ -297,7 +297,7 @@ def test_the_cli_replicates_and_shows_the_job(rig: Rig, test_env: dict[str, str]
         [
             sys.executable,
             "-m",
-            "app.cli",
+            "frontends.cli",
             "replicate",
             f"{rig.src.name}:{table}",
             rig.dst.name,
@@ -314,7 +314,7 @@ def test_the_cli_replicates_and_shows_the_job(rig: Rig, test_env: dict[str, str]
     assert "COMMITTED" in run.stdout
     job = rig.replicator.jobs(rig.dst.name, state="COMMITTED")[0]
     shown = subprocess.run(
-        [sys.executable, "-m", "app.cli", "job", "show", job.ref],
+        [sys.executable, "-m", "frontends.cli", "job", "show", job.ref],
         env=env,
         capture_output=True,
         text=True,
@@ -324,7 +324,7 @@ def test_the_cli_replicates_and_shows_the_job(rig: Rig, test_env: dict[str, str]
     for expected in (TaskKind.SNAPSHOT, TaskKind.APPLY, "REPLICATING", "COMMITTED", "p2023q1"):
         assert expected in shown.stdout
     listed = subprocess.run(
-        [sys.executable, "-m", "app.cli", "jobs", "--cluster", rig.dst.name],
+        [sys.executable, "-m", "frontends.cli", "jobs", "--cluster", rig.dst.name],
         env=env,
         capture_output=True,
         text=True,

@@ -15,6 +15,8 @@ from typing import Any
 
 import pytest
 
+from app.queues import queue_name
+
 yaml = pytest.importorskip("yaml", reason="PyYAML is needed to read the deployment files")
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -59,7 +61,7 @@ def check_replicator(argv: list[str]) -> None:
     """Resolve ``replicator ...`` through the real typer/click tree and parse its options."""
     import typer
 
-    from app.cli import cli
+    from frontends.cli import cli
 
     cmd: Any = typer.main.get_command(cli)
     args = list(argv[1:])
@@ -387,7 +389,7 @@ def test_every_worker_deployment_scales_on_its_own_queue(manifests: list[dict[st
         cluster, backend = workers[target]
         (trigger,) = so["spec"]["triggers"]
         assert trigger["type"] == "redis"
-        assert trigger["metadata"]["listName"] == f"be.{cluster}.{backend}"
+        assert trigger["metadata"]["listName"] == queue_name(cluster, backend)
         assert int(trigger["metadata"]["listLength"]) > 0
         assert so["spec"].get("minReplicaCount", 0) >= 1, "keep a consumer for each backend"
         targets.add(target)
@@ -405,7 +407,7 @@ def test_k8s_redis_keeps_every_message(manifests: list[dict[str, Any]]) -> None:
 
 
 def test_dashboard_queries_exported_metrics() -> None:
-    from app.metrics import family_names
+    from frontends.metrics import family_names
 
     dash = json.loads(DASHBOARD.read_text())
     exported = family_names()
@@ -439,7 +441,7 @@ def test_dashboard_queries_exported_metrics() -> None:
 
 
 def test_metric_labels_do_not_clash_with_target_labels() -> None:
-    from app.metrics import FAMILIES
+    from frontends.metrics import FAMILIES
 
     for name, (_kind, _help, labels) in FAMILIES.items():
         # Prometheus renames a scraped `job` or `instance` label to exported_*.

@@ -1,0 +1,50 @@
+"""The ``replicator`` command line. User mistakes print one line and exit non-zero.
+
+replicator ...            (the console script)
+python -m frontends.cli ...
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import typer
+
+from app.errors import ReplicatorError, UserError
+from frontends.cli import clusters, jobs, processes, watch
+from frontends.cli.apps import cli, err
+
+__all__ = ["cli", "clusters", "jobs", "main", "processes", "watch"]
+
+
+def main(argv: list[str] | None = None) -> Any:
+    try:
+        return cli(args=argv, standalone_mode=False)
+    except UserError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+    except ReplicatorError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(3)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as exc:  # click usage errors arrive here with standalone_mode=False
+        if isinstance(exc, _click_exceptions()):
+            exc.show()  # type: ignore[attr-defined]
+            sys.exit(exc.exit_code)  # type: ignore[attr-defined]
+        raise
+
+
+def _click_exceptions() -> tuple[type[BaseException], ...]:
+    """Usage errors: click's, and those of the copy of click that newer typer releases bundle."""
+    import click
+
+    found: list[type[BaseException]] = [click.ClickException]
+    try:
+        from typer._click.exceptions import ClickException as TyperClickException
+
+        found.append(TyperClickException)
+    except ImportError:
+        pass
+    return tuple(found)

@@ -1,0 +1,5 @@
+"""``python -m frontends.cli``."""
+
+from frontends.cli import main
+
+main()
