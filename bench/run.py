@@ -66,6 +66,7 @@ from app.client import ClusterHandle, Job, Replicator
 from app.config import Settings
 from app.errors import JobTimeout
 from app.queues import cluster_pattern
+from app.replication.taskrows import TaskKind
 from app.units import MB
 from bench.common import (
     BENCH_DIR,
@@ -403,9 +404,9 @@ def apply_bytes(handle: ClusterHandle, job_id: int) -> tuple[int, int]:
         row = conn.execute(
             sa.text(
                 "SELECT coalesce(sum(bytes_done), 0), coalesce(sum(bytes_total), 0) "
-                "FROM job_tasks WHERE job_id = :j AND kind = 'APPLY'"
+                "FROM job_tasks WHERE job_id = :j AND kind = :k"
             ),
-            {"j": job_id},
+            {"j": job_id, "k": TaskKind.APPLY},
         ).one()
     return int(row[0]), int(row[1])
 
@@ -861,10 +862,8 @@ def scenario_incremental(
     verify_copy(src, dst, LINEITEM)
     with dst.handle.catalog.engine.connect() as conn:
         incremental = conn.execute(
-            sa.text(
-                "SELECT bool_and(incremental) FROM job_tasks WHERE job_id = :j AND kind = 'APPLY'"
-            ),
-            {"j": job_id},
+            sa.text("SELECT bool_and(incremental) FROM job_tasks WHERE job_id = :j AND kind = :k"),
+            {"j": job_id, "k": TaskKind.APPLY},
         ).scalar_one()
     fraction = rep["seconds"] / bulk["seconds"]
     log(f"incremental: {rep['seconds']:.2f}s = {fraction:.1%} of bulk")

@@ -17,6 +17,7 @@ import sys
 import time
 from collections import Counter
 
+from app.replication.taskrows import TaskKind
 from app.units import MB
 from bench.common import (
     OUT_DIR,
@@ -93,7 +94,7 @@ def _round(n: int, src, dst, settings, env) -> dict[str, object]:  # type: ignor
         job.wait(1800)
         seconds = time.monotonic() - start
         assert job.state == "COMMITTED", job.message
-        applies = [t for t in job.tasks() if t.kind == "APPLY"]
+        applies = [t for t in job.tasks() if t.kind == TaskKind.APPLY]
         replicas = Counter((t.dst_tablet_id, t.dst_backend_id) for t in applies)
         assert all(c == 1 for c in replicas.values()), "a tablet replica has two apply rows"
         assert all(t.attempts == 1 for t in applies), "a tablet replica was applied twice"

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from app.client import Job, Replicator
 from app.errors import JobTimeout, ReplicatorError
+from app.replication.taskrows import TaskKind, TaskState
 from frontends.cli.apps import cli, connect, err, job_cli, jobs_cli, out
 from frontends.cli.render import duration, size
 
@@ -203,7 +204,7 @@ def _task_table(tasks: list[Any]) -> Table:
             task.state,
             str(task.attempts),
             str(task.bytes_total)
-            if task.kind == "SNAPSHOT"
+            if task.kind == TaskKind.SNAPSHOT
             else f"{task.bytes_done}/{task.bytes_total}",
             task.worker or "",
             escape(task.error or ""),
@@ -212,8 +213,7 @@ def _task_table(tasks: list[Any]) -> Table:
 
 
 def _grouped_task_table(tasks: list[Any]) -> Table:
-    # taskrows: replace with app.replication.taskrows
-    states = ("PENDING", "QUEUED", "RUNNING", "DONE", "FAILED")
+    states = tuple(TaskState)
     groups: dict[tuple[str, str], list[Any]] = defaultdict(list)
     for task in tasks:
         groups[(task.kind, task.queue)].append(task)
@@ -236,7 +236,7 @@ def _grouped_task_table(tasks: list[Any]) -> Table:
             str(len(rows)),
             *[str(c.get(x, 0) or "") for x in states],
             str(sum(max(x.attempts - 1, 0) for x in rows) or ""),
-            size(total_b) if kind == "SNAPSHOT" else f"{size(done_b)}/{size(total_b)}",
+            size(total_b) if kind == TaskKind.SNAPSHOT else f"{size(done_b)}/{size(total_b)}",
         )
     return gt
 

@@ -18,31 +18,70 @@ from frontends.cli.jobs import cluster_names
 from frontends.cli.render import duration, size
 
 
-def _active_jobs(r: Replicator, name: str) -> list[Any]:
+@dataclass(frozen=True)
+class _Running:
+    """One running job as the watch shows it."""
+
+    id: int
+    label: str
+    state: str
+    src_cluster: str
+    src_table: str
+    dst_table: str
+    age: float
+    snaps: int
+    snaps_done: int
+    applies: int
+    applies_done: int
+    bytes_done: int
+    bytes_total: int
+    retries: int
+    running: int
+    failed: int
+
+
+def _active_jobs(r: Replicator, name: str) -> list[_Running]:
     """One row per running job of the cluster, with its task counts and bytes."""
-    # taskrows: replace with app.replication.taskrows
     import sqlalchemy as sa
 
+    from app.catalog import schema as s
     from app.cluster import Cluster
+    from app.replication.progress import KindProgress, progress
+    from app.replication.state import ACTIVE_STATES
+    from app.replication.taskrows import TaskKind
 
-    active_sql = """
-SELECT j.id, j.label, j.state, j.src_cluster, j.src_table, j.dst_table,
-       extract(epoch FROM now() - j.created_at) AS age,
-       count(t.id) FILTER (WHERE t.kind = 'SNAPSHOT') AS snaps,
-       count(t.id) FILTER (WHERE t.kind = 'SNAPSHOT' AND t.state = 'DONE') AS snaps_done,
-       count(t.id) FILTER (WHERE t.kind = 'APPLY') AS applies,
-       count(t.id) FILTER (WHERE t.kind = 'APPLY' AND t.state = 'DONE') AS applies_done,
-       coalesce(sum(t.bytes_done) FILTER (WHERE t.kind = 'APPLY'), 0) AS bytes_done,
-       coalesce(sum(t.bytes_total) FILTER (WHERE t.kind = 'APPLY'), 0) AS bytes_total,
-       coalesce(sum(greatest(t.attempts - 1, 0)), 0) AS retries,
-       count(t.id) FILTER (WHERE t.state = 'RUNNING') AS running,
-       count(t.id) FILTER (WHERE t.state = 'FAILED') AS failed
-FROM jobs j LEFT JOIN job_tasks t ON t.job_id = j.id
-WHERE j.state IN ('INITIALIZING', 'SNAPSHOTING', 'REPLICATING')
-GROUP BY j.id ORDER BY j.id
-"""
     with Cluster(r.settings, name).engine.connect() as conn:
-        return list(conn.execute(sa.text(active_sql)))
+        jobs = conn.execute(
+            sa.select(s.jobs, sa.func.extract("epoch", sa.func.now() - s.jobs.c.created_at))
+            .where(s.jobs.c.state.in_([str(x) for x in ACTIVE_STATES]))
+            .order_by(s.jobs.c.id)
+        ).all()
+        tasks = progress(conn, [j.id for j in jobs])
+    out = []
+    for j in jobs:
+        snap = tasks.get((j.id, TaskKind.SNAPSHOT), KindProgress())
+        apply = tasks.get((j.id, TaskKind.APPLY), KindProgress())
+        out.append(
+            _Running(
+                j.id,
+                j.label,
+                j.state,
+                j.src_cluster,
+                j.src_table,
+                j.dst_table,
+                float(j[-1]),
+                snap.total,
+                snap.done,
+                apply.total,
+                apply.done,
+                apply.bytes_done,
+                apply.bytes_total,
+                snap.retries + apply.retries,
+                snap.running + apply.running,
+                snap.failed + apply.failed,
+            )
+        )
+    return out
 
 
 def _bar_values(row: Any) -> tuple[float, float, str]:

@@ -11,6 +11,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from app.queues import queue_name
+from app.replication.progress import StateStats
+from app.replication.progress import stats as task_stats
+from app.replication.taskrows import TaskKind
 from frontends.metrics.families import (
     ACTIVE_STATES,
     DURATION_BUCKETS,
@@ -64,41 +67,6 @@ class JobAgg:
     kinds: dict[str, KindAgg] = field(default_factory=dict)
 
 
-def _task_agg_sql() -> sa.TextClause:
-    # taskrows: replace with app.replication.taskrows
-    dur = "extract(epoch FROM t.updated_at - t.dispatched_at)"
-    done = "t.state = 'DONE' AND t.dispatched_at IS NOT NULL"
-    buckets = ",\n".join(
-        f"count(*) FILTER (WHERE {done} AND {dur} <= {b}) AS b{i}"
-        for i, b in enumerate(DURATION_BUCKETS)
-    )
-    return sa.text(
-        f"""
-        SELECT t.job_id, t.kind, t.state, count(*) AS n,
-               coalesce(sum(t.attempts), 0) AS attempts,
-               coalesce(sum(greatest(t.attempts - 1, 0)), 0) AS retries,
-               coalesce(sum(t.bytes_done), 0) AS bytes_done,
-               coalesce(sum(t.bytes_total), 0) AS bytes_total,
-               coalesce(sum(f.files), 0) AS files,
-               count(*) FILTER (WHERE {done}) AS dur_n,
-               coalesce(sum({dur}) FILTER (WHERE {done}), 0) AS dur_sum,
-               {buckets}
-        FROM job_tasks t
-        LEFT JOIN LATERAL (
-            SELECT sum(jsonb_array_length(coalesce(r -> 'files', '[]'::jsonb))) AS files
-            FROM jsonb_array_elements(
-                CASE WHEN t.kind = 'APPLY' AND t.state = 'DONE'
-                          AND jsonb_typeof(t.manifest -> 'rowsets') = 'array'
-                     THEN t.manifest -> 'rowsets' ELSE '[]'::jsonb END) AS r
-        ) f ON true
-        WHERE t.job_id = ANY(:ids)
-        GROUP BY t.job_id, t.kind, t.state
-        """
-    )
-
-
-TASK_AGG_SQL = _task_agg_sql()
-
 LAG_TABLES_SQL = sa.text(
     """
     SELECT DISTINCT ON (dst_table) dst_table, src_cluster, src_table
@@ -134,19 +102,18 @@ class ClusterScrape:
     dst_partitions: dict[str, dict[str, int]] = field(default_factory=dict)
 
 
-def _kind_agg(r: Any) -> KindAgg:
-    k = KindAgg(
-        by_state={r["state"]: int(r["n"])},
-        attempts=int(r["attempts"]),
-        retries=int(r["retries"]),
-        bytes_done=int(r["bytes_done"]),
-        bytes_total=int(r["bytes_total"]),
-        files_done=int(r["files"]),
-        duration_count=int(r["dur_n"]),
-        duration_sum=float(r["dur_sum"]),
+def _kind_agg(st: StateStats) -> KindAgg:
+    return KindAgg(
+        by_state={str(st.state): st.count},
+        attempts=st.attempts,
+        retries=st.retries,
+        bytes_done=st.bytes_done,
+        bytes_total=st.bytes_total,
+        files_done=st.files_done,
+        buckets=list(st.duration_buckets),
+        duration_count=st.duration_count,
+        duration_sum=st.duration_sum,
     )
-    k.buckets = [int(r[f"b{i}"]) for i in range(len(DURATION_BUCKETS))]
-    return k
 
 
 def scrape_cluster(engine: Engine, name: str, settled: Settled) -> ClusterScrape:
@@ -187,10 +154,9 @@ def _job_aggs(
     tables = {j.id: j.dst_table for j in jobs}
     fresh: dict[int, JobAgg] = {}
     if todo:
-        for r in conn.execute(TASK_AGG_SQL, {"ids": todo}).mappings():
-            agg = fresh.setdefault(r["job_id"], JobAgg(tables[r["job_id"]]))
-            k = agg.kinds.setdefault(r["kind"], KindAgg())
-            k.add(_kind_agg(r))
+        for st in task_stats(conn, todo, DURATION_BUCKETS):
+            agg = fresh.setdefault(st.job_id, JobAgg(tables[st.job_id]))
+            agg.kinds.setdefault(str(st.kind), KindAgg()).add(_kind_agg(st))
     for jid in todo:
         agg = fresh.get(jid) or JobAgg(tables[jid])
         if jid in done:
@@ -207,7 +173,7 @@ def _sum_up(sc: ClusterScrape, jobs: Sequence[Any], aggs: dict[int, JobAgg]) -> 
     for j in jobs:
         sc.jobs_by_state[j.state] = sc.jobs_by_state.get(j.state, 0) + 1
         agg = aggs[j.id]
-        apply = agg.kinds.get("APPLY", KindAgg())
+        apply = agg.kinds.get(TaskKind.APPLY, KindAgg())
         sc.per_table.setdefault(j.dst_table, KindAgg()).add(apply)
         for kind, k in agg.kinds.items():
             sc.per_kind.setdefault(kind, KindAgg()).add(k)

@@ -40,6 +40,7 @@ from sqlalchemy.pool import NullPool
 from app.catalog.engine import discover_clusters
 from app.config import Settings
 from app.queues import COORDINATOR_QUEUES
+from app.replication.taskrows import TaskState
 from frontends.metrics.broker import active_consumers, queue_lengths
 from frontends.metrics.catalog import (
     PARTITIONS_SQL,
@@ -145,9 +146,8 @@ class ReplicatorCollector(Collector):
                 [c, job, table, "total"], apply.bytes_total
             )
             total = sum(apply.by_state.values())
-            # taskrows: replace with app.replication.taskrows (the DONE state)
             fam["replicator_active_job_replicas"].add_metric(
-                [c, job, table, "done"], apply.by_state.get("DONE", 0)
+                [c, job, table, "done"], apply.by_state.get(TaskState.DONE, 0)
             )
             fam["replicator_active_job_replicas"].add_metric([c, job, table, "total"], total)
         for table, k in sorted(sc.per_table.items()):
@@ -159,8 +159,9 @@ class ReplicatorCollector(Collector):
             k = sc.per_kind[kind]
             fam["replicator_task_attempts"].add_metric([c, kind], k.attempts)
             fam["replicator_task_retries"].add_metric([c, kind], k.retries)
-            # taskrows: replace with app.replication.taskrows (the FAILED state)
-            fam["replicator_task_failures"].add_metric([c, kind], k.by_state.get("FAILED", 0))
+            fam["replicator_task_failures"].add_metric(
+                [c, kind], k.by_state.get(TaskState.FAILED, 0)
+            )
             fam["replicator_task_duration_seconds"].add_metric(
                 [c, kind], _buckets(DURATION_BUCKETS, k.buckets, k.duration_count), k.duration_sum
             )

@@ -11,12 +11,12 @@ from prometheus_client.core import (
 
 from app.replication.state import ACTIVE_STATES as _ACTIVE
 from app.replication.state import JobState
+from app.replication.taskrows import TaskKind, TaskState
 
 JOB_STATES = tuple(str(s) for s in JobState)
 ACTIVE_STATES = tuple(str(s) for s in _ACTIVE)
-TASK_KINDS = ("SNAPSHOT", "APPLY")
-# taskrows: replace with app.replication.taskrows
-TASK_STATES = ("PENDING", "QUEUED", "RUNNING", "DONE", "FAILED")
+TASK_KINDS = tuple(str(k) for k in TaskKind)
+TASK_STATES = tuple(str(s) for s in TaskState)
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
 JOB_DURATION_BUCKETS = (1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 3600.0, 4 * 3600.0, 24 * 3600.0)
 # Finished jobs whose rows are this old are taken as settled and their aggregates cached.
