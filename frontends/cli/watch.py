@@ -141,6 +141,7 @@ class Watcher:
         age = duration(float(row.age or 0))
         desc = f"[bold]{ref}[/] {row.src_cluster}:{row.src_table} → {row.dst_table} {row.state}"
         if ref not in self.seen:
+            self.console.print(f"watching {ref} ({row.state})", highlight=False)
             self.seen[ref] = self.bars.add_task(
                 desc, total=total, completed=int(done), detail=detail, age=age
             )

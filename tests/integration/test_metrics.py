@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -178,11 +179,15 @@ def test_cli_serves_metrics_and_watches_a_running_job(rig: Rig) -> None:
 
         wait_until(up, 30, "replicator metrics serve", interval=0.2)
 
-        # Big enough (2 MB/s per apply worker, ~8 MB per target backend) that the job runs for
-        # seconds: `jobs watch` must see it running, then see it end.
+        # The target backends' workers are down while the job is submitted, so it waits in
+        # REPLICATING until `jobs watch` has shown it running; then they come back.
         table = rig.make_tables("mwatch", buckets=8)
-        rig.src.load(table, rows(80_000, seed=3, wide=True), label="mwatch-1")
+        rig.src.load(table, rows(20_000, seed=3, wide=True), label="mwatch-1")
+        dst_workers = [queue_name(rig.dst.name, b) for b in ("be1", "be2")]
+        for name in dst_workers:
+            rig.workers.kill(name)
         job = rig.replicator.replicate(f"{rig.src.name}:{table}", rig.dst.name)
+        wait_until(lambda: job.refresh().state is JobState.REPLICATING, 60, "the snapshots")
         running = scrape(url)
         assert pick(running, "replicator_active_job_bytes", job_ref=job.ref, kind="total")
         active = sum(
@@ -190,26 +195,9 @@ def test_cli_serves_metrics_and_watches_a_running_job(rig: Rig) -> None:
             for state in ("INITIALIZING", "SNAPSHOTING", "REPLICATING")
         )
         assert active == 1
-        watch = subprocess.run(
-            _cli(
-                rig,
-                "jobs",
-                "watch",
-                "--until-idle",
-                "--cluster",
-                rig.dst.name,
-                "--interval",
-                "0.2",
-                "--timeout",
-                "120",
-            ),
-            env={**env, "COLUMNS": "200"},
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            timeout=150,
-        )
-        assert watch.returncode == 0, watch.stdout + watch.stderr
+        watch = _watch_until_idle(rig, env, f"watching {job.ref}", dst_workers)
+        assert watch.returncode == 0, watch.stdout
+        assert f"watching {job.ref} (REPLICATING)" in watch.stdout, watch.stdout
         assert f"{job.ref} COMMITTED" in watch.stdout, watch.stdout
         assert job.refresh().state is JobState.COMMITTED
 
@@ -233,3 +221,32 @@ def test_cli_serves_metrics_and_watches_a_running_job(rig: Rig) -> None:
     finally:
         server.terminate()
         server.wait(10)
+
+
+def _watch_until_idle(
+    rig: Rig, env: dict[str, str], seen: str, stopped: list[str]
+) -> subprocess.CompletedProcess[str]:
+    """Run `jobs watch --until-idle`; once it prints ``seen``, restart the ``stopped`` workers
+    and let it run to its end."""
+    argv = _cli(rig, "jobs", "watch", "--until-idle", "--cluster", rig.dst.name,
+                "--interval", "0.2", "--timeout", "120")  # fmt: skip
+    proc = subprocess.Popen(
+        argv,
+        env={**env, "COLUMNS": "200", "PYTHONUNBUFFERED": "1"},
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout or []), daemon=True)
+    reader.start()
+    try:
+        wait_until(lambda: any(seen in line for line in lines), 60, f"{seen!r} from jobs watch")
+    finally:
+        for name in stopped:
+            rig.workers.restart(name)
+    proc.wait(150)
+    reader.join(10)
+    return subprocess.CompletedProcess(argv, proc.returncode, "".join(lines), "")
