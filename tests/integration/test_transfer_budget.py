@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+from typing import Any
 
 import pytest
 import redis
@@ -18,12 +19,14 @@ RATE_MB = 40
 SECONDS = 5.0
 
 
-def _pull(url: str, start_at: float, stop_at: float, out: multiprocessing.Queue) -> None:  # type: ignore[type-arg]
+def _pull(url: str, ready: Any, go: Any, start: Any, out: Any) -> None:
     budget = Budget(redis.Redis.from_url(url), ("prod", "dr"), RATE_MB)
-    while time.time() < start_at:
+    ready.put(1)  # imported and connected: a slow spawn must not shorten its pull
+    go.wait(60)
+    while time.time() < start.value:
         time.sleep(0.001)
     got = 0
-    while time.time() < stop_at:
+    while time.time() < start.value + SECONDS:
         budget.take(256 * 1024)  # taken in pieces, like an apply writing 256 KiB chunks
         got += 256 * 1024
     out.put(got)
@@ -31,12 +34,14 @@ def _pull(url: str, start_at: float, stop_at: float, out: multiprocessing.Queue)
 
 def test_four_processes_share_one_link_budget(redis_url: str) -> None:
     ctx = multiprocessing.get_context("spawn")
-    out = ctx.Queue()
-    start_at = time.time() + 3  # after the spawned interpreters have imported everything
-    stop_at = start_at + SECONDS
-    procs = [ctx.Process(target=_pull, args=(redis_url, start_at, stop_at, out)) for _ in range(4)]
+    ready, out, go, start = ctx.Queue(), ctx.Queue(), ctx.Event(), ctx.Value("d", 0.0)
+    procs = [ctx.Process(target=_pull, args=(redis_url, ready, go, start, out)) for _ in range(4)]
     for p in procs:
         p.start()
+    for _ in procs:
+        ready.get(timeout=60)
+    start.value = time.time() + 0.2
+    go.set()
     totals = [out.get(timeout=60) for _ in procs]
     for p in procs:
         p.join(30)
