@@ -4,12 +4,17 @@ server, hashing (xxh3) while writing, resuming with ``Range`` after a broken con
 Library choice, by measurement (``tests/integration/test_transfer_client_speed.py``, run with
 ``TRANSFER_BENCH=1``): a 1 GiB file from the aiohttp transfer server (its own process, mutual
 TLS) on loopback into a file, xxh3 in the same pass, against ``curl -s -o`` of the same URL, on
-the shared 2-core build machine while other sessions were busy (load ~5), 3 rounds each:
+the shared 2-core build machine while other sessions were busy (load 4-6), two sessions of 3
+rounds each:
 
-    library                                   best     x curl   all runs (s)
-    curl --cacert/--cert -o FILE              4.44 s   1.00     7.56 6.41 4.44
-    urllib3 2.8, read(1 MiB) + xxh3 + write   4.15 s   0.93     8.37 8.34 4.15
-    httpx 0.28 sync, iter_raw + xxh3 + write  7.59 s   1.71     12.90 8.41 7.59
+    library                                   best      x curl   all runs (s)
+    curl --cacert/--cert -o FILE              4.44 s    1.00     7.56 6.41 4.44
+    urllib3 2.8, read(1 MiB) + xxh3 + write   4.15 s    0.93     8.37 8.34 4.15
+    httpx 0.28 sync, iter_raw + xxh3 + write  7.59 s    1.71     12.90 8.41 7.59
+    (second session)
+    curl                                      3.29 s    1.00     4.11 4.17 3.29
+    urllib3                                   3.62 s    1.10     6.37 3.62 3.92
+    httpx                                     5.35 s    1.63     15.15 5.35 7.59
 
 The server's TLS (~250-350 MB/s of Python asyncio SSL on this machine) is the bottleneck for
 curl and urllib3 alike; httpx adds its own layers (httpcore, h11) on top.
