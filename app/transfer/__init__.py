@@ -1,0 +1,1 @@
+"""The transfer service: names, tokens, TLS, the server, the download client, budgets."""
