@@ -70,6 +70,15 @@ class VersionConflict(UserError):
     """The versions asked for do not allow the request (e.g. a target ahead of its source)."""
 
 
+class TokenRejected(InvalidRequest):
+    """A transfer token was refused; ``reason`` says why (malformed, unknown_key,
+    bad_signature, expired, wrong_cluster). The message never contains the token."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class SetupError(UserError):
     """The machine is not ready for what was asked (a port taken, a service or tool missing)."""
 
@@ -127,6 +136,15 @@ class TransactionExpired(FatalError):
 
 class TargetMoved(FatalError):
     """A target partition changed after planning; committing would lose that change."""
+
+
+class TransferRefused(FatalError):
+    """A source transfer server refused the download (401: the token; 403: this file for it):
+    expired, revoked with its job, or not named by it."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class LeaseLost(FatalError):

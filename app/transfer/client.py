@@ -38,10 +38,10 @@ import xxhash
 
 from app.errors import (
     ChecksumMismatch,
-    FatalError,
     InvalidRequest,
     SourceDataGone,
     StorageUnavailable,
+    TransferRefused,
 )
 from app.storage.checksum import FileMeta
 from app.transfer import names, tokens
@@ -49,15 +49,6 @@ from app.transfer import names, tokens
 log = logging.getLogger("app.transfer.client")
 
 CHUNK = 1024 * 1024
-
-
-class TransferRefused(FatalError):
-    """The source refused the token (401) or the file for it (403): expired, revoked or not
-    named. (Defined here because this module may not edit ``app/errors.py``: move it there.)"""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class _Transient(Exception):

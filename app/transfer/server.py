@@ -40,9 +40,9 @@ from typing import Protocol
 
 from aiohttp import web
 
-from app.errors import InvalidRequest, SetupError
+from app.errors import InvalidRequest, SetupError, TokenRejected
 from app.transfer import names, tokens
-from app.transfer.tokens import Grant, TokenRejected
+from app.transfer.tokens import Grant
 from app.units import MB
 
 log = logging.getLogger("app.transfer.server")

@@ -30,7 +30,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from app.errors import InvalidRequest
+from app.errors import InvalidRequest, TokenRejected
 from app.transfer import names
 
 VERSION = "v1"
@@ -44,16 +44,6 @@ _TOKEN = re.compile(rf"v1\.{_B64}\.{_B64}", re.ASCII)
 _TOKEN_IN_TEXT = re.compile(r"v1\.[A-Za-z0-9_-]{16,}(?:\.[A-Za-z0-9_-]*)?", re.ASCII)
 
 FileRef = tuple[int, str, str]  # (tablet id, rowset id, file name)
-
-
-class TokenRejected(InvalidRequest):
-    """A transfer token was refused. ``reason`` says why (one of ``REASONS``).
-
-    (Defined here because this module may not edit ``app/errors.py``: move it there.)"""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
 
 
 @dataclass(frozen=True)

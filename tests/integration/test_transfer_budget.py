@@ -12,7 +12,7 @@ import redis
 from app.errors import InvalidRequest, StorageUnavailable
 from app.transfer.budget import MAX_TAKE, Budget, link_key
 from app.units import MB
-from tests.integration.test_transfer_rig import free_port, redis_url
+from tests.integration.transfer_rig import free_port, redis_url
 
 __all__ = ["redis_url"]
 RATE_MB = 40

@@ -13,7 +13,7 @@ import pytest
 import xxhash
 
 from app.transfer import client
-from tests.integration.test_transfer_rig import (
+from tests.integration.transfer_rig import (
     ProcessServer,
     client_ssl,
     make_source,

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import urllib3
 
-from app.errors import ChecksumMismatch, SetupError, SourceDataGone
+from app.errors import ChecksumMismatch, SetupError, SourceDataGone, TransferRefused
 from app.storage.checksum import FileMeta, checksum_file
 from app.transfer import client, server, tokens
 from app.transfer.server import BackendRoot, InMemoryRevocations
-from tests.integration.test_transfer_rig import (
+from tests.integration.transfer_rig import (
     SECRETS,
     ProcessServer,
     Source,
@@ -192,7 +192,7 @@ def test_revoked_token(
     revocations.revoke("job:dr:12")
     assert _get(live, pki, path, token).status == 403
     assert live.stats.opened == 1
-    with pytest.raises(client.TransferRefused) as info:
+    with pytest.raises(TransferRefused) as info:
         client.Downloader(client_ssl(pki)).fetch_to(
             live.base, "be1", a.tablet, a.rowset, a.meta, token, Path(a.root, "x")
         )

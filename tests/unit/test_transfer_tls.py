@@ -14,7 +14,7 @@ from aiohttp import web
 from cryptography import x509
 
 from app.transfer import tls
-from tests.integration.test_transfer_rig import ThreadServer
+from tests.integration.transfer_rig import ThreadServer
 
 
 @pytest.fixture(scope="module")

@@ -9,9 +9,9 @@ import zlib
 
 import pytest
 
-from app.errors import InvalidRequest
+from app.errors import InvalidRequest, TokenRejected
 from app.transfer import tokens
-from app.transfer.tokens import Grant, TokenRejected
+from app.transfer.tokens import Grant
 
 SECRET = b"s" * 32
 OTHER = b"o" * 32
