@@ -47,8 +47,12 @@ class ClusterHandle:
     def init(self) -> tuple[bool, str | None, str]:
         return self._cluster.init()
 
-    def add_backend(self, name: str, storage_root: str) -> model.Backend:
-        return self._cluster.add_backend(name, storage_root)
+    def add_backend(
+        self, name: str, storage_root: str, transfer_url: str | None = None
+    ) -> model.Backend:
+        """Register a backend (idempotent); ``transfer_url`` (``https://HOST:PORT``) is where
+        other hosts reach its transfer server."""
+        return self._cluster.add_backend(name, storage_root, transfer_url)
 
     def backends(self) -> list[model.Backend]:
         return self._cluster.backends()

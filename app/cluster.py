@@ -22,6 +22,7 @@ from app.catalog.migrate import current_revision, head_revision, upgrade
 from app.config import Settings, check_cluster_name
 from app.errors import AlreadyExists, InvalidRequest, NotFound
 from app.schema import ColumnDef, columns_from, parse_value, schema_hash
+from app.storage.marker import write_marker
 
 
 def new_epoch() -> int:
@@ -109,6 +110,7 @@ class Cluster:
                             .where(s.backends.c.id == existing.id)
                             .values(transfer_url=url)
                         )
+                    write_marker(root, self.name, name)
                     return model.Backend(
                         existing.id, name, root, existing.state, url or existing.transfer_url
                     )
@@ -121,6 +123,7 @@ class Cluster:
                 .values(name=name, storage_root=root, transfer_url=url)
                 .returning(s.backends.c.id)
             ).scalar_one()
+        write_marker(root, self.name, name)
         return model.Backend(new_id, name, root, "ACTIVE", url)
 
     def backends(self) -> list[model.Backend]:

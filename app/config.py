@@ -56,10 +56,12 @@ class Settings:
     # shared: read source files through their storage roots, for roots every host mounts.
     transfer_mode: str = "https"
     transfer_ca_file: str = ""  # the CA bundle that signs the source transfer servers
-    # This host's certificate and key: the transfer server's, and the client certificate that
-    # downloads present when the source requires mutual TLS.
+    # This host's transfer server certificate and key.
     transfer_cert_file: str = ""
     transfer_key_file: str = ""
+    # The client certificate and key downloads present when the source requires mutual TLS.
+    transfer_client_cert_file: str = ""
+    transfer_client_key_file: str = ""
     # Transfer server: when set, only clients with a certificate signed by it may download.
     transfer_client_ca_file: str = ""
     # One budget per (source cluster -> target cluster) link, shared by every apply process

@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -301,6 +302,14 @@ class Workers(Supervisor):
             schedule = self.logdir / f"{name}-beat-schedule"
         args = coordinator_argv(f"{name}@%h", 2, str(schedule) if beat else None, extra)
         return self.spawn(name, args)
+
+    def transfer(self, cluster: str, backends: Sequence[str], port: int) -> Proc:
+        """The transfer server of a host holding ``backends`` of ``cluster``."""
+        args = [sys.executable, "-m", "frontends.cli", "transfer", "serve", "--cluster", cluster]
+        for b in backends:
+            args += ["--backend", b]
+        args += ["--listen", f"127.0.0.1:{port}"]
+        return self.spawn(f"transfer.{cluster}", args, lambda _p: port_answers(port))
 
 
 # -- processes recorded by an earlier run ------------------------------------------------------

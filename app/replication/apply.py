@@ -22,12 +22,13 @@ from app.errors import LeaseLost
 from app.replication import taskrows
 from app.replication.fetch import fetch
 from app.replication.runner import BatchOutcome, ProgressFn, TaskRunner
+from app.replication.sources import link_budget, sources_for
 from app.replication.taskrows import Claimed
 from app.storage.checksum import FileMeta
 from app.storage.client import rowset_dir, staging_dir, storage_for
 from app.storage.rowsets import RowsetState, verify_file
+from app.transfer import names
 from app.txn import TxnState
-from app.units import MB
 
 # Target rowset ids are derived, not drawn: a rerun of the same task names the same rowsets.
 ROWSET_NS = uuid.UUID("5b0c7f5e-9d1e-4a57-9a52-0f3c9b1f2e11")
@@ -36,34 +37,17 @@ FLUSH_EVERY_TASKS = 64
 FLUSH_EVERY_SEC = 1.0
 
 
-class Throttle:
-    """Sleeps just enough to keep a copy under ``mb_per_sec`` (0 = unlimited)."""
-
-    def __init__(self, mb_per_sec: float) -> None:
-        self.rate = mb_per_sec * MB
-        self.start = time.monotonic()
-        self.sent = 0
-
-    def __call__(self, n: int) -> None:
-        if self.rate <= 0:
-            return
-        self.sent += n
-        ahead = self.sent / self.rate - (time.monotonic() - self.start)
-        if ahead > 0:
-            time.sleep(ahead)
-
-
 class Heartbeat:
-    """Called for every chunk copied: keeps the bandwidth cap and, about once a second, renews
-    the leases of the whole batch, records the bytes of the task in flight and reports progress
-    (the renewal is also how a worker notices that its job was cancelled)."""
+    """Called for every chunk copied: keeps to the link's bandwidth budget and, about once a
+    second, renews the leases of the whole batch, records the bytes of the task in flight and
+    reports progress (the renewal is also how a worker notices that its job was cancelled)."""
 
     def __init__(
-        self, runner: TaskRunner, claims: list[Claimed], progress: ProgressFn | None
+        self, runner: TaskRunner, job: Any, claims: list[Claimed], progress: ProgressFn | None
     ) -> None:
         self.runner, self.claims, self.progress = runner, claims, progress
         self.total = sum(int(c.row.bytes_total) for c in claims)
-        self.throttle = Throttle(runner.settings.transfer_bandwidth_mb_per_sec)
+        self.throttle = link_budget(runner.settings, job.src_cluster, runner.dst.name).take
         self.batch_done = 0  # bytes of finished tasks in this batch
         self.completed = 0  # bytes of the current task's installed files
         self.current = 0  # bytes of the file in flight
@@ -109,7 +93,7 @@ def apply_batch(
 ) -> None:
     with runner.dst.engine.connect() as conn:
         backends = model.list_backends(conn)
-    beat = Heartbeat(runner, claims, progress)
+    beat = Heartbeat(runner, job, claims, progress)
     applied: list[_Applied] = []
     last_flush = time.monotonic()
     for claim in claims:
@@ -139,18 +123,22 @@ def _apply_one(
     manifest = task.manifest
     target = storage_for(backends[task.dst_backend_id].storage_root)
     target.check()
-    sources = [(int(b), storage_for(manifest["src_roots"][str(b)])) for b in task.src_backend_ids]
+    sources = sources_for(
+        runner.settings, job.src_cluster, list(task.src_backend_ids), task.transfer_token
+    )
+    src_tablet = names.tablet_id(task.src_tablet_id)
     rows = []
     for rs in manifest["rowsets"]:
-        dst_rowset = uuid.uuid5(ROWSET_NS, f"{runner.job_id}/{task.dst_tablet_id}/{rs['id']}").hex
+        src_rowset = names.rowset_id(rs["id"])
+        dst_rowset = uuid.uuid5(ROWSET_NS, f"{runner.job_id}/{task.dst_tablet_id}/{src_rowset}").hex
         for f in rs["files"]:
             meta = FileMeta.from_json(f)
+            names.file_name(meta.name)
             final = f"{rowset_dir(task.dst_tablet_id, dst_rowset)}/{meta.name}"
             if not verify_file(target, final, meta):
                 # Flat staging: one directory per transaction, not one per rowset.
                 staged = f"{staging_dir(job.txn_id)}/{dst_rowset}.{meta.name}"
-                src_path = f"{rowset_dir(task.src_tablet_id, rs['id'])}/{meta.name}"
-                out.bytes += fetch(sources, target, src_path, staged, meta, beat)
+                out.bytes += fetch(sources, target, src_tablet, src_rowset, staged, meta, beat)
                 target.rename(staged, final)
             beat.file_done(meta.size)
         rows.append(

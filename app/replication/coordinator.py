@@ -107,6 +107,8 @@ class Coordinator:
                 decision = step(facts)
             if decision.to is not None:
                 self._move(conn, job.id, state, decision.to, decision.reason)
+                if decision.to.final:
+                    taskrows.forget_tokens(conn, job.id)
                 result.state = decision.to
                 result.finished = decision.to.final
         if cleanup:
@@ -267,7 +269,7 @@ class Coordinator:
         return Result(Action.COMMIT, Outcome.OK, f"committed: {detail}")
 
     def _start_apply(self, conn: sa.Connection, job: Any, dst: Cluster) -> None:
-        snaps = taskrows.of_job(conn, job.id, TaskKind.SNAPSHOT)
+        snaps = taskrows.of_job(conn, job.id, TaskKind.SNAPSHOT, with_token=True)
         backends = model.list_backends(conn)
         replicas: dict[int, list[int]] = defaultdict(list)
         for r in conn.execute(
@@ -296,6 +298,7 @@ class Coordinator:
                         "manifest": manifest,
                         "incremental": snap.incremental,
                         "bytes_total": snap.bytes_total,
+                        "transfer_token": snap.transfer_token,
                     }
                 )
         taskrows.insert(conn, TaskKind.APPLY, rows)

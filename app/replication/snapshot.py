@@ -24,6 +24,7 @@ from app.replication.taskrows import Claimed
 from app.storage import holds
 from app.storage.client import rowset_dir, storage_for
 from app.storage.rowsets import RowsetState
+from app.transfer import names, tokens
 
 
 def snapshot_batch(runner: TaskRunner, job: Any, claims: list[Claimed], out: BatchOutcome) -> None:
@@ -36,12 +37,16 @@ def snapshot_batch(runner: TaskRunner, job: Any, claims: list[Claimed], out: Bat
                 sa.select(s.job_partitions).where(s.job_partitions.c.job_id == runner.job_id)
             )
         }
+        deadline = conn.execute(
+            sa.select(s.transactions.c.deadline).where(s.transactions.c.id == job.txn_id)
+        ).scalar_one()
     src = Cluster(runner.settings, job.src_cluster)
     owner = hold_owner(runner.dst.name, runner.job_id)
     failed: list[tuple[Claimed, Exception]] = []
     try:
         with src.engine.begin() as conn:
             done = _manifests(conn, plans, claims, failed)
+            _grant(runner, job, done, owner, int(deadline.timestamp()))
             # A hold must outlive the job's transaction, which aborts at its timeout and then
             # releases it; the lease only matters if nothing is left to release it.
             timeout = job.options.get("timeout_sec") or (
@@ -56,6 +61,7 @@ def snapshot_batch(runner: TaskRunner, job: Any, claims: list[Claimed], out: Bat
                 manifest=s.job_tasks.c.manifest.type,
                 incremental=sa.Boolean(),
                 bytes_total=sa.BigInteger(),
+                transfer_token=sa.Text(),
             )
     except Exception as exc:  # the whole batch failed (e.g. Postgres down)
         failed_ids = {c.id for c, _ in failed}
@@ -68,6 +74,33 @@ def snapshot_batch(runner: TaskRunner, job: Any, claims: list[Claimed], out: Bat
                 holds.release(conn, owner)
     for claim, error in failed:
         runner.fail_all([claim], error, out)
+
+
+def _grant(
+    runner: TaskRunner, job: Any, done: list[dict[str, Any]], owner: str, expires_at: int
+) -> None:
+    """A download token per task, naming exactly its files and expiring with the job's
+    transaction; signed with the source cluster's secret, which only the source side holds.
+    (Revoked sooner when the job ends: the transfer server serves only while its holds live.)"""
+    settings = runner.settings
+    secret = (
+        None if settings.transfer_mode == "shared" else settings.transfer_secret(job.src_cluster)
+    )
+    for d in done:
+        m = d["manifest"]
+        files = tuple(
+            (int(m["src_tablet_id"]), r["id"], f["name"]) for r in m["rowsets"] for f in r["files"]
+        )
+        d["transfer_token"] = (
+            None
+            if secret is None
+            else tokens.mint(
+                secret,
+                tokens.Grant(
+                    job.src_cluster, runner.dst.name, runner.job_id, owner, expires_at, files
+                ),
+            )
+        )
 
 
 def _manifests(
@@ -142,6 +175,10 @@ def manifest_for(
         plan.src_version,
         plan.mode == "INCREMENTAL",
     )
+    for r in chosen:  # what leaves this cluster is checked here, and again where it lands
+        names.rowset_id(r.id)
+        for f in r.files:
+            names.file_name(f["name"])
     good, fallback = order_sources(chosen, [backends[int(b)] for b in task.src_backend_ids])
     return {
         "incremental": incremental,
@@ -149,7 +186,7 @@ def manifest_for(
         "bytes": sum(int(f["size"]) for r in chosen for f in r.files),
         "src_backend_ids": [b.id for b in good],
         "fallback_backend_ids": [b.id for b in fallback],
-        "src_roots": {str(b.id): b.storage_root for b in backends.values()},
+        "src_tablet_id": task.src_tablet_id,
         "rowsets": [
             {
                 "id": r.id,

@@ -314,8 +314,11 @@ def open_count(conn: sa.Connection, job_id: int, kind: TaskKind) -> int:
 _SHOWN = [c for c in _t.c if c.name != "transfer_token"]
 
 
-def of_job(conn: sa.Connection, job_id: int, kind: TaskKind | None = None) -> list[Any]:
-    q = sa.select(*_SHOWN).where(_t.c.job_id == job_id).order_by(_t.c.id)
+def of_job(
+    conn: sa.Connection, job_id: int, kind: TaskKind | None = None, *, with_token: bool = False
+) -> list[Any]:
+    """The job's task rows, by id; the download token only for the coordinator's own use."""
+    q = sa.select(*(_t.c if with_token else _SHOWN)).where(_t.c.job_id == job_id).order_by(_t.c.id)
     if kind is not None:
         q = q.where(_t.c.kind == kind)
     return list(conn.execute(q))
@@ -326,3 +329,12 @@ def snapshot_targets(job_id: int, *, full_only: bool = False) -> sa.Select[Any]:
     so that their old rowsets go stale at the commit)."""
     q = sa.select(_t.c.dst_tablet_id).where(_t.c.job_id == job_id, _t.c.kind == TaskKind.SNAPSHOT)
     return q.where(_t.c.incremental.is_(False)) if full_only else q
+
+
+def forget_tokens(conn: sa.Connection, job_id: int) -> None:
+    """The job has ended: its download tokens are of no more use to anyone."""
+    conn.execute(
+        sa.update(_t)
+        .where(_t.c.job_id == job_id, _t.c.transfer_token.is_not(None))
+        .values(transfer_token=None)
+    )

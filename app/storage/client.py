@@ -17,7 +17,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, NoReturn, Protocol
 
-from app.errors import StorageUnavailable
+from app.errors import InvalidRequest, StorageUnavailable
 
 
 class StorageClient(Protocol):
@@ -118,7 +118,24 @@ class LocalStorage:
         self.root = root
 
     def _abs(self, path: str) -> Path:
-        return Path(self.root, path)
+        """The absolute path of ``path``, refused (InvalidRequest) unless it is a clean
+        relative path that, with symlinks resolved, lies inside the root: names reach here
+        from other clusters' manifests, so this is checked before every open, rename and
+        delete, whatever the caller already checked."""
+        if (
+            not path
+            or "\x00" in path
+            or path.startswith("/")
+            or any(part in ("", ".", "..") for part in path.split("/"))
+        ):
+            raise InvalidRequest(
+                f"storage path {path[:80]!r} is not a clean relative path under {self.root}"
+            )
+        real_root = os.path.realpath(self.root)
+        resolved = os.path.realpath(os.path.join(real_root, path))
+        if not resolved.startswith(real_root.rstrip(os.sep) + os.sep):
+            raise InvalidRequest(f"storage path {path[:80]!r} leaves the root {self.root}")
+        return Path(resolved)
 
     def _missing(self, exc: OSError) -> bool:
         """Whether ``exc`` means "no file at that path" in a reachable root: nothing there, a
@@ -220,6 +237,7 @@ class LocalStorage:
             if not self._missing(exc):
                 raise self._unavailable("walk", path, exc) from exc
 
+        real_root = os.path.realpath(self.root)
         for dirpath, _dirs, files in os.walk(self._abs(path), onerror=failed):
             for name in files:
                 full = Path(dirpath, name)
@@ -228,7 +246,7 @@ class LocalStorage:
                 except OSError as exc:
                     failed(exc)
                     continue  # removed during the walk
-                yield full.relative_to(self.root).as_posix(), mtime
+                yield full.relative_to(real_root).as_posix(), mtime
 
 
 def _vanished_is_fine(

@@ -64,6 +64,7 @@ class FetchResult:
     transferred: int = 0
     requests: int = 0
     resumes: int = 0
+    corrupt: bool = False  # the failpoint has yet to flip a byte
 
 
 class Downloader:
@@ -121,13 +122,18 @@ class Downloader:
         token: str,
         dst_file_path: str | os.PathLike[str],
         on_progress: Callable[[int], object] | None = None,
+        *,
+        corrupt: bool = False,
     ) -> FetchResult:
         """Download one file into ``dst_file_path`` (created or truncated) and verify its size
         and checksum: ChecksumMismatch if they differ, TransferRefused on 401/403,
-        SourceDataGone on 404, StorageUnavailable when the retries are spent."""
+        SourceDataGone on 404, StorageUnavailable when the retries are spent. ``corrupt``
+        flips a byte of the first chunk received (the ``transfer.corrupt`` failpoint: damage
+        in flight, which the checksum must catch)."""
         url = self.url(url_base, backend, tablet, rowset, meta.name)
         digest = xxhash.xxh3_64()
         result = FetchResult()
+        result.corrupt = corrupt
         failures = 0
         with open(dst_file_path, "wb") as out:
             while True:
@@ -172,7 +178,7 @@ class Downloader:
                 "GET", url, headers=headers, preload_content=False, decode_content=False
             )
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise _Transient(f"request failed ({type(exc).__name__})") from None
+            raise _Transient(f"request failed ({type(exc).__name__}: {_why(exc)})") from None
         done = False
         try:
             self._check_status(response, meta, out, digest, result)
@@ -232,9 +238,12 @@ class Downloader:
             try:
                 data = response.read(self.chunk)
             except (urllib3.exceptions.HTTPError, OSError) as exc:
-                raise _Transient(f"connection broke ({type(exc).__name__})") from None
+                raise _Transient(f"connection broke ({type(exc).__name__}: {_why(exc)})") from None
             if not data:
                 return True
+            if result.corrupt:
+                data = bytes([data[0] ^ 0xFF]) + data[1:]
+                result.corrupt = False
             digest.update(data)
             write(data)
             result.size += len(data)
@@ -243,3 +252,10 @@ class Downloader:
                 on_progress(len(data))
             if result.size > meta.size:
                 return False  # longer than the manifest: the checksum check reports it
+
+
+def _why(exc: BaseException) -> str:
+    """The innermost reason of a connection error, short and without any header value."""
+    while exc.__context__ is not None and exc.__context__ is not exc:
+        exc = exc.__context__
+    return names.show(tokens.redact(str(exc)))

@@ -26,9 +26,7 @@ from starting.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import socket
 import ssl
 import time
@@ -41,13 +39,13 @@ from typing import Protocol
 from aiohttp import web
 
 from app.errors import InvalidRequest, SetupError, TokenRejected
+from app.storage.marker import check_marker
 from app.transfer import names, tokens
 from app.transfer.tokens import Grant
 from app.units import MB
 
 log = logging.getLogger("app.transfer.server")
 
-MARKER = ".olap-replicator-root"
 # Tokens travel in a header; aiohttp's default field limit (8190) fits ~250 files.
 MAX_TOKEN_BYTES = 256 * 1024
 # Chunks of the streamed path (TLS, or a bandwidth cap).
@@ -89,30 +87,6 @@ class ServerStats:
 
 
 STATS = web.AppKey("transfer_stats", ServerStats)
-
-
-def write_marker(root: str | os.PathLike[str], cluster: str, backend: str) -> Path:
-    """Mark ``root`` as the storage root of ``cluster``/``backend``."""
-    path = Path(root, MARKER)
-    body = {"cluster": names.cluster_name(cluster), "backend": names.backend_name(backend)}
-    path.write_text(json.dumps(body, sort_keys=True) + "\n")
-    return path
-
-
-def check_marker(root: str | os.PathLike[str], cluster: str, backend: str) -> None:
-    """SetupError unless ``root`` carries a marker naming exactly ``cluster``/``backend``."""
-    path = Path(root, MARKER)
-    try:
-        body = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise SetupError(f"storage root {root} has no {MARKER} marker") from None
-    except (OSError, ValueError) as exc:
-        raise SetupError(f"storage root {root}: unreadable {MARKER} ({exc})") from None
-    if not isinstance(body, dict) or body != {"cluster": cluster, "backend": backend}:
-        raise SetupError(
-            f"storage root {root} is marked {names.show(body)}, not "
-            f"{{'cluster': {cluster!r}, 'backend': {backend!r}}}"
-        )
 
 
 class AsyncTokenBucket:

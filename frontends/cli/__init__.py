@@ -12,10 +12,10 @@ from typing import Any
 import typer
 
 from app.errors import ReplicatorError, UserError
-from frontends.cli import clusters, jobs, processes, watch
+from frontends.cli import clusters, jobs, processes, transfer, watch
 from frontends.cli.apps import cli, err
 
-__all__ = ["cli", "clusters", "jobs", "main", "processes", "watch"]
+__all__ = ["cli", "clusters", "jobs", "main", "processes", "transfer", "watch"]
 
 
 def main(argv: list[str] | None = None) -> Any:

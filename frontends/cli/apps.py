@@ -25,6 +25,10 @@ jobs_cli = typer.Typer(
 cli.add_typer(jobs_cli, name="jobs")
 metrics_cli = typer.Typer(no_args_is_help=True, help="Prometheus metrics read from the catalogs.")
 cli.add_typer(metrics_cli, name="metrics")
+transfer_cli = typer.Typer(
+    no_args_is_help=True, help="The transfer server of a backend host, and development certs."
+)
+cli.add_typer(transfer_cli, name="transfer")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True)

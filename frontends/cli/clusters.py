@@ -31,19 +31,28 @@ def backend_add(
     cluster: str,
     name: str,
     storage: Annotated[Path, typer.Option("--storage", help="Storage root directory")],
+    transfer_url: Annotated[
+        str | None,
+        typer.Option(
+            "--transfer-url", help="https://HOST:PORT where other hosts reach its transfer server"
+        ),
+    ] = None,
 ) -> None:
-    """Add a backend (queue be.CLUSTER.NAME) with its storage root."""
-    b = connect().cluster(cluster).add_backend(name, str(storage))
+    """Add a backend (queue be.CLUSTER.NAME) with its storage root (again: update its URL)."""
+    b = connect().cluster(cluster).add_backend(name, str(storage), transfer_url)
     queue = queue_name(cluster, b.name)
-    out.print(f"backend {b.name} ({b.state}) storage {b.storage_root} queue {queue}")
+    where = f" transfer {b.transfer_url}" if b.transfer_url else ""
+    out.print(f"backend {b.name} ({b.state}) storage {b.storage_root} queue {queue}{where}")
 
 
 @backend_cli.command("list")
 def backend_list(cluster: str) -> None:
     """List backends."""
-    t = Table("name", "state", "storage", "queue")
+    t = Table("name", "state", "storage", "queue", "transfer")
     for b in connect().cluster(cluster).backends():
-        t.add_row(b.name, b.state, b.storage_root, queue_name(cluster, b.name))
+        t.add_row(
+            b.name, b.state, b.storage_root, queue_name(cluster, b.name), b.transfer_url or ""
+        )
     out.print(t)
 
 

@@ -22,6 +22,8 @@ from app.replication.state import JobState
 from app.replication.taskrows import TaskKind, TaskState
 from app.storage.rowsets import RowsetState
 from frontends.connect import replicator as connect
+from frontends.supervise import free_port
+from frontends.transfer_setup import local_transfer
 from tests.harness import PostgresServer, RedisServer, Workers, wait_until
 from tests.integration.rig import create_test_table, rows
 
@@ -32,8 +34,12 @@ WORKER_ENV = {
     "REPLICATOR_TASK_QUEUED_TIMEOUT_SEC": "4",
     "REPLICATOR_TASK_MAX_ATTEMPTS": "6",
     "REPLICATOR_COORDINATOR_TICK_SEC": "0.5",
-    # Slow enough that a test can strike while files are in flight.
-    "REPLICATOR_TRANSFER_BANDWIDTH_MB_PER_SEC": "4",
+    # Slow enough that a test can strike while files are in flight (the link's budget, shared
+    # by the two target workers).
+    "REPLICATOR_TRANSFER_BANDWIDTH_MB_PER_SEC": "8",
+    # The source's transfer server sends at that pace too, so a file is in flight on the wire
+    # (not already in socket buffers) when a test cuts the link.
+    "REPLICATOR_TRANSFER_SERVING_CAP_MB_PER_SEC": "8",
 }
 
 
@@ -158,22 +164,26 @@ def fault_rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultRig]:
     base = tmp_path_factory.mktemp("faults")
     pg = PostgresServer().init()
     redis = RedisServer(base / "redis").start()
+    transfer = local_transfer(base / "pki", ["fsrc", "fdst"])
     settings = Settings(
         broker_url=redis.url,
         dsn_template=f"{pg.url}/olap_{{cluster}}",
         task_lease_sec=3,
         task_queued_timeout_sec=4,
         task_max_attempts=6,
+        **transfer.overrides,
     )
     replicator = connect(settings)
     src, dst = replicator.cluster("fsrc"), replicator.cluster("fdst")
+    ports = {"fsrc": free_port(), "fdst": free_port()}
     for handle in (src, dst):
         handle.init()
         for b in ("be1", "be2"):
-            handle.add_backend(b, str(base / handle.name / b))
+            url = transfer.url(ports[handle.name])
+            handle.add_backend(b, str(base / handle.name / b), transfer_url=url)
     failpoints = base / "failpoints.json"
     failpoints.write_text("{}")
-    env = dict(os.environ)
+    env = dict(os.environ) | transfer.env
     env.update(WORKER_ENV)
     env.update(
         {
@@ -185,6 +195,7 @@ def fault_rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultRig]:
     env.pop("REPLICATOR_CONFIG", None)
     workers = Workers(env, base / "logs")
     for handle in (src, dst):
+        workers.transfer(handle.name, ["be1", "be2"], ports[handle.name])
         for b in ("be1", "be2"):
             workers.backend(handle.name, b)
     workers.coordinator()

@@ -16,6 +16,7 @@ from app.replication.taskrows import TaskKind, TaskState
 from app.storage.rowsets import RowsetState
 from tests.faults.conftest import FaultRig, record
 from tests.harness import wait_until
+from tests.integration.rig import create_test_table, rows
 
 JOB_TIMEOUT = 180
 
@@ -275,3 +276,43 @@ def test_cancel_while_snapshoting_with_the_source_workers_down(rig: FaultRig) ->
     time.sleep(2)
     assert rig.scalar(rig.src, "SELECT count(*) FROM holds WHERE expires_at > now()") == 0
     record("k: cancel while SNAPSHOTING, source workers down", job, struck, job.state, "")
+
+
+def test_a_transfer_server_killed_mid_job_is_resumed_with_range_and_the_job_commits(
+    rig: FaultRig,
+) -> None:
+    # One bucket: a few files of several MB each, so that one is on the wire when the link goes.
+    table = "db.kill_transfer"
+    for handle in (rig.src, rig.dst):
+        create_test_table(handle, table, buckets=1, replication_num=2)
+    rig.src.load(table, rows(600_000, seed=11, wide=True), label="kill_transfer-1")
+    before = rig.content(rig.dst, table)
+    job = rig.replicator.replicate(f"{rig.src.name}:{table}", rig.dst.name)
+    staging = [Path(b.storage_root, "staging") for b in rig.dst.backends()]
+
+    def receiving() -> bool:
+        return any(p.is_file() and p.stat().st_size > 0 for d in staging for p in d.rglob("*"))
+
+    wait_until(receiving, 60, "a file to be on its way", interval=0.01)
+    server = f"transfer.{rig.src.name}"
+    logs = [rig.workers.procs[queue_name(rig.dst.name, b)].log for b in ("be1", "be2")]
+    struck = time.time()
+    rig.workers.kill(server)
+    time.sleep(2)  # the link is down for a while: downloads wait and retry
+    assert not job.refresh().state.final
+    rig.workers.restart(server)
+
+    job.wait(JOB_TIMEOUT)
+
+    assert job.state is JobState.COMMITTED, job.message
+    rig.assert_clean_end(job, table, before)
+    resumed = [
+        int(line.rsplit(" ", 1)[1])
+        for log in logs
+        for line in log.read_text(errors="replace").splitlines()
+        if "resuming at byte" in line
+    ]
+    # A file cut in the middle went on from where it stopped: Range, not a new download.
+    assert any(offset > 0 for offset in resumed), resumed
+    record("l: transfer server killed mid-job", job, struck, job.state,
+           f"resumed at bytes {sorted(set(resumed))[:5]}")  # fmt: skip

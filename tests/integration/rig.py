@@ -16,6 +16,8 @@ from app.catalog import schema as s
 from app.client import ClusterHandle, Replicator
 from app.config import Settings
 from frontends.connect import replicator as connect
+from frontends.supervise import free_port
+from frontends.transfer_setup import local_transfer
 from tests.harness import RedisServer, Workers
 
 COLUMNS = ["id:int64", "day:date", "qty:int32", "price:float64", "note:string"]
@@ -141,24 +143,31 @@ class Rig:
 def start_rig(
     settings: Settings, test_env: dict[str, str], base: Path, prefix: str, bandwidth: float
 ) -> Iterator[Rig]:
+    """A source and a target cluster of two backends each, on this host: a transfer server per
+    cluster (mutual TLS), a worker per backend and a coordinator. ``bandwidth``: the link's
+    budget in MB/s (0: unlimited)."""
     redis = RedisServer(base / "redis").start()
     workers: Workers | None = None
     try:
-        settings = settings.with_overrides(broker_url=redis.url)
+        src_name, dst_name = f"{prefix}src", f"{prefix}dst"
+        transfer = local_transfer(base / "pki", [src_name, dst_name])
+        settings = settings.with_overrides(broker_url=redis.url, **transfer.overrides)
         replicator = connect(settings)
-        src = replicator.cluster(f"{prefix}src")
-        dst = replicator.cluster(f"{prefix}dst")
+        src, dst = replicator.cluster(src_name), replicator.cluster(dst_name)
+        ports = {src_name: free_port(), dst_name: free_port()}
         for handle in (src, dst):
             handle.init()
             for b in ("be1", "be2"):
-                handle.add_backend(b, str(base / handle.name / b))
-        env = dict(test_env)
+                url = transfer.url(ports[handle.name])
+                handle.add_backend(b, str(base / handle.name / b), transfer_url=url)
+        env = dict(test_env) | transfer.env
         env["REPLICATOR_BROKER_URL"] = redis.url
         env["REPLICATOR_TRANSFER_BANDWIDTH_MB_PER_SEC"] = str(bandwidth)
         # This rig's coordinator serves this rig's clusters, not every catalog of the test run.
         env["REPLICATOR_COORDINATOR_CLUSTERS"] = f"{src.name},{dst.name}"
         workers = Workers(env, base / "logs")
         for handle in (src, dst):
+            workers.transfer(handle.name, ["be1", "be2"], ports[handle.name])
             for b in ("be1", "be2"):
                 workers.backend(handle.name, b)
         workers.coordinator()

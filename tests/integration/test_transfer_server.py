@@ -14,6 +14,7 @@ import urllib3
 
 from app.errors import ChecksumMismatch, SetupError, SourceDataGone, TransferRefused
 from app.storage.checksum import FileMeta, checksum_file
+from app.storage.marker import write_marker
 from app.transfer import client, server, tokens
 from app.transfer.server import BackendRoot, InMemoryRevocations
 from tests.integration.transfer_rig import (
@@ -277,10 +278,10 @@ def test_the_server_refuses_a_root_without_its_marker(tmp_path: Path) -> None:
     backends = {"be1": BackendRoot("prod", "be1", root)}
     with pytest.raises(SetupError, match=r"no \.olap-replicator-root"):
         server.make_app(backends, SECRETS, InMemoryRevocations())
-    server.write_marker(root, "prod", "be2")
+    write_marker(root, "prod", "be2")
     with pytest.raises(SetupError, match="is marked"):
         server.make_app(backends, SECRETS, InMemoryRevocations())
-    server.write_marker(root, "prod", "be1")
+    write_marker(root, "prod", "be1")
     server.make_app(backends, SECRETS, InMemoryRevocations())
 
 

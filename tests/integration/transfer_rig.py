@@ -23,6 +23,7 @@ import xxhash
 from aiohttp import web
 
 from app.storage.checksum import FileMeta
+from app.storage.marker import write_marker
 from app.transfer import server, tls, tokens
 from app.transfer.server import BackendRoot, InMemoryRevocations
 from app.transfer.tokens import Grant
@@ -77,7 +78,7 @@ class Source:
 def make_source(root: Path, size: int, name: str = "0.parquet", tablet: int = 7) -> Source:
     """A marked storage root of prod/be1 holding one rowset file of ``size`` random bytes."""
     root.mkdir(parents=True, exist_ok=True)
-    server.write_marker(root, "prod", "be1")
+    write_marker(root, "prod", "be1")
     rowset = uuid.uuid4().hex
     path = root / f"data/{tablet}/{rowset}/{name}"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from app.errors import RetryableError, StorageUnavailable
+from app.errors import InvalidRequest, RetryableError, StorageUnavailable
 from app.storage.client import LocalStorage, StorageClient, storage_for
 
 
@@ -244,3 +244,34 @@ def test_a_failure_that_is_not_a_missing_file_is_unavailable(storage: StorageCli
     os.mkdir(os.path.join(storage.root, "a-dir"))
     with pytest.raises(StorageUnavailable):
         storage.open_write("a-dir")  # a directory where a file must be
+
+
+@pytest.mark.parametrize(
+    "path", ["../x", "data/../../x", "/etc/passwd", "data//x", "./data", "data/\x00x", ""]
+)
+def test_a_path_that_is_not_clean_and_relative_is_refused_before_any_io(
+    tmp_path: Path, path: str
+) -> None:
+    store = LocalStorage(str(tmp_path / "root"))
+    (tmp_path / "root").mkdir()
+    for call in (
+        lambda: store.open_write(path),
+        lambda: store.open_read(path),
+        lambda: store.delete_tree(path),
+        lambda: store.rename("a", path),
+    ):
+        with pytest.raises(InvalidRequest):
+            call()
+    assert list(tmp_path.iterdir()) == [tmp_path / "root"]
+
+
+def test_a_symlink_that_leaves_the_root_is_refused(tmp_path: Path) -> None:
+    root = tmp_path / "root"
+    (root / "data").mkdir(parents=True)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (root / "data" / "escape").symlink_to(outside)
+    store = LocalStorage(str(root))
+    with pytest.raises(InvalidRequest, match="leaves the root"):
+        store.open_write("data/escape/x")
+    assert list(outside.iterdir()) == []

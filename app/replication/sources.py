@@ -1,0 +1,175 @@
+"""Where an apply task reads a source replica's files from.
+
+By default (``transfer_mode = https``) every byte crosses the network: the file is downloaded
+from the transfer server of the source backend that holds it, with the snapshot's token, over
+TLS (``http`` is the same without TLS, only when asked for). ``shared`` reads the source's storage
+root directly, for roots that every host really mounts. Either way the source's addresses and
+roots come from the source cluster's catalog, never from a manifest, and every name that came
+from the source is validated before it is used.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import redis
+
+from app import faults
+from app.catalog import model
+from app.cluster import Cluster
+from app.config import Settings
+from app.errors import SetupError
+from app.storage.checksum import FileMeta, copy_verified
+from app.storage.client import StorageClient, rowset_dir, storage_for
+from app.transfer import names, tls
+from app.transfer.budget import Budget
+from app.transfer.client import Downloader
+
+Progress = Callable[[int], object]
+
+
+class Source(Protocol):
+    """One source replica of a tablet's files."""
+
+    backend_id: int
+    name: str
+
+    def fetch(
+        self, tablet: int, rowset: str, meta: FileMeta, target: StorageClient, staged: str,
+        on_progress: Progress,
+    ) -> int:  # fmt: skip
+        """Write the file into ``staged`` on ``target``, verified (size and xxh3 in the same
+        pass); return the bytes that crossed. FileNotFoundError or SourceDataGone: this replica
+        lacks it; ChecksumMismatch: bad bytes; StorageUnavailable: unreachable now."""
+
+
+@dataclass
+class SharedRoot:
+    """A source replica whose storage root this host mounts (``transfer_mode = shared``)."""
+
+    backend_id: int
+    name: str
+    storage: StorageClient
+
+    def fetch(
+        self, tablet: int, rowset: str, meta: FileMeta, target: StorageClient, staged: str,
+        on_progress: Progress,
+    ) -> int:  # fmt: skip
+        path = f"{rowset_dir(tablet, rowset)}/{meta.name}"
+        with self.storage.open_read(path) as raw, target.open_write(staged) as out:
+            fin = _Corrupting(raw) if faults.fire("transfer.corrupt") else raw
+            return copy_verified(fin, out, meta, on_progress=on_progress)  # type: ignore[arg-type]
+
+
+@dataclass
+class Download:
+    """A source replica reached through its backend's transfer server."""
+
+    backend_id: int
+    name: str
+    url: str
+    token: str
+    downloader: Downloader
+
+    def fetch(
+        self, tablet: int, rowset: str, meta: FileMeta, target: StorageClient, staged: str,
+        on_progress: Progress,
+    ) -> int:  # fmt: skip
+        path = target.local_path(staged)
+        if path is None:
+            raise SetupError(f"target storage {target.root} cannot receive a download")
+        with target.open_write(staged):
+            pass  # creates the staging directory; the download truncates and fills the file
+        result = self.downloader.fetch_to(
+            self.url, self.name, tablet, rowset, meta, self.token, path, on_progress,
+            corrupt=faults.fire("transfer.corrupt"),
+        )  # fmt: skip
+        return result.transferred
+
+
+def sources_for(
+    settings: Settings, src_cluster: str, backend_ids: list[int], token: str | None
+) -> list[Source]:
+    """The task's source replicas, in the order to try, as this host reaches them."""
+    with Cluster(settings, src_cluster).engine.connect() as conn:
+        backends = model.list_backends(conn)
+    out: list[Source] = []
+    for b in backend_ids:
+        backend = backends.get(int(b))
+        if backend is None:
+            continue  # decommissioned and removed since the snapshot
+        if settings.transfer_mode == "shared":
+            out.append(SharedRoot(backend.id, backend.name, storage_for(backend.storage_root)))
+            continue
+        if not backend.transfer_url:
+            raise SetupError(
+                f"source backend {src_cluster}:{backend.name} has no transfer address: register "
+                f"it with `replicator backend add {src_cluster} {backend.name} --storage ... "
+                "--transfer-url https://HOST:PORT`"
+            )
+        if token is None:
+            raise SetupError(f"job's snapshot of {src_cluster} carries no transfer token")
+        out.append(Download(backend.id, backend.name, backend.transfer_url, token,
+                            downloader(settings)))  # fmt: skip
+    return out
+
+
+@functools.cache
+def _downloader(ca: str, cert: str, key: str, insecure: bool) -> Downloader:
+    ctx = None if insecure else tls.client_context(ca, cert or None, key or None)
+    return Downloader(ctx)
+
+
+def downloader(settings: Settings) -> Downloader:
+    """One per worker process and TLS setting: its connections stay open between tasks."""
+    if settings.transfer_mode == "https" and not settings.transfer_ca_file:
+        raise SetupError(
+            "transfer_ca_file is not set: point REPLICATOR_TRANSFER_CA_FILE at the CA bundle "
+            "that signs the source clusters' transfer servers (or set transfer_mode = http "
+            "for an insecure test set-up)"
+        )
+    return _downloader(
+        settings.transfer_ca_file,
+        settings.transfer_client_cert_file,
+        settings.transfer_client_key_file,
+        settings.transfer_mode == "http",
+    )
+
+
+@functools.cache
+def _redis(url: str) -> redis.Redis:
+    return redis.Redis.from_url(url)
+
+
+def link_budget(settings: Settings, src_cluster: str, dst_cluster: str) -> Budget:
+    """The (source -> target) link's bandwidth budget, shared through the broker's Redis."""
+    return Budget(
+        _redis(settings.broker_url),
+        (src_cluster, dst_cluster),
+        settings.transfer_bandwidth_mb_per_sec,
+    )
+
+
+class _Corrupting:
+    """A reader that flips one byte of the first chunk: the ``transfer.corrupt`` failpoint."""
+
+    def __init__(self, raw: object) -> None:
+        self.raw = raw
+        self.done = False
+
+    def readinto(self, view: memoryview) -> int:
+        n = int(self.raw.readinto(view))  # type: ignore[attr-defined]
+        if n and not self.done:
+            view[0] = view[0] ^ 0xFF
+            self.done = True
+        return n
+
+
+def check_names(tablet: object, rowset: object, meta: FileMeta) -> None:
+    """Everything in a manifest came from the source cluster: validate it before use."""
+    names.tablet_id(tablet)
+    names.rowset_id(rowset)
+    names.file_name(meta.name)

@@ -1,0 +1,41 @@
+"""The marker in a backend's storage root: which cluster and backend the root belongs to.
+
+``backend add`` writes it; the transfer server (and, as they learn to, GC and apply) refuse to
+work in a root whose marker is not their own, so two clusters whose roots were set to the same
+or nested directories cannot serve or delete each other's files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from app.errors import SetupError
+from app.transfer import names
+
+MARKER = ".olap-replicator-root"
+
+
+def write_marker(root: str | os.PathLike[str], cluster: str, backend: str) -> Path:
+    """Mark ``root`` as the storage root of ``cluster``/``backend``."""
+    path = Path(root, MARKER)
+    body = {"cluster": names.cluster_name(cluster), "backend": names.backend_name(backend)}
+    path.write_text(json.dumps(body, sort_keys=True) + "\n")
+    return path
+
+
+def check_marker(root: str | os.PathLike[str], cluster: str, backend: str) -> None:
+    """SetupError unless ``root`` carries a marker naming exactly ``cluster``/``backend``."""
+    path = Path(root, MARKER)
+    try:
+        body = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise SetupError(f"storage root {root} has no {MARKER} marker") from None
+    except (OSError, ValueError) as exc:
+        raise SetupError(f"storage root {root}: unreadable {MARKER} ({exc})") from None
+    if not isinstance(body, dict) or body != {"cluster": cluster, "backend": backend}:
+        raise SetupError(
+            f"storage root {root} is marked {names.show(body)}, not "
+            f"{{'cluster': {cluster!r}, 'backend': {backend!r}}}"
+        )
