@@ -26,7 +26,7 @@ from app.client import ClusterHandle
 from app.config import Settings
 from app.units import MB
 from frontends.connect import replicator
-from frontends.supervise import free_port
+from frontends.supervise import Workers, free_port
 from frontends.tpch import (
     LINEITEM_COLUMNS,
     LINEITEM_PARTITIONS,
@@ -36,6 +36,7 @@ from frontends.tpch import (
     parquet_rows,
     tpchgen_executable,
 )
+from frontends.transfer_setup import LocalTransfer, local_transfer
 
 __all__ = [
     "LINEITEM_COLUMNS",
@@ -365,3 +366,39 @@ def retry_busy(fn: Any, *args: Any, attempts: int = 60, **kwargs: Any) -> Any:
 def emit(result: dict[str, Any]) -> None:
     """Print the result as one JSON line (for scripts), flushed at once."""
     print(json.dumps(result, sort_keys=False, default=str), flush=True)
+
+
+# -- the transfer service of a run ------------------------------------------------------------
+
+
+@dataclass
+class BenchTransfer:
+    """The run's transfer set-up: one development CA for every host of the run (mutual TLS),
+    and per cluster a token secret and a transfer server. ``env`` is the run's worker
+    environment: each cluster's secret is added to it before its workers start."""
+
+    setup: LocalTransfer
+    env: dict[str, str]
+    logdir: Path
+
+    @staticmethod
+    def create(base: Path, env: dict[str, str], logdir: Path) -> BenchTransfer:
+        setup = local_transfer(base, ["bench"])
+        env.update({k: v for k, v in setup.env.items() if not k.endswith("_TRANSFER_SECRET")})
+        return BenchTransfer(setup, env, logdir)
+
+    @contextlib.contextmanager
+    def serve(self, bc: BenchCluster) -> Iterator[None]:
+        """A transfer server for ``bc``'s backends (its "host"), registered in its catalog."""
+        self.env[f"REPLICATOR_CLUSTER_{bc.name.upper()}_TRANSFER_SECRET"] = secrets.token_hex(32)
+        port = free_port()
+        backends = bc.handle.backends()
+        for b in backends:
+            bc.handle.add_backend(b.name, b.storage_root, self.setup.url(port))
+        servers = Workers(self.env, self.logdir / f"transfer-{bc.name}")
+        servers.transfer(bc.name, [b.name for b in backends], port)
+        try:
+            servers.wait_ready(30)
+            yield
+        finally:
+            servers.stop_all()

@@ -73,6 +73,7 @@ from bench.common import (
     OUT_DIR,
     PG_URL,
     BenchCluster,
+    BenchTransfer,
     PrivatePostgres,
     bench_cluster,
     bench_settings,
@@ -137,6 +138,7 @@ class Run:
     machine: dict[str, str] = field(default_factory=dict)
     profile_dir: Path | None = None
     pg_pid: int | None = None  # postmaster of a private Postgres (its CPU time is measured)
+    transfer: BenchTransfer | None = None
     started: float = field(default_factory=time.perf_counter)
     budget_seconds: float = 12 * 60
 
@@ -147,7 +149,11 @@ class Run:
         return Workers(self.env, self.logdir / name)
 
     def cluster(self, stack: contextlib.ExitStack, prefix: str, backends: int) -> BenchCluster:
-        return stack.enter_context(bench_cluster(prefix, backends, self.settings))
+        """A fresh cluster with its transfer server running; gone when ``stack`` closes."""
+        bc = stack.enter_context(bench_cluster(prefix, backends, self.settings))
+        assert self.transfer is not None
+        stack.enter_context(self.transfer.serve(bc))
+        return bc
 
     def record(self, result: dict[str, Any]) -> dict[str, Any]:
         result["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
@@ -201,10 +207,12 @@ def _start_run(
         env["PYTHONPATH"] = os.pathsep.join(
             [str(BENCH_DIR / "profiling"), *filter(None, [env.get("PYTHONPATH")])]
         )
+    transfer = BenchTransfer.create(OUT_DIR / "pki" / run_id, env, logdir)
     coordinator = Workers(env, logdir / "coordinator")
     coordinator.coordinator()
     run = Run(run_id, sizes, quick, settings, redis, logdir, env, replicator(settings), coordinator)
     run.profile_dir = profile_dir
+    run.transfer = transfer
     try:
         coordinator.wait_ready()
         yield run

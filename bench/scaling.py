@@ -21,6 +21,7 @@ from app.replication.taskrows import TaskKind
 from app.units import MB
 from bench.common import (
     OUT_DIR,
+    BenchTransfer,
     bench_cluster,
     bench_settings,
     create_lineitem,
@@ -47,12 +48,17 @@ def main() -> int:
     settings = bench_settings(tag, broker_url=redis.url)
     rows_out = []
     try:
-        with bench_cluster("src", 2, settings) as src, bench_cluster("dst", 2, settings) as dst:
+        env = _env(settings)
+        transfer = BenchTransfer.create(OUT_DIR / "scaling-pki", env, OUT_DIR / "scaling-logs")
+        with (
+            bench_cluster("src", 2, settings) as src,
+            bench_cluster("dst", 2, settings) as dst,
+            transfer.serve(src),
+        ):
             create_lineitem(src.handle, replication_num=2)
             t0 = time.monotonic()
             src.handle.load("tpch.lineitem", load_source(files), label="scaling-1")
             print(f"loaded source in {time.monotonic() - t0:.1f}s", flush=True)
-            env = _env(settings)
             for n in counts:
                 rows_out.append(_round(n, src, dst, settings, env))
     finally:

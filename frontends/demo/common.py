@@ -28,6 +28,7 @@ REPLICATION_NUM = 2
 PARTS = 10
 DEFAULT_SCALE_FACTOR = 0.3
 FLOWER_PORT = 5555
+TRANSFER_PORTS = (8470, 8471)  # one transfer server per cluster (its "host")
 READY_TIMEOUT_SEC = 120.0
 JOB_TIMEOUT_SEC = 900.0
 STALL_TIMEOUT_SEC = 180.0  # a job whose progress does not move for this long is reported

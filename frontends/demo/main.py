@@ -16,6 +16,7 @@ from frontends.demo.common import (
     BACKENDS,
     BUCKETS,
     CLUSTERS,
+    DEMO_DIR,
     LOG_DIR,
     PARTS,
     PID_DIR,
@@ -23,6 +24,7 @@ from frontends.demo.common import (
     SOURCE,
     TABLE,
     TARGET,
+    TRANSFER_PORTS,
     console,
     err_console,
     one_line,
@@ -41,8 +43,9 @@ from frontends.demo.setup import (
     scale_factor,
 )
 from frontends.demo.summary import Steps, print_summary
-from frontends.supervise import Workers
+from frontends.supervise import Workers, free_port, port_free
 from frontends.tpch import create_lineitem
+from frontends.transfer_setup import LocalTransfer, local_transfer
 
 
 def run() -> int:
@@ -53,14 +56,17 @@ def run() -> int:
     preflight(settings)
 
     steps.begin(1, "Clusters", "reset")
-    replicator = _fresh_clusters(settings)
+    replicator, transfer, ports = _fresh_clusters(settings)
 
     steps.begin(2, "Workers", "workers")
-    procs, flower_port = start_processes()
+    procs, flower_port = start_processes(transfer.env, ports)
     console.print(
-        f"  starting in the background: {len(CLUSTERS) * len(BACKENDS)} backend workers "
+        f"  starting in the background: a transfer server per cluster "
+        f"({', '.join(f'{c} :{p}' for c, p in ports.items())}), "
+        f"{len(CLUSTERS) * len(BACKENDS)} backend workers "
         f"({_first_and_last_queue()}), coordinator + beat, Flower"
     )
+    _say_how_bytes_travel(transfer)
 
     steps.begin(3, f"Data: TPC-H lineitem into {SOURCE}", "data")
     prod, rest = _first_load(replicator, sf)
@@ -84,8 +90,9 @@ def _first_and_last_queue() -> str:
     return f"{queue_name(CLUSTERS[0], BACKENDS[0])} .. {queue_name(CLUSTERS[-1], BACKENDS[-1])}"
 
 
-def _fresh_clusters(settings: Settings) -> Replicator:
-    """Stop a previous demo's processes, drop its clusters and messages, create new ones."""
+def _fresh_clusters(settings: Settings) -> tuple[Replicator, LocalTransfer, dict[str, int]]:
+    """Stop a previous demo's processes, drop its clusters and messages, create new ones, each
+    with a transfer server address and (unless insecure mode was asked for) certificates."""
     stopped = stop_processes(verbose=False)
     if stopped:
         console.print(
@@ -96,9 +103,27 @@ def _fresh_clusters(settings: Settings) -> Replicator:
     dropped = purge_demo_queues(settings.broker_url)
     if dropped:
         console.print(f"  dropped {dropped} stale messages from the demo's backend queues")
-    replicator = connect(settings)
-    create_clusters(replicator)
-    return replicator
+    mode = "http" if settings.transfer_mode == "http" else "https"
+    transfer = local_transfer(DEMO_DIR / "pki", list(CLUSTERS), mode)
+    ports = {
+        c: p if port_free(p) else free_port() for c, p in zip(CLUSTERS, TRANSFER_PORTS, strict=True)
+    }
+    replicator = connect(settings.with_overrides(**transfer.overrides))
+    create_clusters(replicator, {c: transfer.url(p) for c, p in ports.items()})
+    return replicator, transfer, ports
+
+
+def _say_how_bytes_travel(transfer: LocalTransfer) -> None:
+    if transfer.mode == "http":
+        console.print(
+            "  [yellow]transfer_mode = http: files cross between clusters WITHOUT TLS "
+            "(insecure; for trying things out only)[/]"
+        )
+    else:
+        console.print(
+            f"  files cross between clusters over HTTPS with mutual TLS (development CAs in "
+            f"{rel(DEMO_DIR / 'pki')}/), each download authorised by a per-task token"
+        )
 
 
 def _first_load(replicator: Replicator, sf: float) -> tuple[ClusterHandle, list[Path]]:

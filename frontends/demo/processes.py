@@ -31,8 +31,9 @@ from frontends.supervise import (
     stop_recorded,
 )
 
-# What a demo process runs: a pid whose command line lacks these is not ours (a recycled pid).
-OURS = (b"celery", b"workers")
+# Every demo process is this interpreter running a module (celery, or the replicator CLI for the
+# transfer servers): a pid whose command line lacks it is not ours (a recycled pid).
+OURS = (sys.executable.encode(), b"-m")
 
 
 def stop_processes(*, verbose: bool = True) -> list[str]:
@@ -50,8 +51,8 @@ def stop_processes(*, verbose: bool = True) -> list[str]:
     return [s.name for s in stopped]
 
 
-def _worker_env() -> dict[str, str]:
-    env = dict(os.environ)
+def _worker_env(transfer_env: dict[str, str]) -> dict[str, str]:
+    env = dict(os.environ) | transfer_env
     env["PYTHONUNBUFFERED"] = "1"
     # The demo's coordinator serves the demo's clusters only, whatever else the server holds.
     env.setdefault("REPLICATOR_COORDINATOR_CLUSTERS", ",".join(CLUSTERS))
@@ -61,10 +62,14 @@ def _worker_env() -> dict[str, str]:
     return env
 
 
-def start_processes() -> tuple[Workers, int]:
-    """Backend workers, the coordinator with beat, and Flower. Returns them and Flower's port."""
-    procs = Workers(_worker_env(), LOG_DIR, pid_dir=PID_DIR)
+def start_processes(
+    transfer_env: dict[str, str], transfer_ports: dict[str, int]
+) -> tuple[Workers, int]:
+    """A transfer server per cluster (its "host"), backend workers, the coordinator with beat,
+    and Flower. Returns them and Flower's port."""
+    procs = Workers(_worker_env(transfer_env), LOG_DIR, pid_dir=PID_DIR)
     for cluster in CLUSTERS:
+        procs.transfer(cluster, BACKENDS, transfer_ports[cluster])
         for backend in BACKENDS:
             procs.backend(cluster, backend)
     procs.coordinator(schedule=BEAT_SCHEDULE)

@@ -135,12 +135,12 @@ def purge_demo_queues(broker_url: str) -> int:
     return dropped
 
 
-def create_clusters(replicator: Any) -> None:
+def create_clusters(replicator: Any, transfer_urls: dict[str, str]) -> None:
     for name in CLUSTERS:
         handle = replicator.cluster(name)
         handle.init()
         for backend in BACKENDS:
-            handle.add_backend(backend, str(DEMO_DIR / name / backend))
+            handle.add_backend(backend, str(DEMO_DIR / name / backend), transfer_urls[name])
         console.print(
             f"  cluster [bold]{name}[/]: catalog {_database_name(replicator.settings.dsn(name))}, "
             f"backends {', '.join(BACKENDS)} under {(DEMO_DIR / name).relative_to(ROOT)}/"
