@@ -5,16 +5,28 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
 from app.config import Settings
-from app.errors import LabelConflict, NotFound, SchemaMismatch, TableBusy, VersionConflict
+from app.errors import (
+    LabelConflict,
+    NotFound,
+    SchemaMismatch,
+    TableBusy,
+    TransferRefused,
+    VersionConflict,
+)
 from app.replication.state import JobState
 from app.replication.taskrows import TaskKind
+from app.storage.checksum import FileMeta
 from app.storage.rowsets import RowsetState
+from app.transfer import tls
+from app.transfer.client import Downloader
 from tests.harness import wait_until
 from tests.integration.rig import COLUMNS, PARTITIONS, Rig, rows, start_rig
 
@@ -332,3 +344,59 @@ def test_the_cli_replicates_and_shows_the_job(rig: Rig, test_env: dict[str, str]
     )
     assert "cli-job" in listed.stdout
     assert rig.content(rig.dst, table) == rig.content(rig.src, table)
+
+
+def test_a_download_token_works_while_its_job_runs_and_not_after_a_cancel(
+    rig: Rig, tmp_path: Path
+) -> None:
+    table = rig.make_tables("token", buckets=2)
+    rig.src.load(table, rows(300_000, seed=21, wide=True), label="token-1")
+    job = rig.replicator.replicate(f"{rig.src.name}:{table}", rig.dst.name)
+    found: list[sa.Row[tuple[object, ...]]] = []
+
+    def a_token() -> bool:
+        with rig.dst.catalog.engine.connect() as conn:
+            found[:] = conn.execute(
+                sa.text(
+                    "SELECT src_tablet_id, manifest, transfer_token, src_backend_ids "
+                    "FROM job_tasks WHERE job_id = :j AND kind = :k "
+                    "AND transfer_token IS NOT NULL LIMIT 1"
+                ),
+                {"j": job.id, "k": TaskKind.APPLY},
+            ).all()
+        return bool(found)
+
+    wait_until(a_token, 60, "apply tasks with their download token")
+    tablet, manifest, token, backend_ids = found[0]
+    rowset = manifest["rowsets"][0]
+    meta = FileMeta.from_json(rowset["files"][0])
+    source = next(b for b in rig.src.backends() if b.id == backend_ids[0])
+    s = rig.settings
+    downloader = Downloader(
+        tls.client_context(
+            s.transfer_ca_file, s.transfer_client_cert_file, s.transfer_client_key_file
+        )
+    )
+
+    def download() -> int:
+        args = (source.transfer_url, source.name, tablet, rowset["id"], meta, token)
+        return downloader.fetch_to(*args, tmp_path / "copy").size  # type: ignore[arg-type]
+
+    assert download() == meta.size  # the running job's token names this file: served, verified
+    assert job.cancel() is True
+    job.wait(60)
+    assert job.state is JobState.ABORTED
+    refused_at = time.monotonic()
+    with pytest.raises(TransferRefused):
+        while True:  # within a second of the job's end, its holds are gone and so is the token
+            download()
+            assert time.monotonic() - refused_at < 1.5, "the token still works after the cancel"
+            time.sleep(0.1)
+    with rig.dst.catalog.engine.connect() as conn:
+        left = conn.execute(
+            sa.text("SELECT count(*) FROM job_tasks WHERE job_id = :j AND transfer_token <> ''"),
+            {"j": job.id},
+        ).scalar_one()
+    assert left == 0  # forgotten once the job ended
+    leaked = [p for p in rig.base.rglob("*.log") if str(token) in p.read_text(errors="replace")]
+    assert leaked == [] and str(token) not in str(job.events) + (job.message or "")
