@@ -7,7 +7,7 @@ if it did not verify. What went wrong is said by the error's kind.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from app.errors import (
     ChecksumMismatch,
@@ -21,7 +21,7 @@ from app.storage.client import StorageClient
 
 
 def fetch(
-    sources: Sequence[Source],
+    sources: list[Source],
     target: StorageClient,
     tablet: int,
     rowset: str,
@@ -33,7 +33,8 @@ def fetch(
 
     A checksum mismatch on every replica is tried once more (bytes can be damaged in flight);
     if it repeats on every replica the data itself is bad and retrying cannot help. A staged
-    file that did not verify is always removed.
+    file that did not verify is always removed. A replica that cannot be reached is moved to
+    the end of ``sources`` (the caller's list), so the task's next files try the others first.
     """
     where = f"{tablet}/{rowset}/{meta.name}"
     if not sources:
@@ -41,7 +42,7 @@ def fetch(
     errors: list[str] = []
     for _attempt in range(2):
         mismatches = 0
-        for source in sources:
+        for source in list(sources):  # a copy: _demote reorders the caller's list
             try:
                 return source.fetch(tablet, rowset, meta, target, staged, on_progress)
             except (FileNotFoundError, SourceDataGone):
@@ -51,6 +52,7 @@ def fetch(
                 errors.append(f"{source.name}: {exc}")
             except StorageUnavailable as exc:
                 errors.append(f"{source.name}: {exc}")
+                _demote(sources, source)
             except BaseException:
                 target.delete_tree(staged)
                 raise
@@ -58,6 +60,12 @@ def fetch(
         if mismatches < len(sources):
             break
     raise _classify(errors, where, len(sources))
+
+
+def _demote(sources: list[Source], source: Source) -> None:
+    if sources and sources[-1] is not source:
+        sources.remove(source)
+        sources.append(source)
 
 
 def _classify(errors: list[str], where: str, n_sources: int) -> Exception:

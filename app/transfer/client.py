@@ -52,7 +52,12 @@ CHUNK = 1024 * 1024
 
 
 class _Transient(Exception):
-    """A broken connection or a 5xx: resume from the verified offset."""
+    """A broken connection or a 5xx: resume from the verified offset. ``unreachable``: no
+    connection could be made at all (refused, no route, connect timeout)."""
+
+    def __init__(self, message: str, unreachable: bool = False) -> None:
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 @dataclass
@@ -81,6 +86,7 @@ class Downloader:
         timeout: float = 30.0,
         connect_timeout: float = 10.0,
         retries: int = 5,
+        connect_retries: int = 1,
         backoff: float = 0.2,
         max_backoff: float = 2.0,
         pool_size: int = 4,
@@ -88,6 +94,7 @@ class Downloader:
     ) -> None:
         self.plain_allowed = ssl_context is None  # only for tests on loopback
         self.retries = retries
+        self.connect_retries = connect_retries
         self.backoff = backoff
         self.max_backoff = max_backoff
         self.chunk = chunk
@@ -144,7 +151,10 @@ class Downloader:
                     if result.size == meta.size:
                         break  # every byte arrived before the break; the checksum decides
                     failures += 1
-                    if failures > self.retries:
+                    # A server that cannot be reached at all, before a byte came: say so soon,
+                    # so that the caller can turn to another replica.
+                    gone = exc.unreachable and result.size == 0 and failures > self.connect_retries
+                    if gone or failures > self.retries:
                         raise StorageUnavailable(
                             f"file {meta.name} from {url_base}: {exc}; gave up after "
                             f"{failures} attempts at byte {result.size}"
@@ -178,7 +188,12 @@ class Downloader:
                 "GET", url, headers=headers, preload_content=False, decode_content=False
             )
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise _Transient(f"request failed ({type(exc).__name__}: {_why(exc)})") from None
+            unreachable = isinstance(
+                exc, urllib3.exceptions.NewConnectionError | urllib3.exceptions.ConnectTimeoutError
+            )
+            raise _Transient(
+                f"request failed ({type(exc).__name__}: {_why(exc)})", unreachable
+            ) from None
         done = False
         try:
             self._check_status(response, meta, out, digest, result)
