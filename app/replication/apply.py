@@ -9,7 +9,6 @@ Nothing becomes visible here: the coordinator's commit does that for the whole j
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +20,7 @@ from app.catalog import schema as s
 from app.errors import LeaseLost
 from app.replication import taskrows
 from app.replication.fetch import fetch
+from app.replication.finish import installed_dirs, target_rowset_id
 from app.replication.runner import BatchOutcome, ProgressFn, TaskRunner
 from app.replication.sources import link_budget, sources_for
 from app.replication.taskrows import Claimed
@@ -30,8 +30,6 @@ from app.storage.rowsets import RowsetState, verify_file
 from app.transfer import names
 from app.txn import TxnState
 
-# Target rowset ids are derived, not drawn: a rerun of the same task names the same rowsets.
-ROWSET_NS = uuid.UUID("5b0c7f5e-9d1e-4a57-9a52-0f3c9b1f2e11")
 PROGRESS_EVERY_SEC = 1.0
 FLUSH_EVERY_TASKS = 64
 FLUSH_EVERY_SEC = 1.0
@@ -96,19 +94,44 @@ def apply_batch(
     beat = Heartbeat(runner, job, claims, progress)
     applied: list[_Applied] = []
     last_flush = time.monotonic()
-    for claim in claims:
-        beat.start(claim)
-        try:
-            applied.append(_apply_one(runner, job, claim, backends, beat, out))
-        except LeaseLost:
-            raise
-        except Exception as exc:  # recorded on that task's row
-            runner.fail_all([claim], exc, out)
-        if len(applied) >= FLUSH_EVERY_TASKS or time.monotonic() - last_flush >= FLUSH_EVERY_SEC:
-            _flush(runner, job, applied, out)
-            applied, last_flush = [], time.monotonic()
-    _flush(runner, job, applied, out)
+    try:
+        for claim in claims:
+            beat.start(claim)
+            try:
+                applied.append(_apply_one(runner, job, claim, backends, beat, out))
+            except LeaseLost:
+                raise
+            except Exception as exc:  # recorded on that task's row
+                runner.fail_all([claim], exc, out)
+            if (
+                len(applied) >= FLUSH_EVERY_TASKS
+                or time.monotonic() - last_flush >= FLUSH_EVERY_SEC
+            ):
+                _flush(runner, job, applied, out)
+                applied, last_flush = [], time.monotonic()
+        _flush(runner, job, applied, out)
+    except LeaseLost:
+        _drop_if_ended(runner, job, backends, claims)
+        raise
     beat.report(beat.batch_done + beat.completed)
+
+
+def _drop_if_ended(
+    runner: TaskRunner, job: Any, backends: dict[int, model.Backend], claims: list[Claimed]
+) -> None:
+    """A batch stopped because its job ended: what it installed and did not record would be
+    left behind (the abort's cleanup may already have run), so it removes that itself. If the
+    job goes on (another worker took a lease over), the files are that worker's to finish."""
+    with runner.dst.engine.connect() as conn:
+        state = conn.execute(
+            sa.select(s.transactions.c.state).where(s.transactions.c.id == job.txn_id)
+        ).scalar_one()
+    if state == TxnState.PREPARE:
+        return
+    for claim in claims:
+        target = storage_for(backends[claim.row.dst_backend_id].storage_root)
+        for path in installed_dirs(claim.row):
+            target.delete_tree(path)
 
 
 def _apply_one(
@@ -130,7 +153,7 @@ def _apply_one(
     rows = []
     for rs in manifest["rowsets"]:
         src_rowset = names.rowset_id(rs["id"])
-        dst_rowset = uuid.uuid5(ROWSET_NS, f"{runner.job_id}/{task.dst_tablet_id}/{src_rowset}").hex
+        dst_rowset = target_rowset_id(runner.job_id, task.dst_tablet_id, src_rowset)
         for f in rs["files"]:
             meta = FileMeta.from_json(f)
             names.file_name(meta.name)

@@ -138,6 +138,7 @@ class Coordinator:
                 result.messages += self._dispatch(conn, dst.name, job.id, kind)
             elif action is Action.ABORT:
                 finish.abort_txn(conn, job.txn_id, decision.reason)
+                taskrows.cancel_open(conn, job.id)
                 cleanup.append(Action.ABORT)
             elif action is Action.RELEASE:
                 cleanup.append(Action.RELEASE)
@@ -328,7 +329,7 @@ class Coordinator:
         be cleaned now must not keep the source's files pinned)."""
         steps: list[tuple[str, Callable[[], object]]] = []
         if Action.ABORT in actions and job.txn_id is not None:
-            steps.append(("target cleanup", lambda: finish.clean_target(dst, job.txn_id)))
+            steps.append(("target cleanup", lambda: finish.clean_target(dst, job.txn_id, job.id)))
         src = Cluster(self.settings, job.src_cluster)
         steps.append(("hold release", lambda: finish.release_holds(src, dst.name, job.id)))
         for what, run in steps:

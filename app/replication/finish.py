@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import uuid
+from typing import Any
 
 import sqlalchemy as sa
 
@@ -12,6 +14,7 @@ from app.catalog import schema as s
 from app.cluster import Cluster
 from app.errors import StorageUnavailable, TargetMoved
 from app.replication import taskrows
+from app.replication.taskrows import TaskKind
 from app.storage import holds
 from app.storage.client import rowset_dir, staging_dir, storage_for
 from app.storage.rowsets import RowsetState
@@ -19,8 +22,25 @@ from app.storage.rowsets import RowsetState
 log = logging.getLogger(__name__)
 
 
+# Target rowset ids are derived, not drawn: a rerun of the same task names the same rowsets,
+# and an abort can find what an apply installed even before it was recorded.
+ROWSET_NS = uuid.UUID("5b0c7f5e-9d1e-4a57-9a52-0f3c9b1f2e11")
+
+
 def hold_owner(dst_cluster: str, job_id: int) -> str:
     return f"job:{dst_cluster}:{job_id}"
+
+
+def target_rowset_id(job_id: int, dst_tablet_id: int, src_rowset_id: str) -> str:
+    return uuid.uuid5(ROWSET_NS, f"{job_id}/{dst_tablet_id}/{src_rowset_id}").hex
+
+
+def installed_dirs(task: Any) -> list[str]:
+    """The rowset directories an apply task installs (or may have begun to) on its replica."""
+    return [
+        rowset_dir(task.dst_tablet_id, target_rowset_id(task.job_id, task.dst_tablet_id, r["id"]))
+        for r in (task.manifest or {}).get("rowsets", [])
+    ]
 
 
 def commit(conn: sa.Connection, job_id: int, txn_id: int) -> dict[str, int]:
@@ -80,10 +100,12 @@ def abort_txn(conn: sa.Connection, txn_id: int | None, reason: str) -> None:
         txns.abort(conn, txn_id, reason)
 
 
-def clean_target(dst: Cluster, txn_id: int) -> int:
-    """Delete the files an aborted job left on the target: staged and installed-but-pending."""
+def clean_target(dst: Cluster, txn_id: int, job_id: int | None = None) -> int:
+    """Delete the files an aborted job left on the target: staged, installed-but-pending, and
+    installed by an apply that had not recorded them yet (named by ``target_rowset_id``)."""
     with dst.engine.begin() as conn:
         backends = model.list_backends(conn)
+        applies = taskrows.of_job(conn, job_id, TaskKind.APPLY) if job_id is not None else []
         rows = conn.execute(
             sa.select(s.rowsets.c.id, s.rowsets.c.tablet_id).where(
                 s.rowsets.c.txn_id == txn_id, s.rowsets.c.state == RowsetState.STALE
@@ -106,6 +128,9 @@ def clean_target(dst: Cluster, txn_id: int) -> int:
                 .where(s.rowsets.c.id.in_([r.id for r in rows]))
                 .values(state=RowsetState.DELETED)
             )
+    for task in applies:
+        for path in installed_dirs(task):
+            _delete(backends[task.dst_backend_id], path)
     for backend in backends.values():
         _delete(backend, staging_dir(txn_id))
     return len(rows)

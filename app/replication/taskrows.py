@@ -9,6 +9,7 @@ target replica's apply) and the only truth about it; Celery messages carry just 
        |                      ^                   fail (permanent, or out of attempts)
        `-- mark_due also re-queues a QUEUED row whose message was lost (queued too long) and a
            RUNNING row whose lease expired (its worker died); claim takes those over too.
+    PENDING, QUEUED, RUNNING --cancel_open (the job aborted)--> CANCELLED
 
 Every function here is one ``UPDATE ... WHERE <expected state>`` so that two actors (two
 coordinators, a worker and the coordinator, a worker and its own late twin) can never both win:
@@ -36,17 +37,20 @@ class TaskState(StrEnum):
     RUNNING = "RUNNING"  # claimed by a worker, under a lease
     DONE = "DONE"
     FAILED = "FAILED"  # for good: the job aborts
+    CANCELLED = "CANCELLED"  # its job ended (aborted) before it did
 
 
 OPEN_STATES = (TaskState.PENDING, TaskState.QUEUED, TaskState.RUNNING)
 
 ALLOWED = {
-    TaskState.PENDING: {TaskState.QUEUED, TaskState.RUNNING, TaskState.FAILED},
-    TaskState.QUEUED: {TaskState.QUEUED, TaskState.RUNNING},
+    TaskState.PENDING: {TaskState.QUEUED, TaskState.RUNNING, TaskState.FAILED,
+                        TaskState.CANCELLED},
+    TaskState.QUEUED: {TaskState.QUEUED, TaskState.RUNNING, TaskState.CANCELLED},
     TaskState.RUNNING: {TaskState.QUEUED, TaskState.RUNNING, TaskState.DONE, TaskState.PENDING,
-                        TaskState.FAILED},
+                        TaskState.FAILED, TaskState.CANCELLED},
     TaskState.DONE: set(),
     TaskState.FAILED: set(),
+    TaskState.CANCELLED: set(),
 }  # fmt: skip
 
 
@@ -337,4 +341,16 @@ def forget_tokens(conn: sa.Connection, job_id: int) -> None:
         sa.update(_t)
         .where(_t.c.job_id == job_id, _t.c.transfer_token.is_not(None))
         .values(transfer_token=None)
+    )
+
+
+def cancel_open(conn: sa.Connection, job_id: int) -> int:
+    """Every open task of an aborted job -> CANCELLED: nothing will ever finish them, and a late
+    worker's compare-and-set (which expects RUNNING) then changes nothing."""
+    return int(
+        conn.execute(
+            sa.update(_t)
+            .where(_t.c.job_id == job_id, _t.c.state.in_(OPEN_STATES))
+            .values(state=TaskState.CANCELLED, lease_until=None, updated_at=_now)
+        ).rowcount
     )

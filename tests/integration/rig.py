@@ -135,6 +135,17 @@ class Rig:
             if p.is_file()
         ]
 
+    def unnamed_rowset_dirs(self, handle: ClusterHandle) -> list[Path]:
+        """Rowset directories under any backend's data/ that no catalog row names."""
+        with handle.catalog.engine.connect() as conn:
+            named = set(conn.execute(sa.select(s.rowsets.c.id)).scalars())
+        return [
+            d
+            for b in handle.backends()
+            for d in Path(b.storage_root, "data").glob("*/*")
+            if d.is_dir() and d.name not in named
+        ]
+
     def jobs_count(self) -> int:
         with self.dst.catalog.engine.connect() as conn:
             return int(conn.execute(sa.select(sa.func.count()).select_from(s.jobs)).scalar_one())

@@ -22,7 +22,7 @@ from app.errors import (
     VersionConflict,
 )
 from app.replication.state import JobState
-from app.replication.taskrows import TaskKind
+from app.replication.taskrows import TaskKind, TaskState
 from app.storage.checksum import FileMeta
 from app.storage.rowsets import RowsetState
 from app.transfer import tls
@@ -169,6 +169,15 @@ def test_a_cancelled_job_leaves_the_target_exactly_as_it_was(rig: Rig) -> None:
     )
     # An apply still copying when the cancel landed stops at its next heartbeat.
     wait_until(lambda: rig.staged_files(rig.dst) == [], 10, "staged files to be removed")
+    # ... and whatever it had installed without recording it goes too.
+    wait_until(lambda: rig.unnamed_rowset_dirs(rig.dst) == [], 10, "unrecorded rowsets to go")
+    open_tasks = rig.count(
+        rig.dst,
+        "SELECT count(*) FROM job_tasks WHERE job_id = :j AND state <> ALL(:s)",
+        j=job.id,
+        s=[TaskState.DONE, TaskState.CANCELLED],
+    )
+    assert open_tasks == 0  # nothing stays PENDING, QUEUED or RUNNING for ever
     owner = f"job:{rig.dst.name}:{job.id}"
     assert rig.count(rig.src, "SELECT count(*) FROM holds WHERE owner = :o", o=owner) == 0
     # The target accepts loads again once the job has ended.
