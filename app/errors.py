@@ -134,6 +134,10 @@ class TransactionExpired(FatalError):
     """The transaction passed its timeout and was aborted."""
 
 
+class StorageFull(FatalError):
+    """A storage root has no room left: retrying will not make room."""
+
+
 class TargetMoved(FatalError):
     """A target partition changed after planning; committing would lose that change."""
 

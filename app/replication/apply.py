@@ -8,6 +8,7 @@ Nothing becomes visible here: the coordinator's commit does that for the whole j
 
 from __future__ import annotations
 
+import errno
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app.catalog import model
 from app.catalog import schema as s
-from app.errors import LeaseLost
+from app.errors import LeaseLost, StorageFull
 from app.replication import taskrows
 from app.replication.fetch import fetch
 from app.replication.finish import installed_dirs, target_rowset_id
@@ -25,7 +26,7 @@ from app.replication.runner import BatchOutcome, ProgressFn, TaskRunner
 from app.replication.sources import link_budget, sources_for
 from app.replication.taskrows import Claimed
 from app.storage.checksum import FileMeta
-from app.storage.client import rowset_dir, staging_dir, storage_for
+from app.storage.client import StorageClient, full, rowset_dir, staging_dir, storage_for
 from app.storage.rowsets import RowsetState, verify_file
 from app.transfer import names
 from app.txn import TxnState
@@ -161,8 +162,12 @@ def _apply_one(
             if not verify_file(target, final, meta):
                 # Flat staging: one directory per transaction, not one per rowset.
                 staged = f"{staging_dir(job.txn_id)}/{dst_rowset}.{meta.name}"
-                out.bytes += fetch(sources, target, src_tablet, src_rowset, staged, meta, beat)
-                target.rename(staged, final)
+                try:
+                    out.bytes += fetch(sources, target, src_tablet, src_rowset, staged, meta, beat)
+                    target.rename(staged, final)
+                except (OSError, StorageFull) as exc:
+                    _raise_if_full(exc, target, backends[task.dst_backend_id], runner)
+                    raise
             beat.file_done(meta.size)
         rows.append(
             {
@@ -178,6 +183,20 @@ def _apply_one(
             }
         )
     return _Applied(claim, rows, beat.completed)
+
+
+def _raise_if_full(
+    exc: BaseException, target: StorageClient, backend: model.Backend, runner: TaskRunner
+) -> None:
+    """A full disk is permanent for this job: say which backend, and how much room it has."""
+    if isinstance(exc, StorageFull) or (
+        isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    ):
+        raise full(
+            target.root,
+            f"target backend {runner.dst.name}:{backend.name} cannot hold this job's files; "
+            "free space or add backends, then replicate again",
+        ) from None
 
 
 def _flush(runner: TaskRunner, job: Any, applied: list[_Applied], out: BatchOutcome) -> None:

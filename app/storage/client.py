@@ -17,7 +17,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, BinaryIO, NoReturn, Protocol
 
-from app.errors import InvalidRequest, StorageUnavailable
+from app.errors import InvalidRequest, ReplicatorError, StorageFull, StorageUnavailable
+from app.units import MB
 
 
 class StorageClient(Protocol):
@@ -145,7 +146,9 @@ class LocalStorage:
         missing = FileNotFoundError | NotADirectoryError | IsADirectoryError
         return isinstance(exc, missing) and os.path.isdir(self.root)
 
-    def _unavailable(self, doing: str, path: str, exc: OSError) -> StorageUnavailable:
+    def _unavailable(self, doing: str, path: str, exc: OSError) -> ReplicatorError:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            return full(self.root, f"cannot {doing} {path}")
         return StorageUnavailable(f"cannot {doing} {path} under {self.root}: {exc}")
 
     def _not_found(self, doing: str, path: str, exc: OSError) -> NoReturn:
@@ -268,3 +271,13 @@ def rowset_dir(tablet_id: int, rowset_id: str) -> str:
 
 def staging_dir(txn_id: int) -> str:
     return f"staging/{txn_id}"
+
+
+def full(root: str, what: str) -> StorageFull:
+    """The error for a storage root without room left, saying how much there is."""
+    try:
+        usage = shutil.disk_usage(root)
+        room = f"{usage.free / MB:.1f} MB free of {usage.total / MB:.1f} MB"
+    except OSError:
+        room = "free space unknown"
+    return StorageFull(f"storage root {root} is full ({room}): {what}")
