@@ -239,10 +239,12 @@ class Replicator:
         create_target: bool = False,
         replication_num: int | None = None,
         timeout_sec: int | None = None,
+        overwrite: bool = False,
     ) -> Job:
         """Replicate ``CLUSTER:DB.TABLE`` into ``CLUSTER[:DB.TABLE]``; the same label returns the
         same job. Bad input raises a UserError and creates nothing. ``timeout_sec`` overrides
-        replication_transaction_timeout_sec for this job."""
+        replication_transaction_timeout_sec for this job. ``overwrite``: replace target partitions
+        that were written on their own since they were last replicated (refused otherwise)."""
         cluster, job_id, created = _jobs.submit(
             self.settings,
             src,
@@ -252,6 +254,7 @@ class Replicator:
             create_target=create_target,
             replication_num=replication_num,
             timeout_sec=timeout_sec,
+            overwrite=overwrite,
         )
         job = Job(self, cluster, job_id)
         if created and not job.state.final:

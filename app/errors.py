@@ -79,6 +79,11 @@ class TokenRejected(InvalidRequest):
         self.reason = reason
 
 
+class TargetDiverged(UserError):
+    """The target was written on its own since it was last replicated: replicating would
+    replace those rows. Refused unless the caller asks for an overwrite."""
+
+
 class SetupError(UserError):
     """The machine is not ready for what was asked (a port taken, a service or tool missing)."""
 

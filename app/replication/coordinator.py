@@ -188,7 +188,13 @@ class Coordinator:
         src = Cluster(self.settings, job.src_cluster)
         pair = TablePair(job.src_cluster, job.src_table, dst.name, job.dst_table)
         try:
-            plan = make_plan(src, dst, pair, partitions=job.options.get("partitions"))
+            plan = make_plan(
+                src,
+                dst,
+                pair,
+                partitions=job.options.get("partitions"),
+                overwrite=bool(job.options.get("overwrite")),
+            )
         except UserError as exc:
             return Result(Action.PLAN, Outcome.REFUSED, f"planning failed: {exc}")
         if plan.up_to_date:
@@ -215,12 +221,18 @@ class Coordinator:
         conn.execute(sa.update(s.jobs).where(s.jobs.c.id == job.id).values(txn_id=txn.id))
         self._record_plan(conn, job.id, plan, src)
         modes = sorted({p.mode.lower() for p in plan.partitions})
+        replaced = (
+            f"; OVERWRITING partitions {', '.join(plan.overwritten)} that were written on the "
+            "target (asked for with overwrite)"
+            if plan.overwritten
+            else ""
+        )
         return Result(
             Action.PLAN,
             Outcome.OK,
             f"planned {len(plan.partitions)} partitions ({'/'.join(modes)}), "
             f"{len(plan.tablets)} tablets; skipped {len(plan.skipped)} up-to-date partitions; "
-            f"transaction {txn.label}",
+            f"transaction {txn.label}{replaced}",
         )
 
     def _record_plan(self, conn: sa.Connection, job_id: int, plan: Plan, src: Cluster) -> None:

@@ -97,6 +97,7 @@ def submit(
     create_target: bool = False,
     replication_num: int | None = None,
     timeout_sec: int | None = None,
+    overwrite: bool = False,
 ) -> tuple[str, int, bool]:
     """Validate, plan and record a job. Returns (cluster, job id, created).
 
@@ -114,6 +115,8 @@ def submit(
         "replication_num": replication_num,
         "timeout_sec": timeout_sec,
     }
+    if overwrite:  # only when asked, so that earlier jobs' labels keep their digest
+        options["overwrite"] = True
     if timeout_sec is not None and timeout_sec < 1:
         raise InvalidRequest(f"timeout_sec must be at least 1, got {timeout_sec}")
     digest = _digest(pair, options)
@@ -126,7 +129,9 @@ def submit(
                 "arguments; use a new label"
             )
         return pair.dst_cluster, existing[0], False
-    plan = make_plan(src_c, dst_c, pair, partitions=partitions, create_target=create_target)
+    plan = make_plan(
+        src_c, dst_c, pair, partitions=partitions, create_target=create_target, overwrite=overwrite
+    )
     if plan.dst is None:
         with src_c.engine.connect() as conn:
             src_parts = model.list_partitions(conn, plan.src.id)

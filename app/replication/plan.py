@@ -15,7 +15,13 @@ from app.catalog import model
 from app.catalog import schema as s
 from app.catalog.model import TableInfo
 from app.cluster import Cluster, PartitionSpec
-from app.errors import InvalidRequest, NotFound, SchemaMismatch, VersionConflict
+from app.errors import (
+    InvalidRequest,
+    NotFound,
+    SchemaMismatch,
+    TargetDiverged,
+    VersionConflict,
+)
 from app.storage.rowsets import RowsetState
 
 
@@ -78,6 +84,7 @@ class Plan:
     skipped: list[str] = field(default_factory=list)
     tablets: list[TabletPair] = field(default_factory=list)
     data_size: int = 0
+    overwritten: list[str] = field(default_factory=list)  # diverged partitions to be replaced
 
     @property
     def up_to_date(self) -> bool:
@@ -91,6 +98,7 @@ def make_plan(
     *,
     partitions: list[str] | None = None,
     create_target: bool = False,
+    overwrite: bool = False,
 ) -> Plan:
     """What replicating ``pair`` would do now: per partition skip, incremental or full, and the
     tablet pairs. Raises a UserError naming what is wrong; changes nothing."""
@@ -111,8 +119,25 @@ def make_plan(
     _check_target(pair, src_table, dst_table, dst_backends, create_target)
     plan = Plan(src_table, dst_table)
     dst_by_name = {p.name: p for p in dst_parts}
-    for sp in _wanted(pair, src_parts, partitions):
-        pp = _plan_partition(pair, sp, dst_by_name.get(sp.name), dst_table is not None)
+    wanted = _wanted(pair, src_parts, partitions)
+    diverged = [
+        _divergence(sp, dst_by_name[sp.name])
+        for sp in wanted
+        if sp.name in dst_by_name
+        and _diverged(dst_by_name[sp.name])
+        # A target ahead of its source is refused on its own (VersionConflict), as before.
+        and (overwrite or dst_by_name[sp.name].visible_version <= sp.visible_version)
+    ]
+    if diverged and not overwrite:
+        raise TargetDiverged(
+            f"target {pair.dst_cluster}:{pair.dst_table} was written on its own since it was "
+            f"last replicated: {'; '.join(diverged)}. Replicating would replace its rows: ask "
+            "for that explicitly (overwrite=True, --overwrite), or replicate other partitions"
+        )
+    plan.overwritten = [d.split(" ", 2)[1] for d in diverged]
+    for sp in wanted:
+        dp = dst_by_name.get(sp.name)
+        pp = _plan_partition(pair, sp, dp, dst_table is not None, _diverged(dp) and overwrite)
         if pp is None:
             plan.skipped.append(sp.name)
             continue
@@ -158,10 +183,25 @@ def _wanted(pair: TablePair, src_parts: list[Any], partitions: list[str] | None)
     return [src_by_name[n] for n in wanted]
 
 
+def _diverged(dp: Any | None) -> bool:
+    """The target partition holds writes of its own: its newest version came from a load or
+    an overwrite on the target, not from a replication (a fresh partition has version 1)."""
+    return dp is not None and dp.visible_version > 1 and dp.version_txn_kind != "REPLICATION"
+
+
+def _divergence(sp: Any, dp: Any) -> str:
+    return (
+        f"partition {dp.name} is at version {dp.visible_version} epoch {dp.version_epoch} "
+        f"after a {dp.version_txn_kind.lower()} on the target, the source at version "
+        f"{sp.visible_version} epoch {sp.version_epoch}"
+    )
+
+
 def _plan_partition(
-    pair: TablePair, sp: Any, dp: Any | None, target_exists: bool
+    pair: TablePair, sp: Any, dp: Any | None, target_exists: bool, overwrite: bool = False
 ) -> PartitionPlan | None:
-    """One partition's plan, or None when there is nothing to copy."""
+    """One partition's plan, or None when there is nothing to copy. ``overwrite``: the target
+    diverged and the caller asked for it to be replaced by a full copy."""
     name = sp.name
     if target_exists and dp is None:
         raise SchemaMismatch(
@@ -175,7 +215,7 @@ def _plan_partition(
         )
     dst_version = dp.visible_version if dp else 1
     dst_epoch = dp.version_epoch if dp else 0
-    if dst_version > sp.visible_version:
+    if dst_version > sp.visible_version and not overwrite:
         raise VersionConflict(
             f"target partition {name!r} is at version {dst_version}, ahead of the source's "
             f"{sp.visible_version}: the target has data the source lacks, so replication "
@@ -183,9 +223,10 @@ def _plan_partition(
         )
     if sp.visible_version == 1 and dst_version == 1:
         return None  # nothing was ever loaded on either side
-    if dst_version == sp.visible_version and dst_epoch == sp.version_epoch:
+    if not overwrite and dst_version == sp.visible_version and dst_epoch == sp.version_epoch:
         return None
-    mode = "INCREMENTAL" if dst_epoch == sp.version_epoch and dst_version > 1 else "FULL"
+    incremental = dst_epoch == sp.version_epoch and dst_version > 1 and not overwrite
+    mode = "INCREMENTAL" if incremental else "FULL"
     return PartitionPlan(
         name,
         sp.id,

@@ -27,6 +27,10 @@ def replicate(
     replication_num: Annotated[int | None, typer.Option(help="For a created target")] = None,
     wait: Annotated[bool, typer.Option(help="Wait for COMMITTED or ABORTED")] = False,
     timeout: float = 3600.0,
+    overwrite: Annotated[
+        bool,
+        typer.Option(help="Replace target partitions written on the target since replicated"),
+    ] = False,
 ) -> None:
     """Replicate a table's partitions at their current source versions, as one transaction."""
     job = connect().replicate(
@@ -36,6 +40,7 @@ def replicate(
         label=label,
         create_target=create_target,
         replication_num=replication_num,
+        overwrite=overwrite,
     )
     out.print(
         f"job {job.ref} ({job.label}): {job.state}"

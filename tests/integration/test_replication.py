@@ -18,6 +18,7 @@ from app.errors import (
     NotFound,
     SchemaMismatch,
     TableBusy,
+    TargetDiverged,
     TransferRefused,
     VersionConflict,
 )
@@ -409,3 +410,29 @@ def test_a_download_token_works_while_its_job_runs_and_not_after_a_cancel(
     assert left == 0  # forgotten once the job ended
     leaked = [p for p in rig.base.rglob("*.log") if str(token) in p.read_text(errors="replace")]
     assert leaked == [] and str(token) not in str(job.events) + (job.message or "")
+
+
+def test_a_diverged_target_is_refused_and_overwritten_only_when_asked(rig: Rig) -> None:
+    table = rig.make_tables("diverged", buckets=2)
+    rig.src.load(table, rows(2_000, seed=31), label="diverged-1")
+    first = rig.replicator.replicate(f"{rig.src.name}:{table}", rig.dst.name).wait(120)
+    assert first.state is JobState.COMMITTED, first.message
+    rig.src.load(table, rows(2_000, seed=32), label="diverged-src-2")
+    rig.dst.load(table, rows(2_000, seed=33), label="diverged-dst-2")  # written on the target
+    # Both at version 3 now, with different histories: not "up to date", and not replaced.
+    assert [c[1] for c in rig.content(rig.dst, table)] == [
+        c[1] for c in rig.content(rig.src, table)
+    ]
+    before = rig.content(rig.dst, table)
+    jobs = rig.jobs_count()
+
+    with pytest.raises(TargetDiverged, match=r"p2023q1 is at version 3 epoch \d+ after a load"):
+        rig.replicator.replicate(f"{rig.src.name}:{table}", rig.dst.name)
+    assert rig.jobs_count() == jobs and rig.content(rig.dst, table) == before
+
+    job = rig.replicator.replicate(f"{rig.src.name}:{table}", rig.dst.name, overwrite=True)
+    job.wait(120)
+    assert job.state is JobState.COMMITTED, job.message
+    assert rig.content(rig.dst, table) == rig.content(rig.src, table)
+    planned = next(e for e in job.events if e.to_state == "SNAPSHOTING")
+    assert "OVERWRITING partitions p2023q1" in planned.reason, planned.reason
