@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import os
 import secrets
-import urllib.parse
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +21,9 @@ from app.catalog.migrate import current_revision, head_revision, upgrade
 from app.config import Settings, check_cluster_name
 from app.errors import AlreadyExists, InvalidRequest, NotFound
 from app.schema import ColumnDef, columns_from, parse_value, schema_hash
+from app.storage import roots
 from app.storage.marker import write_marker
+from app.transfer import names
 
 
 def new_epoch() -> int:
@@ -97,8 +98,9 @@ class Cluster:
         transfer server; giving it again for an existing backend updates it."""
         if not name or not all(c.isalnum() or c in "_-" for c in name):
             raise InvalidRequest(f"backend name {name!r} may use letters, digits, '_' and '-'")
-        url = check_transfer_url(transfer_url) if transfer_url is not None else None
+        url = names.transfer_url(transfer_url) if transfer_url is not None else None
         root = os.path.abspath(storage_root)
+        roots.check_new_root(self.settings, self.name, name, root)
         os.makedirs(root, exist_ok=True)
         with self.engine.begin() as conn:
             existing = conn.execute(sa.select(s.backends).where(s.backends.c.name == name)).first()
@@ -374,26 +376,3 @@ def _place_replicas(
             replica_rows.append({"tablet_id": tablet_id, "backend_id": b})
         order = order[1:] + order[:1]
     return order
-
-
-def check_transfer_url(url: str) -> str:
-    """``https://host:port`` (or ``http://`` for insecure set-ups), nothing else."""
-    parts = urllib.parse.urlsplit(url)
-    try:
-        port = parts.port
-    except ValueError:
-        port = None
-    if (
-        parts.scheme not in ("https", "http")
-        or not parts.hostname
-        or port is None
-        or parts.username
-        or parts.path not in ("", "/")
-        or parts.query
-        or parts.fragment
-    ):
-        raise InvalidRequest(
-            f"transfer URL {url[:80]!r} must be https://HOST:PORT (http:// only for insecure "
-            "set-ups), the address other hosts reach this backend's transfer server at"
-        )
-    return f"{parts.scheme}://{parts.netloc}"

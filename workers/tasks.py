@@ -113,7 +113,10 @@ def gc() -> dict[str, Any]:
     """Every cluster: purge old finished jobs, abort expired transactions, delete stale rowsets,
     orphaned and abandoned staging files, and expired holds."""
     report: dict[str, Any] = {}
-    for name in clusters():
+    # Only the clusters this coordinator is told to serve (coordinator_clusters, or those named
+    # in the settings), never every catalog discovery finds: GC deletes files.
+    served = [c.strip() for c in settings.coordinator_clusters.split(",") if c.strip()]
+    for name in served or list(settings.clusters):
         try:
             purged = jobs.purge_history(settings, name)
             report[name] = {

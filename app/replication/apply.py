@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app.catalog import model
 from app.catalog import schema as s
-from app.errors import LeaseLost, StorageFull
+from app.errors import LeaseLost, SetupError, StorageFull
 from app.replication import taskrows
 from app.replication.fetch import fetch
 from app.replication.finish import installed_dirs, target_rowset_id
@@ -27,6 +27,7 @@ from app.replication.sources import link_budget, sources_for
 from app.replication.taskrows import Claimed
 from app.storage.checksum import FileMeta
 from app.storage.client import StorageClient, full, rowset_dir, staging_dir, storage_for
+from app.storage.marker import check_marker
 from app.storage.rowsets import RowsetState, verify_file
 from app.transfer import names
 from app.txn import TxnState
@@ -92,6 +93,12 @@ def apply_batch(
 ) -> None:
     with runner.dst.engine.connect() as conn:
         backends = model.list_backends(conn)
+    try:  # apply writes only into roots marked as its own cluster's backends'
+        for b in {c.row.dst_backend_id for c in claims}:
+            check_marker(backends[b].storage_root, runner.dst.name, backends[b].name)
+    except SetupError as exc:
+        runner.fail_all(claims, exc, out)
+        return
     beat = Heartbeat(runner, job, claims, progress)
     applied: list[_Applied] = []
     last_flush = time.monotonic()

@@ -9,8 +9,9 @@ than the grace period (a crash between writing a file and recording it).
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import sqlalchemy as sa
 
@@ -21,7 +22,10 @@ from app.cluster import Cluster
 from app.errors import StorageUnavailable
 from app.storage import holds
 from app.storage.client import StorageClient, rowset_dir, storage_for
+from app.storage.marker import owner_of
 from app.storage.rowsets import RowsetState
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,6 +36,7 @@ class GcReport:
     expired_holds: int = 0
     orphan_files: int = 0
     staging_dirs: int = 0
+    foreign_roots: list[str] = field(default_factory=list)  # skipped: not marked as ours
 
 
 def collect(cluster: Cluster, *, orphan_grace_sec: int | None = None) -> GcReport:
@@ -45,7 +50,9 @@ def collect(cluster: Cluster, *, orphan_grace_sec: int | None = None) -> GcRepor
         ).rowcount
         held = holds.held_rowsets_subquery()
         report.kept_by_holds = _count_held_stale(conn, held)
-        report.deleted_rowsets, backends = _delete_stale_rowsets(conn, held)
+        backends = model.list_backends(conn)
+        ours = _own_roots(cluster.name, backends, report)
+        report.deleted_rowsets = _delete_stale_rowsets(conn, held, backends, ours)
         live = set(
             conn.execute(
                 sa.select(s.rowsets.c.id).where(s.rowsets.c.state != RowsetState.DELETED)
@@ -58,6 +65,8 @@ def collect(cluster: Cluster, *, orphan_grace_sec: int | None = None) -> GcRepor
         )
     cutoff = time.time() - grace
     for backend in backends.values():
+        if backend.id not in ours:
+            continue
         storage = storage_for(backend.storage_root)
         # A backend that cannot be reached is swept by a later run, once it is back.
         with contextlib.suppress(StorageUnavailable):
@@ -76,17 +85,38 @@ def _count_held_stale(conn: sa.Connection, held: sa.Select[tuple[str]]) -> int:
     )
 
 
+def _own_roots(cluster: str, backends: dict[int, model.Backend], report: GcReport) -> set[int]:
+    """The backends whose root carries this cluster's own marker: GC deletes nothing anywhere
+    else (a root shared with, or nested in, another cluster's would lose that one's files)."""
+    ours = set()
+    for b in backends.values():
+        if owner_of(b.storage_root) == (cluster, b.name):
+            ours.add(b.id)
+        else:
+            report.foreign_roots.append(b.storage_root)
+            log.warning(
+                "gc of %s skips backend %s: its root %s is not marked as its own "
+                "(run `replicator backend add` for it again if it really is)",
+                cluster,
+                b.name,
+                b.storage_root,
+            )
+    return ours
+
+
 def _delete_stale_rowsets(
-    conn: sa.Connection, held: sa.Select[tuple[str]]
-) -> tuple[int, dict[int, model.Backend]]:
-    """Delete the files of STALE rowsets no hold covers and mark them DELETED. Returns how
-    many, and the cluster's backends."""
+    conn: sa.Connection,
+    held: sa.Select[tuple[str]],
+    backends: dict[int, model.Backend],
+    ours: set[int],
+) -> int:
+    """Delete the files of STALE rowsets no hold covers (in this cluster's own roots) and mark
+    them DELETED. Returns how many."""
     doomed = conn.execute(
         sa.select(s.rowsets.c.id, s.rowsets.c.tablet_id)
         .where(s.rowsets.c.state == RowsetState.STALE, s.rowsets.c.id.not_in(held))
         .with_for_update(skip_locked=True)
     ).all()
-    backends = model.list_backends(conn)
     replica_rows = conn.execute(sa.select(s.replicas.c.tablet_id, s.replicas.c.backend_id)).all()
     by_tablet: dict[int, list[int]] = {}
     for rep in replica_rows:
@@ -94,6 +124,8 @@ def _delete_stale_rowsets(
     for r in doomed:
         # Replicated rowsets may also sit on a former replica backend; try them all.
         for b in by_tablet.get(r.tablet_id, backends.keys()):
+            if b not in ours:
+                continue
             # An unreachable backend keeps the files: once the row is DELETED they are
             # orphans, which the sweep removes when the backend is back.
             with contextlib.suppress(StorageUnavailable):
@@ -104,7 +136,7 @@ def _delete_stale_rowsets(
             .where(s.rowsets.c.id.in_([r.id for r in doomed]))
             .values(state=RowsetState.DELETED)
         )
-    return len(doomed), backends
+    return len(doomed)
 
 
 def _sweep_orphans(storage: StorageClient, live: set[str], cutoff: float, report: GcReport) -> None:

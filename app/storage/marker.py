@@ -39,3 +39,14 @@ def check_marker(root: str | os.PathLike[str], cluster: str, backend: str) -> No
             f"storage root {root} is marked {names.show(body)}, not "
             f"{{'cluster': {cluster!r}, 'backend': {backend!r}}}"
         )
+
+
+def owner_of(root: str | os.PathLike[str]) -> tuple[str, str] | None:
+    """(cluster, backend) that ``root``'s marker names, or None if it has no readable one."""
+    try:
+        body = json.loads(Path(root, MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    if isinstance(body, dict) and isinstance(body.get("cluster"), str):
+        return str(body["cluster"]), str(body.get("backend"))
+    return None

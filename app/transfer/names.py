@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import re
+import urllib.parse
 from pathlib import Path, PurePath
 
 from app.config import CLUSTER_NAME
@@ -137,3 +138,26 @@ def resolve_under(root: str | os.PathLike[str], relative: str | PurePath) -> Pat
     if not resolved.startswith(real_root.rstrip(os.sep) + os.sep):
         raise _bad("path", relative, "leaves the storage root")
     return Path(resolved)
+
+
+def transfer_url(url: str) -> str:
+    """``https://host:port`` (or ``http://`` for insecure set-ups), nothing else."""
+    parts = urllib.parse.urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    if (
+        parts.scheme not in ("https", "http")
+        or not parts.hostname
+        or port is None
+        or parts.username
+        or parts.path not in ("", "/")
+        or parts.query
+        or parts.fragment
+    ):
+        raise InvalidRequest(
+            f"transfer URL {url[:80]!r} must be https://HOST:PORT (http:// only for insecure "
+            "set-ups), the address other hosts reach this backend's transfer server at"
+        )
+    return f"{parts.scheme}://{parts.netloc}"
