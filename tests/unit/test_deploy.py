@@ -18,6 +18,7 @@ import os
 import re
 import shlex
 import shutil
+import ssl
 import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import fields
@@ -663,6 +664,89 @@ def containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
     return list(spec.get("initContainers", [])) + list(spec["containers"])
 
 
+def kustomization() -> dict[str, Any]:
+    return yaml.safe_load((K8S / "kustomization.yaml").read_text())
+
+
+def known_secrets(manifests: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
+    """Secret name -> {key: value or source file}: Secret manifests and the secretGenerator."""
+    found: dict[str, dict[str, str]] = {}
+    for name, doc in by_kind(manifests, "Secret").items():
+        found[name] = {**(doc.get("data") or {}), **(doc.get("stringData") or {})}
+    for gen in kustomization().get("secretGenerator", []):
+        keys = {}
+        for spec in gen.get("files", []):
+            key, _, path = spec.rpartition("=")
+            keys[key or Path(path).name] = path
+        for spec in gen.get("literals", []):
+            key, _, value = spec.partition("=")
+            keys[key] = value
+        found[gen["name"]] = keys
+    return found
+
+
+def pod(doc: dict[str, Any]) -> dict[str, Any]:
+    return doc["spec"]["template"]["spec"]
+
+
+def workloads(manifests: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    return (d for d in manifests if d["kind"] in ("Deployment", "Job", "StatefulSet"))
+
+
+def container_roles(c: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    return roles(c["command"]) if c["image"].startswith(IMAGE) and "command" in c else {}
+
+
+def pod_roles(doc: dict[str, Any]) -> dict[str, tuple[str, str]]:
+    found: dict[str, tuple[str, str]] = {}
+    for c in containers(doc):
+        found.update(container_roles(c))
+    assert len(set(found.values())) <= 1, f"{doc['metadata']['name']}: one backend per pod"
+    return found
+
+
+def pod_cluster(doc: dict[str, Any]) -> str | None:
+    r = pod_roles(doc)
+    return next(iter(r.values()))[0] if r else None
+
+
+def claims(doc: dict[str, Any]) -> dict[str, str]:
+    """volume name -> claim name."""
+    return {
+        v["name"]: v["persistentVolumeClaim"]["claimName"]
+        for v in pod(doc).get("volumes", [])
+        if "persistentVolumeClaim" in v
+    }
+
+
+def secret_refs(doc: dict[str, Any]) -> set[str]:
+    """Every Secret a pod reads, whichever way."""
+    found = {v["secret"]["secretName"] for v in pod(doc).get("volumes", []) if "secret" in v}
+    for c in containers(doc):
+        found |= {r["secretRef"]["name"] for r in c.get("envFrom", []) if "secretRef" in r}
+        for e in c.get("env", []):
+            ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+            if ref:
+                found.add(ref["name"])
+    return found
+
+
+def file_in_secret(doc: dict[str, Any], c: dict[str, Any], path: str) -> tuple[str, str]:
+    """(secret, key) a file path of container ``c`` comes from; AssertionError if none."""
+    volumes = {v["name"]: v for v in pod(doc).get("volumes", [])}
+    for m in c.get("volumeMounts", []):
+        if not is_under(path, m["mountPath"]) or path == m["mountPath"]:
+            continue
+        vol = volumes[m["name"]]
+        assert "secret" in vol, f"{c['name']}: {path} is not on a Secret volume"
+        rel = path[len(m["mountPath"].rstrip("/")) + 1 :]
+        items = vol["secret"].get("items")
+        key = next((i["key"] for i in items if i["path"] == rel), None) if items else rel
+        assert key is not None, f"{c['name']}: {path}: no item of {vol['secret']['secretName']}"
+        return vol["secret"]["secretName"], key
+    raise AssertionError(f"{c['name']}: {path} is on no mounted volume")
+
+
 def test_kustomization_lists_every_manifest() -> None:
     kust = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     listed = set(kust["resources"])
@@ -683,9 +767,9 @@ def test_k8s_has_every_role(manifests: list[dict[str, Any]]) -> None:
 
 
 def test_k8s_commands_and_env_exist(manifests: list[dict[str, Any]]) -> None:
-    secrets = by_kind(manifests, "Secret")
-    for secret in secrets.values():
+    for secret in by_kind(manifests, "Secret").values():
         check_env_names(f"secret {secret['metadata']['name']}", list(secret.get("stringData", {})))
+    secrets = known_secrets(manifests)
     checked = 0
     for doc in manifests:
         if doc["kind"] not in ("Deployment", "Job", "StatefulSet"):
@@ -702,18 +786,28 @@ def test_k8s_commands_and_env_exist(manifests: list[dict[str, Any]]) -> None:
             check_env_names(doc["metadata"]["name"], [e["name"] for e in c.get("env", [])])
             for ref in c.get("envFrom", []):
                 assert ref["secretRef"]["name"] in secrets, doc["metadata"]["name"]
+            for e in c.get("env", []):
+                ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+                if ref:
+                    assert ref["key"] in secrets.get(ref["name"], {}), f"{e['name']}: {ref}"
+        for v in pod(doc).get("volumes", []):
+            if "secret" in v:
+                keys = secrets.get(v["secret"]["secretName"])
+                assert keys is not None, f"{doc['metadata']['name']}: {v['secret']}"
+                for item in v["secret"].get("items", []):
+                    assert item["key"] in keys, f"{doc['metadata']['name']}: {item}"
     assert checked >= 8
 
 
 def test_every_worker_deployment_scales_on_its_own_queue(manifests: list[dict[str, Any]]) -> None:
     deployments = by_kind(manifests, "Deployment")
     scaled = by_kind(manifests, "ScaledObject")
-    migrate = containers(by_kind(manifests, "Job")["migrate"])[0]["command"]
-    registered = registered_backends(migrate)
+    registered = k8s_registered(manifests)
     workers = {}
     for name, d in deployments.items():
-        backend = backend_of(containers(d)[0]["command"])
+        backend = pod_roles(d).get("worker")
         if backend is not None:
+            assert backend not in workers.values(), f"{backend}: two Deployments"
             workers[name] = backend
     assert set(workers.values()) == set(registered), "one worker Deployment per backend"
     targets = set()
@@ -729,6 +823,379 @@ def test_every_worker_deployment_scales_on_its_own_queue(manifests: list[dict[st
         assert so["spec"].get("minReplicaCount", 0) >= 1, "keep a consumer for each backend"
         targets.add(target)
     assert targets == set(workers), "every worker Deployment has a ScaledObject"
+
+
+def k8s_registered(
+    manifests: list[dict[str, Any]],
+) -> dict[tuple[str, str], tuple[str, str | None]]:
+    found: dict[tuple[str, str], tuple[str, str | None]] = {}
+    for doc in workloads(manifests):
+        for c in containers(doc):
+            if c["image"].startswith(IMAGE):
+                found.update(registered_backends(c["command"]))
+    return found
+
+
+def check_k8s_topology(manifests: list[dict[str, Any]]) -> None:
+    """Each backend: one pod template with a `register` init container, a worker and a transfer
+    server, all mounting its own claim at one path that holds the registered root; nothing else
+    mounts that claim, no claim is mounted by two clusters' pods; the registered address is the
+    Service in front of the transfer container; replicas of one backend share its node."""
+    registered = k8s_registered(manifests)
+    assert registered, "no backend is registered"
+    users: dict[str, set[str]] = {}
+    for doc in workloads(manifests):
+        for claim in claims(doc).values():
+            users.setdefault(claim, set()).add(doc["metadata"]["name"])
+        if not pod_roles(doc):
+            assert not claims(doc), f"{doc['metadata']['name']} serves no backend: mounts no claim"
+    docs = {d["metadata"]["name"]: d for d in workloads(manifests)}
+    for claim, names in users.items():
+        clusters = {pod_cluster(docs[n]) for n in names}
+        assert len(clusters) == 1, f"claim {claim} is mounted by pods of {clusters}: {names}"
+    pvcs = by_kind(manifests, "PersistentVolumeClaim")
+    services = by_kind(manifests, "Service")
+    migrate = containers(by_kind(manifests, "Job")["migrate"])[0]["command"]
+    for backend, (root, url) in registered.items():
+        assert backend[0] in initialised_clusters(migrate), f"migrate does not init {backend[0]}"
+        (doc,) = [d for d in workloads(manifests) if pod_roles(d).get("worker") == backend]
+        name = doc["metadata"]["name"]
+        r = pod_roles(doc)
+        assert r.get("transfer") == backend and r.get("register") == backend, f"{name}: {r}"
+        inits = [container_roles(c) for c in pod(doc).get("initContainers", [])]
+        assert {"register": backend} in inits, f"{name}: registers in an init container"
+        mounts = {}
+        for c in containers(doc):
+            if container_roles(c):
+                mine = {m["name"]: m["mountPath"] for m in c.get("volumeMounts", [])}
+                got = {claims(doc)[v]: p for v, p in mine.items() if v in claims(doc)}
+                assert len(got) == 1, f"{name}/{c['name']}: mounts {got}, one backend's claim"
+                mounts[c["name"]] = got
+        assert len(mounts) == 3 and len({tuple(m.items()) for m in mounts.values()}) == 1, mounts
+        ((claim, path),) = next(iter(mounts.values())).items()
+        assert is_under(root, path), f"{name}: root {root} is not on claim {claim} ({path})"
+        assert users[claim] == {name}, f"claim {claim} is mounted by {users[claim]}"
+        assert claim in pvcs, f"{name}: no PersistentVolumeClaim {claim}"
+        assert doc["spec"].get("replicas", 1) == 1 or "ReadWriteMany" not in str(pvcs[claim])
+        (server,) = [c for c in containers(doc) if "transfer" in container_roles(c)]
+        _c, _b, listen = transfer_of(server["command"]) or ("", "", 0)
+        ports = {p.get("name"): p["containerPort"] for p in server.get("ports", [])}
+        assert listen in ports.values(), f"{name}: transfer listens on {listen}, exposes {ports}"
+        labels = doc["spec"]["template"]["metadata"]["labels"]
+        reach = set()
+        for svc_name, svc in services.items():
+            if (
+                not svc["spec"].get("selector")
+                or not svc["spec"]["selector"].items() <= labels.items()
+            ):
+                continue
+            for p in svc["spec"]["ports"]:
+                target = p.get("targetPort", p["port"])
+                if target == listen or ports.get(target) == listen:
+                    ns = svc["metadata"].get("namespace", NAMESPACE)
+                    reach.add(f"https://{svc_name}.{ns}.svc.cluster.local:{p['port']}")
+        assert url in reach, f"{name}: registers {url}, reachable at {reach or 'no Service'}"
+        if doc["kind"] == "Deployment":
+            terms = pod(doc).get("affinity", {}).get("podAffinity", {})
+            terms = terms.get("requiredDuringSchedulingIgnoredDuringExecution", [])
+            assert any(
+                t["topologyKey"] == "kubernetes.io/hostname"
+                and t["labelSelector"]["matchLabels"].items() <= labels.items()
+                for t in terms
+            ), f"{name}: replicas of one backend must share the node that holds its volume"
+
+
+def check_k8s_secrets(manifests: list[dict[str, Any]]) -> None:
+    """A cluster's token secret is read only by that cluster's backend pods (worker and
+    transfer server); certificate files come from Secret volumes: a backend's server cert only
+    in its transfer container, its client cert only in its worker, the peer cluster's CA in
+    both; the catalogs are reached with sslmode=require."""
+    secrets = known_secrets(manifests)
+    registered = k8s_registered(manifests)
+    clusters = {c for c, _b in registered}
+    token_of: dict[str, str] = {}
+    for doc in workloads(manifests):
+        for c in containers(doc):
+            for e in c.get("env", []):
+                m = TOKEN_SECRET.fullmatch(e["name"])
+                if m:
+                    ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+                    assert ref, f"{doc['metadata']['name']}: {e['name']} must come from a Secret"
+                    owner = token_of.setdefault(ref["name"], m.group(1).lower())
+                    assert owner == m.group(1).lower(), f"{ref['name']} is two clusters' token"
+    for secret, keys in secrets.items():
+        for key in keys:
+            assert not TOKEN_SECRET.fullmatch(key), f"{secret}: {key} would reach every pod"
+    for secret, cluster in token_of.items():
+        for path in secrets[secret].values():
+            assert Path(path).name.startswith(f"{cluster}-"), f"{secret}: {path}"
+    for doc in workloads(manifests):
+        name = doc["metadata"]["name"]
+        cluster = pod_cluster(doc)
+        for secret in secret_refs(doc):
+            if secret in token_of:
+                assert token_of[secret] == cluster, f"{name} ({cluster}) reads {secret}"
+        for c in containers(doc):
+            r = container_roles(c)
+            env = {e["name"]: e for e in c.get("env", [])}
+            for key, e in env.items():
+                if m := TOKEN_SECRET.fullmatch(key):
+                    assert m.group(1).lower() == cluster, f"{name}/{c['name']}: {key}"
+                if not key.endswith("_FILE"):
+                    continue
+                assert "value" in e, f"{name}: {key} is a path"
+                secret, item = file_in_secret(doc, c, e["value"])
+                source = secrets[secret][item]
+                parts = Path(source).parts
+                assert "pki" in parts, f"{name}: {key} -> {source}"
+                rel = parts[parts.index("pki") + 1 :]
+                if rel[-1] == "ca.pem":
+                    assert rel[0] != cluster and rel[0] in clusters, (
+                        f"{name} ({cluster}) must trust the peer cluster's CA, not {source}"
+                    )
+                else:
+                    assert (cluster, rel[1]) in r.values(), f"{name}/{c['name']}: {source}"
+                    kind = "transfer" if rel[-1].startswith("server") else "worker"
+                    assert kind in r, f"{name}/{c['name']}: {source} belongs to the {kind}"
+            needs = {
+                "transfer": ("CERT_FILE", "KEY_FILE", "CLIENT_CA_FILE"),
+                "worker": ("CA_FILE", "CLIENT_CERT_FILE", "CLIENT_KEY_FILE"),
+            }
+            for role, keys in needs.items():
+                if role in r:
+                    token = f"REPLICATOR_CLUSTER_{r[role][0].upper()}_TRANSFER_SECRET"
+                    assert token in env, f"{name}/{c['name']}: needs {token}"
+                    for k in keys:
+                        assert f"REPLICATOR_TRANSFER_{k}" in env, f"{name}/{c['name']}: {k}"
+    dsns = 0
+    for secret in by_kind(manifests, "Secret").values():
+        for key, value in (secret.get("stringData") or {}).items():
+            if DSN_VAR.fullmatch(key) or key == "REPLICATOR_DSN_TEMPLATE":
+                assert "sslmode=require" in value or "sslmode=verify-" in value, f"{key}: TLS"
+                dsns += 1
+            if key == "REPLICATOR_TRANSFER_MODE":
+                assert value == "https", key
+    assert dsns, "the catalogs' DSNs"
+
+
+def check_k8s_exposure(manifests: list[dict[str, Any]]) -> None:
+    """Flower requires basic auth from a Secret; nothing is exposed outside the cluster; each
+    cluster's transfer servers accept connections from the other cluster's backend pods only."""
+    flower = by_kind(manifests, "Deployment")["flower"]
+    (c,) = containers(flower)
+    env = {e["name"]: e for e in c.get("env", [])}
+    ref = (env.get("FLOWER_BASIC_AUTH", {}).get("valueFrom") or {}).get("secretKeyRef")
+    assert ref, "flower: --basic-auth from FLOWER_BASIC_AUTH, fed by a Secret"
+    assert not any("basic" in a for a in c["command"]), "flower: no password on the command line"
+    assert not [d for d in manifests if d["kind"] == "Ingress"], "no Ingress"
+    for name, svc in by_kind(manifests, "Service").items():
+        assert svc["spec"].get("type", "ClusterIP") == "ClusterIP", f"Service {name} is exposed"
+    policies = by_kind(manifests, "NetworkPolicy").values()
+    for doc in workloads(manifests):
+        r = pod_roles(doc)
+        if "transfer" not in r:
+            continue
+        labels = doc["spec"]["template"]["metadata"]["labels"]
+        mine = [
+            p for p in policies if p["spec"]["podSelector"]["matchLabels"].items() <= labels.items()
+        ]
+        assert mine, f"{doc['metadata']['name']}: no NetworkPolicy guards its transfer port"
+        for policy in mine:
+            for rule in policy["spec"]["ingress"]:
+                for peer in rule["from"]:
+                    sel = peer.get("podSelector", {}).get("matchLabels", {})
+                    allowed = [
+                        pod_cluster(d)
+                        for d in workloads(manifests)
+                        if sel.items() <= d["spec"]["template"]["metadata"]["labels"].items()
+                    ]
+                    assert sel and r["transfer"][0] not in allowed and all(allowed), (
+                        f"{policy['metadata']['name']}: lets {allowed} in"
+                    )
+
+
+def test_k8s_topology(manifests: list[dict[str, Any]]) -> None:
+    check_k8s_topology(manifests)
+    check_k8s_secrets(manifests)
+    check_k8s_exposure(manifests)
+
+
+def _k8s_breakages() -> list[tuple[str, Callable[[list[dict[str, Any]]], None]]]:
+    def find(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+        return by_kind(docs, kind)[name]
+
+    def container(docs: list[dict[str, Any]], dep: str, name: str) -> dict[str, Any]:
+        return next(c for c in containers(find(docs, "Deployment", dep)) if c["name"] == name)
+
+    def coordinator_mounts(docs: list[dict[str, Any]]) -> None:
+        spec = pod(find(docs, "Deployment", "coordinator"))
+        spec["volumes"] = [
+            {"name": "s", "persistentVolumeClaim": {"claimName": "storage-prod-be1"}}
+        ]
+        spec["containers"][0]["volumeMounts"] = [{"name": "s", "mountPath": "/data"}]
+
+    def dr_on_prod_claim(docs: list[dict[str, Any]]) -> None:
+        vols = pod(find(docs, "Deployment", "backend-dr-be1"))["volumes"]
+        vols[0]["persistentVolumeClaim"]["claimName"] = "storage-prod-be1"
+
+    def transfer_without_volume(docs: list[dict[str, Any]]) -> None:
+        c = container(docs, "backend-prod-be2", "transfer")
+        c["volumeMounts"] = [m for m in c["volumeMounts"] if m["name"] != "storage"]
+
+    def wrong_url(docs: list[dict[str, Any]]) -> None:
+        c = pod(find(docs, "Deployment", "backend-dr-be2"))["initContainers"][0]
+        c["command"] = [a.replace("transfer-dr-be2", "transfer-dr-be1") for a in c["command"]]
+
+    def prod_token_in_dr(docs: list[dict[str, Any]]) -> None:
+        c = container(docs, "backend-dr-be1", "worker")
+        c["env"].append(
+            {
+                "name": "REPLICATOR_CLUSTER_PROD_TRANSFER_SECRET",
+                "valueFrom": {"secretKeyRef": {"name": "transfer-secret-prod", "key": "secret"}},
+            }
+        )
+
+    def token_for_everyone(docs: list[dict[str, Any]]) -> None:
+        find(docs, "Secret", "replicator-env")["stringData"][
+            "REPLICATOR_CLUSTER_PROD_TRANSFER_SECRET"
+        ] = "x"
+
+    def server_key_in_worker(docs: list[dict[str, Any]]) -> None:
+        c = container(docs, "backend-prod-be1", "worker")
+        for e in c["env"]:
+            if e["name"] == "REPLICATOR_TRANSFER_CLIENT_KEY_FILE":
+                e["value"] = "/etc/replicator/server-tls/server.key"
+        c["volumeMounts"].append({"name": "server-tls", "mountPath": "/etc/replicator/server-tls"})
+
+    def plain_dsn(docs: list[dict[str, Any]]) -> None:
+        env = find(docs, "Secret", "replicator-env")["stringData"]
+        env["REPLICATOR_CLUSTER_DR_DSN"] = env["REPLICATOR_CLUSTER_DR_DSN"].split("?")[0]
+
+    def no_flower_auth(docs: list[dict[str, Any]]) -> None:
+        containers(find(docs, "Deployment", "flower"))[0].pop("env")
+
+    def open_transfer(docs: list[dict[str, Any]]) -> None:
+        for p in by_kind(docs, "NetworkPolicy").values():
+            for rule in p["spec"]["ingress"]:
+                rule["from"] = [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": IMAGE}}}]
+
+    def no_affinity(docs: list[dict[str, Any]]) -> None:
+        pod(find(docs, "Deployment", "backend-prod-be1")).pop("affinity")
+
+    return [
+        ("coordinator mounts a backend", coordinator_mounts),
+        ("dr pod on prod's claim", dr_on_prod_claim),
+        ("transfer server without the volume", transfer_without_volume),
+        ("registered address is another backend's", wrong_url),
+        ("prod token secret in a dr pod", prod_token_in_dr),
+        ("a token secret in the shared env", token_for_everyone),
+        ("server key in the worker", server_key_in_worker),
+        ("a DSN without TLS", plain_dsn),
+        ("flower without basic auth", no_flower_auth),
+        ("transfer port open to its own cluster", open_transfer),
+        ("scaled replicas may leave the volume's node", no_affinity),
+    ]
+
+
+@pytest.mark.parametrize("breakage", _k8s_breakages(), ids=lambda b: b[0])
+def test_a_broken_k8s_topology_is_caught(
+    manifests: list[dict[str, Any]],
+    breakage: tuple[str, Callable[[list[dict[str, Any]]], None]],
+) -> None:
+    broken = copy.deepcopy(manifests)
+    breakage[1](broken)
+    with pytest.raises(AssertionError):
+        check_k8s_topology(broken)
+        check_k8s_secrets(broken)
+        check_k8s_exposure(broken)
+
+
+def test_kustomize_renders_and_every_secret_resolves(
+    tmp_path: Path, manifests: list[dict[str, Any]]
+) -> None:
+    """`kubectl kustomize` (when installed) builds the manifests with stand-in secret files:
+    the generated Secrets exist and every reference to them was rewritten to a generated name;
+    and the development certificates that `replicator transfer dev-certs` writes for the
+    registered addresses verify with the files each side mounts."""
+    kubectl = shutil.which("kubectl")
+    if kubectl is None:
+        pytest.skip("kubectl is not installed")
+    from app.transfer import tls
+
+    work = tmp_path / "k8s"
+    shutil.copytree(K8S, work)
+    hosts: dict[str, dict[str, list[str]]] = {}
+    for (cluster, backend), (_root, url) in k8s_registered(manifests).items():
+        host = (url or "").split("//")[1].rsplit(":", 1)[0]
+        hosts.setdefault(cluster, {})[backend] = [host]
+    tls.make_dev_pki(work / "secrets" / "pki", hosts)
+    for gen in kustomization()["secretGenerator"]:
+        for spec in gen.get("files", []):
+            path = work / spec.rpartition("=")[2]
+            if not path.exists():
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text("stand-in")
+    out = subprocess.run(
+        [kubectl, "kustomize", str(work)], capture_output=True, text=True, timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    rendered = [d for d in yaml.safe_load_all(out.stdout) if d]
+    names = {d["metadata"]["name"] for d in rendered if d["kind"] == "Secret"}
+    for gen in kustomization()["secretGenerator"]:
+        assert any(n.startswith(gen["name"] + "-") for n in names), gen["name"]
+    for doc in workloads(rendered):
+        for ref in secret_refs(doc):
+            assert ref in names, f"{doc['metadata']['name']}: {ref} was not generated"
+    assert len(list(workloads(rendered))) == len(list(workloads(manifests)))
+    # The files each side mounts (backends.yaml: the peer CA, the backend's own server or
+    # client cert) complete a mutual-TLS handshake under the registered host name, in memory;
+    # the own cluster's CA, which a misconfigured pod would mount, does not.
+    pki = work / "secrets" / "pki"
+    for (cluster, backend), (_root, url) in k8s_registered(manifests).items():
+        host = (url or "").split("//")[1].rsplit(":", 1)[0]
+        server = tls.server_context(
+            pki / cluster / backend / "server.pem",
+            pki / cluster / backend / "server.key",
+            pki / next(c for c in hosts if c != cluster) / "ca.pem",  # transfer-peer-ca-<cluster>
+        )
+        for peer in hosts:
+            if peer == cluster:
+                continue
+            for peer_backend in hosts[peer]:
+                client = tls.client_context(
+                    pki / cluster / "ca.pem",  # transfer-peer-ca-<peer> holds <cluster>'s CA
+                    pki / peer / peer_backend / "client.pem",
+                    pki / peer / peer_backend / "client.key",
+                )
+                handshake(client, server, host)
+        own = tls.client_context(pki / next(c for c in hosts if c != cluster) / "ca.pem")
+        with pytest.raises(ssl.SSLError):
+            handshake(own, server, host)
+
+
+def handshake(client: ssl.SSLContext, server: ssl.SSLContext, host: str) -> None:
+    """A TLS handshake between two contexts through memory buffers (no sockets)."""
+    c_in, c_out, s_in, s_out = (ssl.MemoryBIO() for _ in range(4))
+    c = client.wrap_bio(c_in, c_out, server_hostname=host)
+    s = server.wrap_bio(s_in, s_out, server_side=True)
+    done: set[str] = set()
+    for _ in range(10):
+        for name, side in (("client", c), ("server", s)):
+            if name not in done:
+                try:
+                    side.do_handshake()
+                    done.add(name)
+                except ssl.SSLWantReadError:
+                    pass
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+        if len(done) == 2:
+            # TLS 1.3: the server checks the client certificate after the client finished.
+            s.write(b"ok")
+            c_in.write(s_out.read())
+            assert c.read(2) == b"ok"
+            return
+    raise AssertionError(f"handshake with {host} did not finish")
 
 
 def test_k8s_redis_keeps_every_message(manifests: list[dict[str, Any]]) -> None:
