@@ -225,8 +225,9 @@ job_tasks = Table(
     Column("src_backend_ids", JSONB, nullable=False),  # candidates, in the order to try
     Column("queue", Text, nullable=False),
     Column("transfer_token", Text),  # the snapshot's download grant; never shown, cleared at end
-    # PENDING | QUEUED (message sent) | RUNNING (claimed, leased) | DONE | FAILED
-    Column("state", Text, nullable=False, server_default="PENDING"),
+    # app/replication/taskrows.py owns the states and sets one on every insert (the database
+    # default of migration 0002 is never used).
+    Column("state", Text, nullable=False),
     Column("attempts", Integer, nullable=False, server_default="0"),
     Column("lease_until", DateTime(timezone=True)),
     Column("dispatched_at", DateTime(timezone=True)),

@@ -15,7 +15,9 @@ from frontends.cli.apps import cli, connect, err, metrics_cli, out
 @metrics_cli.command("serve")
 def metrics_serve(
     port: Annotated[int, typer.Option(help="HTTP port of /metrics")] = 9808,
-    addr: Annotated[str, typer.Option(help="Address to listen on")] = "0.0.0.0",
+    addr: Annotated[
+        str, typer.Option(help="Address to listen on (0.0.0.0: every interface)")
+    ] = "127.0.0.1",
     cluster: Annotated[
         list[str] | None, typer.Option("--cluster", help="Target cluster(s) (default: all found)")
     ] = None,

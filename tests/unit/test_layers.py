@@ -82,8 +82,8 @@ def _spells_a_task_state(text: str) -> bool:
 def test_task_states_and_kinds_are_spelled_only_in_taskrows() -> None:
     """One module owns the task row's states (``app/replication/taskrows.py``). Rowset states
     share the word PENDING and have their own single home in ``app/storage/rowsets.py``; the
-    table definitions (``app/catalog/schema.py``, the migrations' metadata) spell the columns'
-    database defaults, as the migrations do."""
+    table definitions (``app/catalog/schema.py``, the migrations' metadata) spell the rowsets'
+    database default, as the migrations do."""
     homes = {
         ROOT / "app/replication/taskrows.py",
         ROOT / "app/storage/rowsets.py",
