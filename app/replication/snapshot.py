@@ -8,6 +8,7 @@ timeout and then releases them), so a dead job never pins files for ever.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import sqlalchemy as sa
@@ -46,7 +47,8 @@ def snapshot_batch(runner: TaskRunner, job: Any, claims: list[Claimed], out: Bat
     try:
         with src.engine.begin() as conn:
             done = _manifests(conn, plans, claims, failed)
-            _grant(runner, job, done, owner, int(deadline.timestamp()))
+            # Rounded up: a token never expires before its job's transaction does.
+            _grant(runner, job, done, owner, math.ceil(deadline.timestamp()))
             # A hold must outlive the job's transaction, which aborts at its timeout and then
             # releases it; the lease only matters if nothing is left to release it.
             timeout = job.options.get("timeout_sec") or (
