@@ -339,11 +339,13 @@ class Coordinator:
         """After the tick's transaction: remove what an aborted job left on the target, and
         release the source holds of a finished job (each step on its own: a target that cannot
         be cleaned now must not keep the source's files pinned)."""
-        steps: list[tuple[str, Callable[[], object]]] = []
+        src = Cluster(self.settings, job.src_cluster)
+        # The source's files first: releasing the holds is quick, the target's cleanup is not.
+        steps: list[tuple[str, Callable[[], object]]] = [
+            ("hold release", lambda: finish.release_holds(src, dst.name, job.id))
+        ]
         if Action.ABORT in actions and job.txn_id is not None:
             steps.append(("target cleanup", lambda: finish.clean_target(dst, job.txn_id, job.id)))
-        src = Cluster(self.settings, job.src_cluster)
-        steps.append(("hold release", lambda: finish.release_holds(src, dst.name, job.id)))
         for what, run in steps:
             try:
                 run()
