@@ -14,7 +14,7 @@ from app.replication import jobs
 from app.replication.coordinator import Coordinator, Message
 from app.replication.runner import TaskRunner
 from app.replication.taskrows import TaskKind
-from app.replication.work import run_message
+from app.replication.work import run_cleanup, run_message
 from app.storage import gc as storage_gc
 from workers.celery_app import celery, settings
 from workers.nudge import nudge
@@ -37,11 +37,17 @@ def clusters() -> list[str]:
 def send(messages: list[Message]) -> None:
     for m in messages:
         celery.send_task(
-            f"replication.{m.kind.lower()}",
-            kwargs={"cluster": m.cluster, "job_id": m.job_id, "task_ids": list(m.task_ids)},
+            m.task,
+            kwargs=_kwargs(m),
             queue=m.queue,
             routing_key=m.queue,
         )
+
+
+def _kwargs(m: Message) -> dict[str, Any]:
+    if m.kind is None:
+        return {"cluster": m.cluster, "job_id": m.job_id, "backend": m.backend}
+    return {"cluster": m.cluster, "job_id": m.job_id, "task_ids": list(m.task_ids)}
 
 
 @celery.task(name="replication.tick", bind=True, acks_late=False, ignore_result=True)
@@ -106,6 +112,15 @@ def snapshot(self: Task, cluster: str, job_id: int, task_ids: list[int]) -> dict
 def apply(self: Task, cluster: str, job_id: int, task_ids: list[int]) -> dict[str, Any]:
     """Fetch, verify, stage and install a manifest's files on a target replica (target backend)."""
     return _run(self, TaskKind.APPLY, cluster, job_id, task_ids)
+
+
+@celery.task(name="replication.cleanup", ignore_result=True)
+def cleanup(cluster: str, job_id: int, backend: str) -> dict[str, Any]:
+    """Remove what an aborted job left on this target backend (runs on its host)."""
+    return {
+        "job": f"{cluster}:{job_id}",
+        "removed": run_cleanup(settings, cluster, backend, job_id),
+    }
 
 
 @celery.task(name="maintenance.gc", ignore_result=True)

@@ -48,11 +48,17 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Message:
-    kind: TaskKind
+    kind: TaskKind | None  # None: clean up what an aborted job left on the queue's backend
     queue: str
     cluster: str  # the target cluster, where the job lives
     job_id: int
     task_ids: tuple[int, ...]
+    backend: str | None = None  # for a clean-up: the backend whose storage it cleans
+
+    @property
+    def task(self) -> str:
+        """The worker task's name: replication.snapshot, .apply or .cleanup."""
+        return f"replication.{'cleanup' if self.kind is None else self.kind.lower()}"
 
 
 @dataclass
@@ -140,6 +146,8 @@ class Coordinator:
                 finish.abort_txn(conn, job.txn_id, decision.reason)
                 taskrows.cancel_open(conn, job.id)
                 cleanup.append(Action.ABORT)
+                if job.txn_id is not None:
+                    result.messages += self._cleanups(conn, dst.name, job.id)
             elif action is Action.RELEASE:
                 cleanup.append(Action.RELEASE)
         return None
@@ -335,6 +343,14 @@ class Coordinator:
                 messages.append(Message(kind, queue, cluster, job_id, tuple(ids[i : i + size])))
         return messages
 
+    def _cleanups(self, conn: sa.Connection, cluster: str, job_id: int) -> list[Message]:
+        """A clean-up message for every target backend: an aborted job's files are removed by
+        the workers on the hosts that hold them (the coordinator may reach no storage at all)."""
+        return [
+            Message(None, queue_name(cluster, b.name), cluster, job_id, (), b.name)
+            for b in model.list_backends(conn).values()
+        ]
+
     def _cleanup(self, dst: Cluster, job: Any, actions: list[Action]) -> None:
         """After the tick's transaction: remove what an aborted job left on the target, and
         release the source holds of a finished job (each step on its own: a target that cannot
@@ -345,7 +361,7 @@ class Coordinator:
             ("hold release", lambda: finish.release_holds(src, dst.name, job.id))
         ]
         if Action.ABORT in actions and job.txn_id is not None:
-            steps.append(("target cleanup", lambda: finish.clean_target(dst, job.txn_id, job.id)))
+            steps.append(("target catalog", lambda: finish.forget_target(dst, job.txn_id)))
         for what, run in steps:
             try:
                 run()

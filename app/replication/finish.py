@@ -17,6 +17,7 @@ from app.replication import taskrows
 from app.replication.taskrows import TaskKind
 from app.storage import holds
 from app.storage.client import rowset_dir, staging_dir, storage_for
+from app.storage.marker import check_marker
 from app.storage.rowsets import RowsetState
 
 log = logging.getLogger(__name__)
@@ -100,40 +101,36 @@ def abort_txn(conn: sa.Connection, txn_id: int | None, reason: str) -> None:
         txns.abort(conn, txn_id, reason)
 
 
-def clean_target(dst: Cluster, txn_id: int, job_id: int | None = None) -> int:
-    """Delete the files an aborted job left on the target: staged, installed-but-pending, and
-    installed by an apply that had not recorded them yet (named by ``target_rowset_id``)."""
+def forget_target(dst: Cluster, txn_id: int) -> int:
+    """The catalog side of an abort: the rowsets the job recorded (STALE since the abort) are
+    DELETED; their files go with the clean-up each target backend runs (``clean_backend``)."""
     with dst.engine.begin() as conn:
-        backends = model.list_backends(conn)
-        applies = taskrows.of_job(conn, job_id, TaskKind.APPLY) if job_id is not None else []
-        rows = conn.execute(
-            sa.select(s.rowsets.c.id, s.rowsets.c.tablet_id).where(
-                s.rowsets.c.txn_id == txn_id, s.rowsets.c.state == RowsetState.STALE
-            )
-        ).all()
-        tablet_backends: dict[int, list[int]] = {}
-        if rows:
-            for rep in conn.execute(
-                sa.select(s.replicas.c.tablet_id, s.replicas.c.backend_id).where(
-                    s.replicas.c.tablet_id.in_({r.tablet_id for r in rows})
-                )
-            ):
-                tablet_backends.setdefault(rep.tablet_id, []).append(rep.backend_id)
-        for r in rows:
-            for b in tablet_backends.get(r.tablet_id, []):
-                _delete(backends[b], rowset_dir(r.tablet_id, r.id))
-        if rows:
+        return int(
             conn.execute(
                 sa.update(s.rowsets)
-                .where(s.rowsets.c.id.in_([r.id for r in rows]))
+                .where(s.rowsets.c.txn_id == txn_id, s.rowsets.c.state == RowsetState.STALE)
                 .values(state=RowsetState.DELETED)
-            )
-    for task in applies:
-        for path in installed_dirs(task):
-            _delete(backends[task.dst_backend_id], path)
-    for backend in backends.values():
-        _delete(backend, staging_dir(txn_id))
-    return len(rows)
+            ).rowcount
+        )
+
+
+def clean_backend(dst: Cluster, backend_name: str, job_id: int) -> int:
+    """Run on the target backend's own host after its job aborted: remove the job's staged
+    files there and every rowset directory its applies installed (recorded or not). Only in a
+    root marked as this backend's own. Returns the directories removed."""
+    with dst.engine.connect() as conn:
+        backend = next(
+            (b for b in model.list_backends(conn).values() if b.name == backend_name), None
+        )
+        txn_id = conn.execute(sa.select(s.jobs.c.txn_id).where(s.jobs.c.id == job_id)).scalar()
+        applies = taskrows.of_job(conn, job_id, TaskKind.APPLY)
+    if backend is None or txn_id is None:
+        return 0
+    check_marker(backend.storage_root, dst.name, backend.name)
+    paths = [p for t in applies if t.dst_backend_id == backend.id for p in installed_dirs(t)]
+    for path in [*paths, staging_dir(txn_id)]:
+        _delete(backend, path)
+    return len(paths)
 
 
 def _delete(backend: model.Backend, path: str) -> None:

@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import logging
 
+from app.cluster import Cluster
+from app.config import Settings
 from app.errors import LeaseLost
 from app.replication.apply import apply_batch
+from app.replication.coordinator import Message
+from app.replication.finish import clean_backend
 from app.replication.runner import BatchOutcome, ProgressFn, TaskRunner
 from app.replication.snapshot import snapshot_batch
 from app.replication.taskrows import TaskKind
@@ -36,3 +40,17 @@ def run_message(
     except LeaseLost as exc:  # another attempt owns the tasks, or the job ended: stop quietly
         log.info("%s", exc)
     return out
+
+
+def run_cleanup(settings: Settings, cluster: str, backend: str, job_id: int) -> int:
+    """A target backend's share of an aborted job's clean-up (see ``finish.clean_backend``)."""
+    return clean_backend(Cluster(settings, cluster), backend, job_id)
+
+
+def deliver(settings: Settings, m: Message, worker: str) -> None:
+    """Run one coordinator message in this process, as the worker of its queue would."""
+    if m.kind is None:
+        assert m.backend is not None
+        run_cleanup(settings, m.cluster, m.backend, m.job_id)
+    else:
+        run_message(TaskRunner(settings, m.cluster, m.job_id, worker), m.kind, list(m.task_ids))

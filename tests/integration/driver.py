@@ -13,9 +13,8 @@ import sqlalchemy as sa
 from app.client import ClusterHandle, Job, Replicator
 from app.config import Settings
 from app.replication.coordinator import Coordinator, Message
-from app.replication.runner import TaskRunner
 from app.replication.state import JobState
-from app.replication.work import run_message
+from app.replication.work import deliver
 from tests.conftest import ClusterFactory
 from tests.integration.rig import create_test_table, rows
 
@@ -46,10 +45,9 @@ class Driver:
         return self.coordinator.tick(self.dst.name, job.id).messages
 
     def work(self, messages: list[Message]) -> None:
-        """Run the messages' tasks as a backend worker would."""
+        """Run the messages' tasks as the workers of their queues would."""
         for m in messages:
-            runner = TaskRunner(self.settings, m.cluster, m.job_id, worker="edge-worker")
-            run_message(runner, m.kind, list(m.task_ids))
+            deliver(self.settings, m, "edge-worker")
 
     def run_until(self, job: Job, state: JobState, then: Callable[[], None] | None = None) -> Job:
         """Tick and work until the job reaches ``state`` (its messages done), then ``then``."""

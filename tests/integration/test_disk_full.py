@@ -13,10 +13,9 @@ import pytest
 from app.client import Replicator
 from app.config import Settings
 from app.replication.coordinator import Coordinator
-from app.replication.runner import TaskRunner
 from app.replication.state import JobState
 from app.replication.taskrows import TaskKind, TaskState
-from app.replication.work import run_message
+from app.replication.work import deliver
 from tests.conftest import ClusterFactory
 from tests.integration.rig import create_test_table, rows
 
@@ -54,7 +53,7 @@ def test_a_full_target_disk_aborts_the_job_in_one_attempt_naming_the_backend(
     coordinator = Coordinator(settings, actor="test")
     for _ in range(20):
         for m in coordinator.tick(dst.name, job.id).messages:
-            run_message(TaskRunner(settings, m.cluster, m.job_id, "test"), m.kind, list(m.task_ids))
+            deliver(settings, m, "test")
         if job.refresh().state.final:
             break
 
