@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
 import socket
 import ssl
 import time
@@ -41,6 +42,7 @@ from aiohttp import web
 from app.errors import InvalidRequest, SetupError, TokenRejected
 from app.storage.marker import check_marker
 from app.transfer import names, tokens
+from app.transfer.tlsgate import GatedSite
 from app.transfer.tokens import Grant
 from app.units import MB
 
@@ -83,7 +85,7 @@ class InMemoryRevocations:
 class ServerStats:
     opened: int = 0  # files opened for serving
     served_bytes: int = 0  # bytes promised in responses (whole ranges)
-    refused: Counter[int] = field(default_factory=Counter)  # by HTTP status
+    refused: Counter[int] = field(default_factory=Counter)  # by HTTP status; 0: TLS handshake
 
 
 STATS = web.AppKey("transfer_stats", ServerStats)
@@ -306,7 +308,15 @@ async def start(
     runner = web.AppRunner(app, access_log=None, max_field_size=MAX_TOKEN_BYTES + 64)
     await runner.setup()
     sock = socket.create_server((host, port), reuse_port=False)
-    await web.SockSite(runner, sock, ssl_context=ssl_context).start()
+    if ssl_context is None:
+        await web.SockSite(runner, sock).start()
+    else:
+        stats = app[STATS]
+
+        def refused() -> None:
+            stats.refused[0] += 1  # 0: refused before HTTP, in the TLS handshake
+
+        await GatedSite(runner, sock, ssl_context, refused).start()
     return runner, int(sock.getsockname()[1])
 
 
@@ -322,12 +332,18 @@ def run(
     """Serve until interrupted (SIGINT/SIGTERM). ``ssl_context`` None serves plain HTTP: only
     for tests on loopback."""
     app = make_app(backends, secrets, revocation_check, serving_cap_mb_per_sec)
-    web.run_app(
-        app,
-        host=host,
-        port=port,
-        ssl_context=ssl_context,
-        access_log=None,
-        max_field_size=MAX_TOKEN_BYTES + 64,
-        print=None,
-    )
+    asyncio.run(_serve_until_signal(app, host, port, ssl_context))
+
+
+async def _serve_until_signal(
+    app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None
+) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    runner, _port = await start(app, host, port, ssl_context)
+    try:
+        await stop.wait()
+    finally:
+        await runner.cleanup()

@@ -17,6 +17,7 @@ from app.storage.checksum import FileMeta, checksum_file
 from app.storage.marker import write_marker
 from app.transfer import client, server, tokens
 from app.transfer.server import BackendRoot, InMemoryRevocations
+from tests.harness import wait_until
 from tests.integration.transfer_rig import (
     SECRETS,
     ProcessServer,
@@ -233,7 +234,13 @@ def test_a_wrong_checksum_is_reported_by_file_name(
     assert a.name in str(info.value) and token not in str(info.value)
 
 
-def test_plain_http_and_bad_client_certificates_are_refused(live: ThreadServer, pki: dict) -> None:  # type: ignore[type-arg]
+def test_plain_http_and_bad_client_certificates_are_refused(
+    live: ThreadServer,
+    pki: dict,  # type: ignore[type-arg]
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="app.transfer.server")
+    before = live.stats.refused[0]
     plain = urllib3.PoolManager(retries=False, timeout=5)
     with pytest.raises(urllib3.exceptions.HTTPError):
         plain.request("GET", f"http://127.0.0.1:{live.port}/healthz")
@@ -244,6 +251,10 @@ def test_plain_http_and_bad_client_certificates_are_refused(live: ThreadServer, 
     ok = urllib3.PoolManager(ssl_context=client_ssl(pki), retries=False)
     assert ok.request("GET", f"{live.base}/healthz").json() == {"ok": True}
     assert live.stats.opened == 0
+    # Each refused handshake is counted and logged, one line each.
+    wait_until(lambda: live.stats.refused[0] - before == 3, 5, "three refused handshakes")
+    lines = [r.getMessage() for r in caplog.records if "TLS handshake failed" in r.getMessage()]
+    assert len(lines) == 3, lines
 
 
 def test_the_serving_cap_is_shared_by_connections(tmp_path: Path, pki: dict) -> None:  # type: ignore[type-arg]
