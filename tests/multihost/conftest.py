@@ -306,9 +306,10 @@ class MultiHost:
         with self.replicator.cluster(cluster).catalog.engine.connect() as conn:
             return list(conn.execute(sa.text(sql), params).all())
 
-    def target_table(self, name: str, buckets: int, replicas: int) -> str:
-        full = f"tpch.{name}"
-        self.hostcmd("dst", "lineitem", DST, full, str(buckets), str(replicas))
+    def target_tables(self, names: Sequence[str], buckets: int, replicas: int) -> list[str]:
+        """Target tables shaped like the source table, created on the target host."""
+        full = [f"tpch.{n}" for n in names]
+        self.hostcmd("dst", "lineitem", DST, str(buckets), str(replicas), *full)
         return full
 
 
@@ -396,7 +397,7 @@ def _init_clusters(rig: MultiHost) -> None:
 
     lineitem_files(SCALE)
     lineitem_files(INCREMENT_SCALE)
-    rig.hostcmd("src", "lineitem", SRC, TABLE, "4", "2")
+    rig.hostcmd("src", "lineitem", SRC, "4", "2", TABLE)
     loaded = rig.hostcmd("src", "load", SRC, TABLE, str(SCALE), "sf-main")
     record("setup", init_and_load_sec=round(time.monotonic() - t0, 1), load=loaded)
 

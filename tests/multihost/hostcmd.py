@@ -1,7 +1,7 @@
 """What the multi-host suite runs *on a host* (inside its network and mount namespaces), where
 the storage roots are: ``python -m tests.multihost.hostcmd COMMAND ...``; prints JSON.
 
-  lineitem CLUSTER TABLE BUCKETS REPLICAS        create TPC-H lineitem (frontends.tpch)
+  lineitem CLUSTER BUCKETS REPLICAS TABLE...     create TPC-H lineitem tables (frontends.tpch)
   load CLUSTER TABLE SF LABEL                    load lineitem at scale factor SF
   checksum CLUSTER TABLE                         [[partition, version, epoch, rows, checksum]]
   staged                                         staged files under every root below a dir
@@ -38,7 +38,8 @@ def main(argv: list[str]) -> object:
     if cmd == "lineitem":
         from frontends.tpch import create_lineitem
 
-        create_lineitem(handle, args[1], buckets=int(args[2]), replication_num=int(args[3]))
+        for table in args[3:]:
+            create_lineitem(handle, table, buckets=int(args[1]), replication_num=int(args[2]))
         return "ok"
     if cmd == "load":
         from frontends.tpch import lineitem_files, load_source
