@@ -13,7 +13,6 @@ processes see. Everything is made and removed by the session fixture ``mh``.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
@@ -23,6 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -169,6 +169,9 @@ class MultiHost:
     replicator: Replicator
     base: Path
     config: Config = field(default_factory=Config)
+    _source_content: dict[tuple[str, str, tuple[str, ...]], list[list[object]]] = field(
+        default_factory=dict
+    )
 
     # -- hosts ---------------------------------------------------------------------------
     @property
@@ -216,13 +219,34 @@ class MultiHost:
     def hostcmd(self, host: str, *args: str, timeout: float = 600) -> object:
         h = self.net.hosts[host]
         out = h.run(
-            [sys.executable, "-m", "tests.multihost.hostcmd", *args], self.env(host), timeout=timeout
+            [sys.executable, "-m", "tests.multihost.hostcmd", *args],
+            self.env(host),
+            timeout=timeout,
         ).stdout
         return json.loads(out.strip().splitlines()[-1])
 
-    def content(self, cluster: str, table: str) -> list[list[object]]:
-        """Per partition (name, version, epoch, rows, checksum), read where the files are."""
-        return self.hostcmd("src" if cluster == SRC else "dst", "checksum", cluster, table)  # type: ignore[return-value]
+    def content(self, cluster: str, table: str, *partitions: str) -> list[list[object]]:
+        """Per partition (name, version, epoch, rows, checksum), read on the host that holds
+        the files. The source table's is cached until the next :meth:`load_source`."""
+        key = (cluster, table, partitions)
+        if cluster == SRC and key in self._source_content:
+            return self._source_content[key]
+        host = "src" if cluster == SRC else "dst"
+        got: list[list[object]] = self.hostcmd(host, "checksum", cluster, table, *partitions)  # type: ignore[assignment]
+        if cluster == SRC:
+            self._source_content[key] = got
+        return got
+
+    def both(self, target: str, *partitions: str) -> tuple[list[list[object]], list[list[object]]]:
+        """(source content, target content), each read on its own host at the same time."""
+        with ThreadPoolExecutor(2) as pool:
+            src = pool.submit(self.content, SRC, TABLE, *partitions)
+            dst = pool.submit(self.content, DST, target, *partitions)
+            return src.result(), dst.result()
+
+    def load_source(self, scale: float, label: str) -> object:
+        self._source_content.clear()
+        return self.hostcmd("src", "load", SRC, TABLE, str(scale), label)
 
     # -- processes -----------------------------------------------------------------------
     def transfer_name(self, host: str, backend: str | None = None) -> str:
@@ -385,20 +409,29 @@ def _init_clusters(rig: MultiHost) -> None:
     """``cluster init``, ``backend add``, the source table and its load, each run on the host
     whose storage it writes."""
     t0 = time.monotonic()
-    rig.cli("src", "cluster", "init", SRC)
-    rig.cli("dst", "cluster", "init", DST)
-    for b in BACKENDS:
-        url = f"https://{rig.src.address}:{SRC_PORTS[b]}"
-        rig.cli("src", "backend", "add", SRC, b, "--storage", rig.root("src", b), "--transfer-url", url)
-        url = f"https://{rig.dst.address}:{DST_PORT}"
-        rig.cli("dst", "backend", "add", DST, b, "--storage", rig.root("dst", b), "--transfer-url", url)
     # Generated in the root namespace (input data, not storage): cached under bench/out/data.
     from frontends.tpch import lineitem_files
 
     lineitem_files(SCALE)
     lineitem_files(INCREMENT_SCALE)
-    rig.hostcmd("src", "lineitem", SRC, "4", "2", TABLE)
-    loaded = rig.hostcmd("src", "load", SRC, TABLE, str(SCALE), "sf-main")
+
+    def target_side() -> None:
+        rig.cli("dst", "cluster", "init", DST)
+        for b in BACKENDS:
+            url = f"https://{rig.dst.address}:{DST_PORT}"
+            rig.cli("dst", "backend", "add", DST, b, "--storage", rig.root("dst", b),
+                    "--transfer-url", url)  # fmt: skip
+
+    with ThreadPoolExecutor(1) as pool:
+        dst_done = pool.submit(target_side)
+        rig.cli("src", "cluster", "init", SRC)
+        for b in BACKENDS:
+            url = f"https://{rig.src.address}:{SRC_PORTS[b]}"
+            rig.cli("src", "backend", "add", SRC, b, "--storage", rig.root("src", b),
+                    "--transfer-url", url)  # fmt: skip
+        rig.hostcmd("src", "lineitem", SRC, "4", "2", TABLE)
+        loaded = rig.load_source(SCALE, "sf-main")
+        dst_done.result()
     record("setup", init_and_load_sec=round(time.monotonic() - t0, 1), load=loaded)
 
 

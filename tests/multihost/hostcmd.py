@@ -3,7 +3,7 @@ the storage roots are: ``python -m tests.multihost.hostcmd COMMAND ...``; prints
 
   lineitem CLUSTER BUCKETS REPLICAS TABLE...     create TPC-H lineitem tables (frontends.tpch)
   load CLUSTER TABLE SF LABEL                    load lineitem at scale factor SF
-  checksum CLUSTER TABLE                         [[partition, version, epoch, rows, checksum]]
+  checksum CLUSTER TABLE [PARTITION...]          [[partition, version, epoch, rows, checksum]]
   staged                                         staged files under every root below a dir
   files CLUSTER                                  every data file of every root: [[path, size]]
   probe PATH                                     what opening PATH raises (or "opened")
@@ -47,7 +47,10 @@ def main(argv: list[str]) -> object:
         res = handle.load(args[1], load_source(lineitem_files(float(args[2]))), label=args[3])
         return {"rows": res.rows, "bytes": res.bytes, "versions": res.versions}
     if cmd == "checksum":
-        return [[c.partition, c.version, c.epoch, c.rows, c.checksum] for c in handle.checksum(args[1])]
+        return [
+            [c.partition, c.version, c.epoch, c.rows, c.checksum]
+            for c in handle.checksum(args[1], args[2:] or None)
+        ]
     if cmd == "files":
         return [
             [str(p), p.stat().st_size]
