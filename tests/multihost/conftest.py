@@ -21,10 +21,11 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -114,9 +115,9 @@ class BridgeRedis(RedisServer):
         return self
 
 
-def _pings(client: object) -> bool:
+def _pings(client: Any) -> bool:
     try:
-        return bool(client.ping())  # type: ignore[attr-defined]
+        return bool(client.ping())
     except Exception:
         return False
 
@@ -141,10 +142,15 @@ class HostProcs(Supervisor):
         return proc
 
     def on(
-        self, host: Host, name: str, args: Sequence[str], env: dict[str, str], ready: object = None
+        self,
+        host: Host,
+        name: str,
+        args: Sequence[str],
+        env: dict[str, str],
+        ready: Callable[[Proc], bool] | None = None,
     ) -> Proc:
         self.envs[name] = env
-        return self.spawn(name, host.argv(args), ready)  # type: ignore[arg-type]
+        return self.spawn(name, host.argv(args), ready)
 
 
 @dataclass
@@ -169,7 +175,7 @@ class MultiHost:
     replicator: Replicator
     base: Path
     config: Config = field(default_factory=Config)
-    _source_content: dict[tuple[str, str, tuple[str, ...]], list[list[object]]] = field(
+    _source_content: dict[tuple[str, str, tuple[str, ...]], list[list[Any]]] = field(
         default_factory=dict
     )
 
@@ -216,7 +222,7 @@ class MultiHost:
         h = self.net.hosts[host]
         return h.run([sys.executable, "-m", "frontends.cli", *args], self.env(host, backend)).stdout
 
-    def hostcmd(self, host: str, *args: str, timeout: float = 600) -> object:
+    def hostcmd(self, host: str, *args: str, timeout: float = 600) -> Any:
         h = self.net.hosts[host]
         out = h.run(
             [sys.executable, "-m", "tests.multihost.hostcmd", *args],
@@ -225,19 +231,19 @@ class MultiHost:
         ).stdout
         return json.loads(out.strip().splitlines()[-1])
 
-    def content(self, cluster: str, table: str, *partitions: str) -> list[list[object]]:
+    def content(self, cluster: str, table: str, *partitions: str) -> list[list[Any]]:
         """Per partition (name, version, epoch, rows, checksum), read on the host that holds
         the files. The source table's is cached until the next :meth:`load_source`."""
         key = (cluster, table, partitions)
         if cluster == SRC and key in self._source_content:
             return self._source_content[key]
         host = "src" if cluster == SRC else "dst"
-        got: list[list[object]] = self.hostcmd(host, "checksum", cluster, table, *partitions)  # type: ignore[assignment]
+        got: list[list[Any]] = self.hostcmd(host, "checksum", cluster, table, *partitions)
         if cluster == SRC:
             self._source_content[key] = got
         return got
 
-    def both(self, target: str, *partitions: str) -> tuple[list[list[object]], list[list[object]]]:
+    def both(self, target: str, *partitions: str) -> tuple[list[list[Any]], list[list[Any]]]:
         """(source content, target content), each read on its own host at the same time."""
         with ThreadPoolExecutor(2) as pool:
             src = pool.submit(self.content, SRC, TABLE, *partitions)
@@ -337,9 +343,9 @@ class MultiHost:
         return full
 
 
-def _stop_quietly(what: str, fn: object) -> None:
+def _stop_quietly(what: str, fn: Callable[[], object]) -> None:
     try:
-        fn()  # type: ignore[operator]
+        fn()
     except Exception as exc:  # clean-up goes on whatever fails
         print(f"multihost clean-up: {what}: {exc}", file=sys.stderr)
 

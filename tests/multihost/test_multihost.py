@@ -39,14 +39,21 @@ FAST = {"bandwidth": 40.0, "serving_cap": 0.0, "dst_concurrency": 2}
 SLOW = {"bandwidth": 8.0, "serving_cap": 8.0, "dst_concurrency": 1}
 
 
-def replicate(mh: MultiHost, target: str, **kw: object) -> Job:
-    return mh.replicator.replicate(f"{SRC}:{TABLE}", f"{DST}:{target}", **kw)  # type: ignore[arg-type]
+def replicate(mh: MultiHost, target: str, partitions: list[str] | None = None) -> Job:
+    return mh.replicator.replicate(f"{SRC}:{TABLE}", f"{DST}:{target}", partitions=partitions)
 
 
 def committed(job: Job, timeout: float = 180) -> Job:
     job.wait(timeout)
     assert job.state is JobState.COMMITTED, (job, job.message, [str(e) for e in job.events])
     return job
+
+
+def versions(mh: MultiHost, cluster: str, table: str) -> list[tuple[str, int, int]]:
+    return [
+        (p.name, p.visible_version, p.version_epoch)
+        for p in mh.replicator.cluster(cluster).partitions(table)
+    ]
 
 
 def test_storage_is_private_to_its_host(mh: MultiHost) -> None:
@@ -72,8 +79,9 @@ def test_full_then_incremental(mh: MultiHost) -> None:
     t0 = time.monotonic()
     full = committed(replicate(mh, target))
     full_sec = time.monotonic() - t0
-    src_content, dst_content = mh.both(target)
-    assert dst_content == src_content
+    # After the full job: versions and epochs, from the catalogs (content is compared, on the
+    # hosts that hold the files, after the incremental job).
+    assert versions(mh, DST, target) == versions(mh, SRC, TABLE)
     assert not any(t.incremental for t in full.tasks() if t.kind == "APPLY")
 
     loaded = mh.load_source(INCREMENT_SCALE, "sf-increment")
@@ -81,14 +89,14 @@ def test_full_then_incremental(mh: MultiHost) -> None:
     incr = committed(replicate(mh, target))
     incr_sec = time.monotonic() - t0
     src_after, dst_after = mh.both(target)
-    assert src_after != src_content
     assert dst_after == src_after
+    assert all(p[1] == 3 for p in dst_after), dst_after  # create, load, increment
     applies = [t for t in incr.tasks() if t.kind == "APPLY"]
     assert applies and all(t.incremental for t in applies)
     full_bytes = sum(t.bytes_total for t in full.tasks() if t.kind == "APPLY")
     incr_bytes = sum(t.bytes_total for t in applies)
     assert incr_bytes < full_bytes / 5
-    rows = sum(int(p[3]) for p in src_after)  # type: ignore[arg-type]
+    rows = sum(int(p[3]) for p in src_after)
     record(
         "full_then_incremental",
         full_sec=round(full_sec, 1),
@@ -214,19 +222,22 @@ def test_link_cut_mid_file(mh: MultiHost) -> None:
     [target] = mh.target_tables(["lineitem_cut"], buckets=4, replicas=1)
     before = {b: mh.log(f"be.{DST}.{b}").count("resuming at byte") for b in BACKENDS}
     job = replicate(mh, target)
-    partial: list[list[object]] = []
+    partial: list[list[Any]] = []
 
     def half_received() -> bool:
         # Only the target host sees its staging directory.
         staged = mh.hostcmd("dst", "staged", str(mh.net.mount_dir))
-        partial[:] = [f for f in staged if int(f[1]) >= CHUNK]  # type: ignore[index, call-overload]
+        partial[:] = [f for f in staged if int(f[1]) >= CHUNK]
         return bool(partial)
 
     wait_until(half_received, 60, "a partly received staged file on the target", interval=0.2)
     cut_at = time.monotonic()
     mh.src.link(False)
     try:
-        time.sleep(2)
+        time.sleep(0.2)
+        sent_at_cut = mh.src.rx_bytes()
+        time.sleep(1.8)
+        sent_during_cut = mh.src.rx_bytes() - sent_at_cut
     finally:
         mh.src.link(True)
     committed(job, timeout=180)
@@ -241,6 +252,7 @@ def test_link_cut_mid_file(mh: MultiHost) -> None:
     record(
         "link_cut_mid_file",
         staged_when_cut=partial,
+        link_bytes_during_cut=sent_during_cut,
         files=files,
         file_bytes=sizes,
         bytes_received=received,
@@ -248,6 +260,7 @@ def test_link_cut_mid_file(mh: MultiHost) -> None:
         resumes=resumes,
         sec_from_cut_to_commit=round(job_sec, 1),
     )
+    assert sent_during_cut == 0, "bytes left the source host while its link was down"
     assert sum(int(t.bytes_done) for t in applies) == sizes
     assert 0 <= received - sizes < CHUNK * max(1, sum(resumes.values()))
 
@@ -268,7 +281,7 @@ class Prober:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(json.dumps(req) + "\n")
         self.proc.stdin.flush()
-        return json.loads(self.proc.stdout.readline())  # type: ignore[no-any-return]
+        return json.loads(self.proc.stdout.readline())
 
     def close(self) -> None:
         if self.proc.stdin is not None:
@@ -278,8 +291,8 @@ class Prober:
 
 TLS_CASES = ("plain HTTP to the TLS port", "client without a certificate")
 refusal_results: dict[str, tuple[dict[str, Any], list[str]]] = {}
-left_staged: list[list[object]] = []
-left_installed: list[list[object]] = []
+left_staged: list[list[Any]] = []
+left_installed: list[list[Any]] = []
 
 
 def test_refusals_over_the_network(mh: MultiHost) -> None:
@@ -301,7 +314,12 @@ def test_refusals_over_the_network(mh: MultiHost) -> None:
         return rows or None
 
     found: list[Any] = []
-    wait_until(lambda: bool(found.append(token_row()) or found[-1]), 60, "the job's tokens")
+
+    def have_tokens() -> bool:
+        found.append(token_row())
+        return bool(found[-1])
+
+    wait_until(have_tokens, 60, "the job's tokens")
     rows = found[-1]
     real = rows[0].transfer_token
     grant = tokens.verify({"k1": secret}, real, now=time.time())
@@ -379,7 +397,7 @@ def test_refusals_over_the_network(mh: MultiHost) -> None:
         # An abort removes what the job staged on the target (DESIGN: "the target is exactly
         # as it was"); only the target host can look.
         time.sleep(3)
-        left_staged[:] = mh.hostcmd("dst", "staged", str(mh.net.mount_dir))  # type: ignore[arg-type]
+        left_staged[:] = mh.hostcmd("dst", "staged", str(mh.net.mount_dir))
         aborted = {
             f"/data/{r.tablet_id}/{r.id}/"
             for r in mh.rows(
@@ -387,9 +405,7 @@ def test_refusals_over_the_network(mh: MultiHost) -> None:
             )
         }
         left_installed[:] = [
-            f
-            for f in mh.hostcmd("dst", "files", DST)  # type: ignore[union-attr]
-            if any(a in str(f[0]) for a in aborted)
+            f for f in mh.hostcmd("dst", "files", DST) if any(a in str(f[0]) for a in aborted)
         ]
     finally:
         probe.close()
@@ -420,7 +436,8 @@ def test_refusals_over_the_network(mh: MultiHost) -> None:
     assert not failures, "\n".join(failures)
     assert refused_at is not None, "the cancelled job's token was still honoured after 20 s"
     assert released_at is not None
-    assert refused_at - released_at <= 1.5, "revocation took longer than its 1 s cache"
+    # The server caches a job's hold check for 1 s; the probe polls every ~0.35 s.
+    assert refused_at - released_at <= 2.0, "revocation took longer than its 1 s cache"
     assert job.state is JobState.ABORTED
 
 
