@@ -11,7 +11,7 @@ MYPY   := $(VENV)/bin/mypy
 PYTEST_ARGS ?=
 LINT_PATHS  := app workers frontends tests bench
 
-.PHONY: install services test faults lint demo demo-down bench bench-load clean
+.PHONY: install services test faults multihost lint demo demo-down bench bench-load clean
 
 install:
 	bash scripts/bootstrap.sh
@@ -19,13 +19,18 @@ install:
 services:
 	bash scripts/services.sh up
 
-## The test command: unit + integration (everything except tests/faults).
+## The test command: unit + integration (everything except tests/faults and tests/multihost).
 test: install services
 	bash scripts/ensure_chromium.sh
-	$(PYTHON) -m pytest -q tests --ignore=tests/faults -p no:cacheprovider $(PYTEST_ARGS)
+	$(PYTHON) -m pytest -q tests --ignore=tests/faults --ignore=tests/multihost -p no:cacheprovider $(PYTEST_ARGS)
 
 faults: install services
 	$(PYTHON) -m pytest -q tests/faults -p no:cacheprovider $(PYTEST_ARGS)
+
+## Hosts as Linux network namespaces with private storage mounts (needs root, ip, nsenter);
+## its own Postgres and Redis on a bridge, so `services` is not needed.
+multihost: install
+	$(PYTHON) -m pytest -q tests/multihost -p no:cacheprovider --durations=0 $(PYTEST_ARGS)
 
 lint: install
 	$(RUFF) check $(LINT_PATHS)
