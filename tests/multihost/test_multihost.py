@@ -396,17 +396,22 @@ def test_refusals_over_the_network(mh: MultiHost) -> None:
         job.wait(60)
         # An abort removes what the job staged on the target (DESIGN: "the target is exactly
         # as it was"); only the target host can look.
-        time.sleep(3)
-        left_staged[:] = mh.hostcmd("dst", "staged", str(mh.net.mount_dir))
+        # The target's workers do that after the abort: wait for it (or record what is left).
         aborted = {
             f"/data/{r.tablet_id}/{r.id}/"
             for r in mh.rows(
                 DST, "SELECT id, tablet_id FROM rowsets WHERE txn_id = :t", t=job.record.txn_id
             )
         }
-        left_installed[:] = [
-            f for f in mh.hostcmd("dst", "files", DST) if any(a in str(f[0]) for a in aborted)
-        ]
+        deadline = time.monotonic() + 20
+        while True:
+            left_staged[:] = mh.hostcmd("dst", "staged", str(mh.net.mount_dir))
+            left_installed[:] = [
+                f for f in mh.hostcmd("dst", "files", DST) if any(a in str(f[0]) for a in aborted)
+            ]
+            if not (left_staged or left_installed) or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
     finally:
         probe.close()
 
@@ -441,11 +446,6 @@ def test_refusals_over_the_network(mh: MultiHost) -> None:
     assert job.state is JobState.ABORTED
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product gap: the transfer server logs nothing when a TLS handshake is refused "
-    "(asyncio reports handshake failures only in debug mode)",
-)
 def test_tls_refusals_leave_a_log_line(mh: MultiHost) -> None:
     if not refusal_results:
         pytest.skip("test_refusals_over_the_network did not run")
@@ -453,12 +453,6 @@ def test_tls_refusals_leave_a_log_line(mh: MultiHost) -> None:
     assert counts == dict.fromkeys(TLS_CASES, 1), counts
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="product bug: an abort's target clean-up (finish.clean_target) runs in the "
-    "coordinator, which cannot reach the target backends' storage on another host: the rowset "
-    "files the job had installed stay on the target (until its GC's orphan sweep)",
-)
 def test_abort_leaves_nothing_on_target(mh: MultiHost) -> None:
     if not refusal_results:
         pytest.skip("test_refusals_over_the_network did not run")
