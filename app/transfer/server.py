@@ -311,7 +311,7 @@ async def start(
     if ssl_context is None:
         await web.SockSite(runner, sock).start()
     else:
-        stats = app[STATS]
+        stats = app.get(STATS) or ServerStats()  # any aiohttp app can be served this way
 
         def refused() -> None:
             stats.refused[0] += 1  # 0: refused before HTTP, in the TLS handshake

@@ -16,6 +16,7 @@ import pytest
 from app.client import Job
 from app.replication.finish import hold_owner
 from app.replication.state import JobState
+from app.replication.taskrows import TaskKind
 from app.transfer import tokens
 from tests.harness import wait_until
 from tests.multihost.conftest import (
@@ -308,8 +309,9 @@ def test_refusals_over_the_network(mh: MultiHost) -> None:
     def token_row() -> Any:
         rows = mh.rows(
             DST, "SELECT transfer_token, manifest, src_tablet_id FROM job_tasks "
-            "WHERE job_id = :j AND kind = 'APPLY' AND transfer_token IS NOT NULL ORDER BY id",
+            "WHERE job_id = :j AND kind = :k AND transfer_token IS NOT NULL ORDER BY id",
             j=job.id,
+            k=str(TaskKind.APPLY),
         )  # fmt: skip
         return rows or None
 
