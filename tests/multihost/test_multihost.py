@@ -83,7 +83,7 @@ def test_full_then_incremental(mh: MultiHost) -> None:
     # After the full job: versions and epochs, from the catalogs (content is compared, on the
     # hosts that hold the files, after the incremental job).
     assert versions(mh, DST, target) == versions(mh, SRC, TABLE)
-    assert not any(t.incremental for t in full.tasks() if t.kind == "APPLY")
+    assert not any(t.incremental for t in full.tasks() if t.kind == TaskKind.APPLY)
 
     loaded = mh.load_source(INCREMENT_SCALE, "sf-increment")
     t0 = time.monotonic()
@@ -92,9 +92,9 @@ def test_full_then_incremental(mh: MultiHost) -> None:
     src_after, dst_after = mh.both(target)
     assert dst_after == src_after
     assert all(p[1] == 3 for p in dst_after), dst_after  # create, load, increment
-    applies = [t for t in incr.tasks() if t.kind == "APPLY"]
+    applies = [t for t in incr.tasks() if t.kind == TaskKind.APPLY]
     assert applies and all(t.incremental for t in applies)
-    full_bytes = sum(t.bytes_total for t in full.tasks() if t.kind == "APPLY")
+    full_bytes = sum(t.bytes_total for t in full.tasks() if t.kind == TaskKind.APPLY)
     incr_bytes = sum(t.bytes_total for t in applies)
     assert incr_bytes < full_bytes / 5
     rows = sum(int(p[3]) for p in src_after)
@@ -206,7 +206,10 @@ def test_one_source_backend_unreachable(mh: MultiHost) -> None:
     assert dst_part == src_part and len(dst_part) == 1
     refused = sum(mh.log(f"be.{DST}.{b}").count("refused") - refused_before[b] for b in BACKENDS)
     files = sum(
-        len(rs["files"]) for t in job.tasks() if t.kind == "APPLY" for rs in t.manifest["rowsets"]
+        len(rs["files"])
+        for t in job.tasks()
+        if t.kind == TaskKind.APPLY
+        for rs in t.manifest["rowsets"]
     )
     record(
         "one_source_backend_unreachable",
@@ -245,7 +248,7 @@ def test_link_cut_mid_file(mh: MultiHost) -> None:
     job_sec = time.monotonic() - cut_at
     src_content, dst_content = mh.both(target)
     assert dst_content == src_content
-    applies = [t for t in job.tasks() if t.kind == "APPLY"]
+    applies = [t for t in job.tasks() if t.kind == TaskKind.APPLY]
     sizes = sum(int(t.bytes_total) for t in applies)
     files = sum(len(rs["files"]) for t in applies for rs in t.manifest["rowsets"])
     received = apply_bytes_received(mh, job)
