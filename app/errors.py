@@ -13,6 +13,8 @@ below is the one place that also classifies errors from outside this package.
 
 from __future__ import annotations
 
+import re
+
 import sqlalchemy as sa
 
 
@@ -166,3 +168,14 @@ def retryable(exc: BaseException) -> bool:
     if isinstance(exc, ReplicatorError):
         return exc.retryable
     return isinstance(exc, OSError | sa.exc.OperationalError | sa.exc.InterfaceError)
+
+
+_DSN_PASSWORD = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^:/@\s]*):[^@\s]*@", re.IGNORECASE)
+_TOKEN = re.compile(r"v1\.[A-Za-z0-9_-]{16,}(?:\.[A-Za-z0-9_-]*)?")
+
+
+def redact(text: str) -> str:
+    """``text`` without secrets: a URL's password (``postgresql://u:secret@h`` ->
+    ``postgresql://u:***@h``) and transfer tokens. Applied to everything the project keeps or
+    shows: job messages, events, task errors, CLI errors."""
+    return _TOKEN.sub("v1.<redacted>", _DSN_PASSWORD.sub(r"\1:***@", text))

@@ -25,7 +25,7 @@ from app.catalog import schema as s
 from app.catalog.engine import scan_engine
 from app.cluster import Cluster
 from app.config import Settings
-from app.errors import ReplicatorError, UserError
+from app.errors import ReplicatorError, UserError, redact
 from app.queues import queue_name
 from app.replication import finish, taskrows
 from app.replication.plan import Plan, TablePair, make_plan
@@ -183,7 +183,7 @@ class Coordinator:
                 state=str(to),
                 updated_at=sa.func.now(),
                 finished_at=sa.func.now() if to.final else None,
-                message=reason if to.final else s.jobs.c.message,
+                message=redact(reason) if to.final else s.jobs.c.message,
             )
         ).rowcount
         if done != 1:
@@ -377,7 +377,7 @@ def record_event(
             job_id=job_id,
             from_state=str(frm) if frm else None,
             to_state=str(to),
-            reason=reason,
+            reason=redact(reason),
             actor=actor,
         )
     )

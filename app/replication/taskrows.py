@@ -28,6 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from app.catalog import schema as s
+from app.errors import redact
 from app.replication.state import JobState, TaskCounts
 
 
@@ -269,7 +270,11 @@ def complete(conn: sa.Connection, done: list[dict[str, Any]], **columns: Any) ->
 def fail(conn: sa.Connection, task: Claimed, error: str, retry_after: float | None) -> bool:
     """RUNNING -> PENDING after ``retry_after`` seconds, or -> FAILED when it is None; only
     where the attempt is still the one claimed. True if the row changed."""
-    values: dict[str, Any] = {"error": error[:2000], "lease_until": None, "updated_at": _now}
+    values: dict[str, Any] = {
+        "error": redact(error)[:2000],
+        "lease_until": None,
+        "updated_at": _now,
+    }
     if retry_after is None:
         values["state"] = TaskState.FAILED
     else:

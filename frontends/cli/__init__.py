@@ -10,8 +10,9 @@ import sys
 from typing import Any
 
 import typer
+from rich.markup import escape
 
-from app.errors import ReplicatorError, UserError
+from app.errors import ReplicatorError, UserError, redact
 from frontends.cli import clusters, jobs, processes, transfer, watch
 from frontends.cli.apps import cli, err
 
@@ -22,10 +23,10 @@ def main(argv: list[str] | None = None) -> Any:
     try:
         return cli(args=argv, standalone_mode=False)
     except UserError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/] {escape(redact(str(exc)))}", highlight=False, soft_wrap=True)
         sys.exit(2)
     except ReplicatorError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        err.print(f"[red]error:[/] {escape(redact(str(exc)))}", highlight=False, soft_wrap=True)
         sys.exit(3)
     except typer.Abort:
         sys.exit(130)

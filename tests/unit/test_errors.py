@@ -48,3 +48,17 @@ def test_errors_of_the_project_live_in_errors_py() -> None:
                                            "FatalError", "Exception"))
     ]  # fmt: skip
     assert stray == []
+
+
+def test_secrets_are_redacted_from_what_is_kept_or_shown() -> None:
+    from app.errors import redact
+
+    text = (
+        "cannot connect to postgresql+psycopg://replicator:s3cr%40t@db.example:5432/olap_dr; "
+        "token v1.aGVsbG8td29ybGQtdGhpcy1pcy1sb25n.c2lnbmF0dXJlLWJ5dGVz in flight"
+    )
+    out = redact(text)
+    assert "s3cr" not in out and "aGVsbG8" not in out and "c2lnbmF0" not in out
+    assert "postgresql+psycopg://replicator:***@db.example:5432/olap_dr" in out
+    assert "v1.<redacted>" in out
+    assert redact("no secrets in here: 1.2.3 v1.2") == "no secrets in here: 1.2.3 v1.2"
