@@ -11,6 +11,16 @@ MYPY   := $(VENV)/bin/mypy
 PYTEST_ARGS ?=
 LINT_PATHS  := app workers frontends tests bench
 
+# One setting per service (README "Ports and services"): REPLICATOR_PG_URL and
+# REPLICATOR_REDIS_URL. scripts/services.sh reads them; the app reads dsn_template and
+# broker_url, so derive those from them here (unless set explicitly).
+ifdef REPLICATOR_PG_URL
+export REPLICATOR_DSN_TEMPLATE ?= $(patsubst %/,%,$(REPLICATOR_PG_URL))/olap_{cluster}
+endif
+ifdef REPLICATOR_REDIS_URL
+export REPLICATOR_BROKER_URL ?= $(REPLICATOR_REDIS_URL)
+endif
+
 .PHONY: install services test faults lint demo demo-down bench bench-load clean
 
 install:
@@ -19,12 +29,15 @@ install:
 services:
 	bash scripts/services.sh up
 
-## The test command: unit + integration (everything except tests/faults).
-test: install services
+## The test command: unit + integration (everything except tests/faults). The tests start their
+## own throw-away Postgres and Redis from the installed binaries (tests/conftest.py).
+test: install
+	bash scripts/services.sh install
 	bash scripts/ensure_chromium.sh
 	$(PYTHON) -m pytest -q tests --ignore=tests/faults -p no:cacheprovider $(PYTEST_ARGS)
 
-faults: install services
+faults: install
+	bash scripts/services.sh install
 	$(PYTHON) -m pytest -q tests/faults -p no:cacheprovider $(PYTEST_ARGS)
 
 lint: install
