@@ -120,6 +120,6 @@ STATUS=${PIPESTATUS[0]}
 set -e
 
 log "summary ($LABEL ports, commit ${COMMIT:0:12}, $((SECONDS - STARTED))s in all):"
-grep -E '^\[fresh\] RESULT|^\[services\] (postgres|redis):|^=+ .*(passed|failed|error).* =+$|^[0-9]+ (passed|failed)' "$RUN/check.log" | sed 's/^/    /' || true
+grep -E '^\[fresh\] RESULT|^\[services\] (postgres|redis):|(passed|failed|error).* in [0-9.]+s' "$RUN/check.log" | sed 's/^/    /' || true
 if ((STATUS == 0)); then log "PASS"; else log "FAIL (exit $STATUS)"; fi
 exit "$STATUS"
