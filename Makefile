@@ -16,6 +16,7 @@ LINT_PATHS  := app workers frontends tests bench
 # broker_url, so derive those from them here (unless set explicitly).
 ifdef REPLICATOR_PG_URL
 export REPLICATOR_DSN_TEMPLATE ?= $(patsubst %/,%,$(REPLICATOR_PG_URL))/olap_{cluster}
+export BENCH_PG_URL ?= $(patsubst %/,%,$(REPLICATOR_PG_URL))
 endif
 ifdef REPLICATOR_REDIS_URL
 export REPLICATOR_BROKER_URL ?= $(REPLICATOR_REDIS_URL)
