@@ -17,7 +17,9 @@
 # the only thing set in the otherwise empty environment besides PATH, HOME and TERM). When the
 # run ends - however it ends - the kernel kills every process it started and drops every mount.
 # Downloads (apt's .debs and pip's cache) are cached between runs unless --cold; they only make
-# reruns faster.
+# reruns faster. This host's network intercepts TLS: its pip CA bundle ($PIP_CERT, or
+# $FRESH_PIP_CERT) is copied in and named by PIP_CERT, as on the host - a property of the
+# network, not of the machine under test.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -80,6 +82,11 @@ finish() {
 }
 trap finish EXIT
 
+PIP_CERT_SRC="${FRESH_PIP_CERT:-${PIP_CERT:-}}"
+if [[ -n "$PIP_CERT_SRC" ]]; then
+    cp "$PIP_CERT_SRC" "$RUN/upper/pip-ca.crt"  # appears as /pip-ca.crt inside
+    PORT_ENV+=(PIP_CERT=/pip-ca.crt)
+fi
 export CACHE RUN REPO COMMIT COLD COMMANDS
 export PORT_ENV_STR="${PORT_ENV[*]}"
 STARTED=$SECONDS
