@@ -10,6 +10,7 @@ mirrors through an HTTP proxy made of two halves joined by a Unix socket:
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -24,10 +25,8 @@ def pump(src: socket.socket, dst: socket.socket) -> None:
         pass
     finally:
         for s in (src, dst):
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 def join(a: socket.socket, b: socket.socket) -> None:

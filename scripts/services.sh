@@ -98,11 +98,12 @@ pg_up() {
     read -r ver name port status _ < <(clusters | awk -v p="$PG_PORT" '$3 == p' | head -n1) || true
     if [[ -z "${ver:-}" && "$JUST_INSTALLED" == *" postgresql "* ]]; then
         # apt just made cluster VER/main on a port of its choosing: move it to ours.
-        read -r ver name port status _ < <(clusters | head -n1)
+        read -r ver name port status _ < <(clusters | head -n1) || true
+    fi
+    if [[ -n "${ver:-}" && "$port" != "$PG_PORT" ]]; then
         log "postgres: moving the new cluster $ver/$name from port $port to $PG_PORT"
         [[ "$status" == online* ]] && as_root pg_ctlcluster --skip-systemctl-redirect "$ver" "$name" stop
         as_root pg_conftool "$ver" "$name" set port "$PG_PORT"
-        as_root touch "/etc/postgresql/$ver/$name/$MARKER"
         status=down
     elif [[ -z "${ver:-}" ]]; then
         ver="$(ls /usr/lib/postgresql | sort -V | tail -n1)" name="replicator_$PG_PORT"
