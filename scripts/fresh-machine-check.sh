@@ -15,7 +15,8 @@
 # namespace has only loopback, so the default ports are free even though this host uses them;
 # apt and pip reach the mirrors through scripts/fresh-machine-proxy.py (http_proxy/https_proxy,
 # the only thing set in the otherwise empty environment besides PATH, HOME and TERM). When the
-# run ends - however it ends - the kernel kills every process it started and drops every mount.
+# run ends - however it ends, Ctrl-C too (unshare --kill-child) - the kernel kills every process
+# it started and drops every mount.
 # Downloads (apt's .debs and pip's cache) are cached between runs unless --cold; they only make
 # reruns faster. This host's network intercepts TLS: its pip CA bundle ($PIP_CERT, or
 # $FRESH_PIP_CERT) is copied in and named by PIP_CERT, as on the host - a property of the
@@ -91,7 +92,7 @@ export CACHE RUN REPO COMMIT COLD COMMANDS
 export PORT_ENV_STR="${PORT_ENV[*]}"
 STARTED=$SECONDS
 set +e
-unshare --mount --pid --net --fork --propagation private bash -euo pipefail -c '
+unshare --mount --pid --net --fork --kill-child --propagation private bash -euo pipefail -c '
     M="$RUN/root"
     ip link set lo up
     python3 "$REPO/scripts/fresh-machine-proxy.py" relay 3128 "$RUN/proxy.sock" 2>>"$RUN/proxy.log" &
