@@ -14,7 +14,8 @@
 # Isolation: everything runs in new mount, PID and network namespaces (unshare). The network
 # namespace has only loopback, so the default ports are free even though this host uses them;
 # apt and pip reach the mirrors through scripts/fresh-machine-proxy.py (http_proxy/https_proxy,
-# the only thing set in the otherwise empty environment besides PATH, HOME and TERM). When the
+# no_proxy for loopback: the only things set in an otherwise empty environment besides PATH,
+# HOME and TERM). When the
 # run ends - however it ends, Ctrl-C too (unshare --kill-child) - the kernel kills every process
 # it started and drops every mount.
 # Downloads (apt's .debs and pip's cache) are cached between runs unless --cold; they only make
@@ -111,7 +112,8 @@ unshare --mount --pid --net --fork --kill-child --propagation private bash -euo 
     # shellcheck disable=SC2086
     exec chroot "$M" /usr/bin/env -i HOME=/root TERM=dumb \
         PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
-        http_proxy=http://127.0.0.1:3128 https_proxy=http://127.0.0.1:3128 $PORT_ENV_STR \
+        http_proxy=http://127.0.0.1:3128 https_proxy=http://127.0.0.1:3128 \
+        no_proxy=127.0.0.1,localhost,::1 $PORT_ENV_STR \
         COMMANDS="$COMMANDS" bash -c '\''
         cd /root/olap-replicator
         echo "[fresh] inside: $(. /etc/os-release; echo $PRETTY_NAME), $(python3 -V), locale: LANG=${LANG:-unset}"
