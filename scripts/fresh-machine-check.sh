@@ -13,11 +13,10 @@
 #
 # Isolation: everything runs in new mount, PID and network namespaces (unshare). The network
 # namespace has only loopback, so the default ports are free even though this host uses them;
-# apt and pip reach the mirrors through scripts/fresh-machine-proxy.py (http_proxy/https_proxy,
-# no_proxy for loopback: the only things set in an otherwise empty environment besides PATH,
-# HOME and TERM). When the
-# run ends - however it ends, Ctrl-C too (unshare --kill-child) - the kernel kills every process
-# it started and drops every mount.
+# apt and pip reach the mirrors through scripts/fresh-machine-proxy.py. The environment inside is
+# empty but for PATH, HOME, TERM, http(s)_proxy and no_proxy (loopback). When the run ends -
+# however it ends, Ctrl-C too (unshare --kill-child) - the kernel kills every process it started
+# and drops every mount.
 # Downloads (apt's .debs and pip's cache) are cached between runs unless --cold; they only make
 # reruns faster. This host's network intercepts TLS: its pip CA bundle ($PIP_CERT, or
 # $FRESH_PIP_CERT) is copied in and named by PIP_CERT, as on the host - a property of the
