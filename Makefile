@@ -11,6 +11,12 @@ MYPY   := $(VENV)/bin/mypy
 PYTEST_ARGS ?=
 LINT_PATHS  := app workers frontends tests bench
 
+# One setting per service (README "Ports and services"): REPLICATOR_PG_URL and
+# REPLICATOR_REDIS_URL, read by scripts/services.sh, the app (app/config.py) and the tests.
+ifdef REPLICATOR_PG_URL
+export BENCH_PG_URL ?= $(patsubst %/,%,$(REPLICATOR_PG_URL))
+endif
+
 .PHONY: install services test faults multihost lint demo demo-down bench bench-load clean
 
 install:
@@ -20,11 +26,15 @@ services:
 	bash scripts/services.sh up
 
 ## The test command: unit + integration (everything except tests/faults and tests/multihost).
-test: install services
+## The tests start their own throw-away Postgres and Redis from the installed binaries
+## (tests/conftest.py).
+test: install
+	bash scripts/services.sh install
 	bash scripts/ensure_chromium.sh
 	$(PYTHON) -m pytest -q tests --ignore=tests/faults --ignore=tests/multihost -p no:cacheprovider $(PYTEST_ARGS)
 
-faults: install services
+faults: install
+	bash scripts/services.sh install
 	$(PYTHON) -m pytest -q tests/faults -p no:cacheprovider $(PYTEST_ARGS)
 
 ## Hosts as Linux network namespaces with private storage mounts (needs root, ip, nsenter);

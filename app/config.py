@@ -121,8 +121,21 @@ def _coerce(kind: Any, raw: Any, key: str) -> Any:
     return raw
 
 
-def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+def _service_defaults() -> dict[str, Any]:
+    """``REPLICATOR_PG_URL`` and ``REPLICATOR_REDIS_URL`` (README "Ports and services"), the one
+    setting per service the scripts and the tests read too: they move the defaults of
+    ``dsn_template`` and ``broker_url``; the TOML file and ``REPLICATOR_DSN_TEMPLATE`` /
+    ``REPLICATOR_BROKER_URL`` still win."""
     values: dict[str, Any] = {}
+    if pg_url := os.environ.get("REPLICATOR_PG_URL", "").rstrip("/"):
+        values["dsn_template"] = f"{pg_url}/olap_{{cluster}}"
+    if redis_url := os.environ.get("REPLICATOR_REDIS_URL", ""):
+        values["broker_url"] = redis_url
+    return values
+
+
+def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
+    values: dict[str, Any] = _service_defaults()
     kinds = {f.name: f.type for f in fields(Settings)}
     config_path = Path(path or os.environ.get("REPLICATOR_CONFIG", "replicator.toml"))
     if config_path.exists():

@@ -53,7 +53,7 @@ make_venv() {
             log "venv failed; installing $pkg"
             export DEBIAN_FRONTEND=noninteractive
             apt-get -o DPkg::Lock::Timeout=300 update -qq </dev/null &&
-                apt-get -o DPkg::Lock::Timeout=300 install -y -qq "$pkg" </dev/null ||
+                apt-get -o DPkg::Lock::Timeout=300 install -y -qq "$pkg" </dev/null >/dev/null ||
                 die "apt-get install $pkg failed"
             "$py" -m venv --clear "$VENV" || die "python -m venv failed even after installing $pkg"
         else

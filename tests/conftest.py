@@ -1,8 +1,11 @@
 """Shared fixtures: fresh catalog databases per test run, storage roots in tmp dirs.
 
-Postgres is the machine's (``REPLICATOR_TEST_PG_URL``, default the local trust-auth server);
-every run uses databases named ``olaptest_<run id>_<cluster>`` and drops them at the end, so runs
-never see each other's data.
+Postgres and Redis are throw-away servers of the run's own, started from the installed binaries
+(``scripts/services.sh install``) on free ports, UTF-8 whatever the machine's locale: the tests
+need no service running and no port setting. To use servers of yours instead, set
+``REPLICATOR_TEST_PG_URL`` (``postgresql+psycopg://user@host:port``, trust auth) and/or
+``REPLICATOR_TEST_BROKER_URL`` (``redis://host:port/db``). Every run uses databases named
+``olaptest_<run id>_<cluster>`` and drops them at the end, so runs never see each other's data.
 """
 
 from __future__ import annotations
@@ -20,16 +23,16 @@ from app.catalog.engine import dispose_all, drop_database
 from app.client import ClusterHandle
 from app.config import Settings
 from frontends.connect import replicator
+from tests.harness import PostgresServer, RedisServer
 
-PG_URL = os.environ.get("REPLICATOR_TEST_PG_URL", "postgresql+psycopg://postgres@127.0.0.1:5432")
 RUN_ID = uuid.uuid4().hex[:8]
 # Not matched by the default template olap_{cluster}: a coordinator on this machine never
 # mistakes a test run's catalogs for real clusters.
 DB_PREFIX = f"olaptest_{RUN_ID}_"
 
 
-def _drop_run_databases() -> None:
-    admin = sa.create_engine(f"{PG_URL}/postgres", isolation_level="AUTOCOMMIT")
+def _drop_run_databases(pg_url: str) -> None:
+    admin = sa.create_engine(f"{pg_url}/postgres", isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
             names = (
@@ -47,13 +50,27 @@ def _drop_run_databases() -> None:
 
 
 @pytest.fixture(scope="session")
-def settings() -> Iterator[Settings]:
-    yield Settings(
-        broker_url=os.environ.get("REPLICATOR_TEST_BROKER_URL", "redis://127.0.0.1:6379/15"),
-        dsn_template=f"{PG_URL}/{DB_PREFIX}{{cluster}}",
-    )
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
+    """(Postgres URL without a database, broker URL) of this run."""
+    pg_url = os.environ.get("REPLICATOR_TEST_PG_URL", "").rstrip("/")
+    broker_url = os.environ.get("REPLICATOR_TEST_BROKER_URL", "")
+    pg = None if pg_url else PostgresServer().init()
+    redis = None if broker_url else RedisServer(tmp_path_factory.mktemp("redis")).start()
+    try:
+        yield (pg_url or pg.url), (broker_url or redis.url)  # type: ignore[union-attr]
+    finally:
+        if redis is not None:
+            redis.stop()
+        if pg is not None:
+            pg.destroy()
+
+
+@pytest.fixture(scope="session")
+def settings(servers: tuple[str, str]) -> Iterator[Settings]:
+    pg_url, broker_url = servers
+    yield Settings(broker_url=broker_url, dsn_template=f"{pg_url}/{DB_PREFIX}{{cluster}}")
     dispose_all()
-    _drop_run_databases()
+    _drop_run_databases(pg_url)
 
 
 @pytest.fixture(scope="session")

@@ -79,6 +79,10 @@ class PostgresServer:
             "-U",
             "postgres",
             "--no-sync",
+            # UTF-8 whatever the machine's locale (a minimal Debian has none: SQL_ASCII).
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
         )
         return self.start()
 
