@@ -11,7 +11,7 @@ MYPY   := $(VENV)/bin/mypy
 PYTEST_ARGS ?=
 LINT_PATHS  := app workers frontends tests bench
 
-.PHONY: install services test faults multihost lint demo demo-down bench bench-load clean
+.PHONY: install services test faults multihost lint demo demo-down bench bench-load bench-transfer clean
 
 install:
 	bash scripts/bootstrap.sh
@@ -48,6 +48,11 @@ bench: install services
 
 bench-load: install services
 	$(PYTHON) -m bench.load
+
+## Replication across network-namespace hosts with mutual TLS, against curl and rsync of the
+## same files (needs root, ip, nsenter, curl, rsync; starts its own Postgres and Redis).
+bench-transfer: install
+	$(PYTHON) -m bench.transfer
 
 clean:
 	rm -rf $(VENV) var/
