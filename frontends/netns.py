@@ -39,9 +39,9 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["ip", *args], capture_output=True, text=True, check=check, timeout=30)
 
 
-def _used_subnets() -> set[ipaddress.IPv4Network]:
+def _used_subnets() -> set[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     out = ip("-4", "-o", "addr", "show").stdout
-    nets = set()
+    nets: set[ipaddress.IPv4Network | ipaddress.IPv6Network] = set()
     for line in out.splitlines():
         parts = line.split()
         if "inet" in parts:
@@ -59,7 +59,7 @@ def _pick_subnet() -> ipaddress.IPv4Network:
     used = _used_subnets()
     for _ in range(200):
         n = 16 + secrets.randbelow(224)
-        net = ipaddress.ip_network(f"10.213.{n}.0/24")
+        net = ipaddress.IPv4Network(f"10.213.{n}.0/24")
         if not any(net.overlaps(u) for u in used):
             return net
     raise RuntimeError("no free 10.213.x.0/24 subnet for the network namespaces")
