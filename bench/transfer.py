@@ -242,7 +242,7 @@ class Rig:
 
 
 @contextlib.contextmanager
-def rig(apply_per_backend: int) -> Iterator[Rig]:
+def rig(apply_per_backend: int, tablets_per_message: int) -> Iterator[Rig]:
     run_id = f"{time.strftime('%m%d%H%M%S')}_{secrets.token_hex(2)}"
     base = OUT_DIR / "xbench" / run_id
     with contextlib.ExitStack() as stack:
@@ -269,8 +269,10 @@ def rig(apply_per_backend: int) -> Iterator[Rig]:
             "REPLICATOR_DSN_TEMPLATE": dsn_template,
             "REPLICATOR_BROKER_URL": redis.url,
             "REPLICATOR_COORDINATOR_CLUSTERS": f"{SRC},{DST}",
-            # 64 tablets in messages of 8: every apply process of the target gets a share.
-            "REPLICATOR_TABLETS_PER_MESSAGE": "8",
+            # 64 tablets in small messages: every apply process of the target gets a share,
+            # and a process that finishes early takes the next message (the default, 256,
+            # would give each target backend one message, i.e. one busy apply process).
+            "REPLICATOR_TABLETS_PER_MESSAGE": str(tablets_per_message),
             "PYTHONUNBUFFERED": "1",
         }
         settings = Settings(broker_url=redis.url, dsn_template=dsn_template)
@@ -572,7 +574,7 @@ def table(results: Sequence[dict[str, Any]], info: dict[str, Any]) -> list[str]:
     ]
     labels = {
         "bulk": f"replication job (submit → COMMITTED, {bulk['processes']} apply processes, "
-        "xxh3 of every byte)",
+        f"messages of {info.get('tpm', '?')} tablets, xxh3 of every byte)",
         "curl": f"curl, {curl['processes']} in parallel (HTTPS, mutual TLS, same servers)",
         "rsync": f"rsync -a from rsync daemon, {rsync['processes']} in parallel (no TLS)",
     }
@@ -679,6 +681,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--parts", type=int, default=5, help="source loads (rowsets per tablet)")
     ap.add_argument("--rounds", type=int, default=2, help="curl, rsync, bulk this many times")
     ap.add_argument("--apply", type=int, default=2, help="apply processes per target backend")
+    ap.add_argument(
+        "--tablets-per-message",
+        type=int,
+        default=4,
+        help="REPLICATOR_TABLETS_PER_MESSAGE of the workers (64 tablets: 4 gives 16 messages)",
+    )
     ap.add_argument("--results", type=Path, default=None, help="markdown file to write into")
     args = ap.parse_args(argv)
     if args.quick:
@@ -695,7 +703,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"lineitem SF{args.scale:g}: {len(files)} files, {rows_in:,} rows")
     load = os.getloadavg()
     results: list[dict[str, Any]] = []
-    with rig(args.apply) as r:
+    with rig(args.apply, args.tablets_per_message) as r:
         log(
             f"run {r.run_id}: hosts "
             + ", ".join(f"{h.name} {h.address}" for h in r.net.hosts.values())
@@ -722,7 +730,8 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"round {i}: {res['way']} {res['seconds']:.2f}s for {res['bytes'] / MB:.0f} MB "
                     f"({res['bytes'] / MB / res['seconds']:.0f} MB/s; CPU source "
                     f"{res['cpu_source']:.1f}s, target {res['cpu_target']:.1f}s)")  # fmt: skip
-        info = {"run_id": r.run_id, "rounds": args.rounds, "files": len(sfiles),
+        info = {"run_id": r.run_id, "rounds": args.rounds, "tpm": args.tablets_per_message,
+                "files": len(sfiles),
                 "rows": loaded["rows"], "scale": args.scale, "load_seconds": loaded["load_seconds"],
                 "total_seconds": time.perf_counter() - started}  # fmt: skip
     machine = machine_info()
