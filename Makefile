@@ -17,7 +17,7 @@ ifdef REPLICATOR_PG_URL
 export BENCH_PG_URL ?= $(patsubst %/,%,$(REPLICATOR_PG_URL))
 endif
 
-.PHONY: install services test faults multihost lint demo demo-down bench bench-load clean
+.PHONY: install services test faults multihost lint demo demo-down bench bench-load bench-transfer clean
 
 install:
 	bash scripts/bootstrap.sh
@@ -58,6 +58,11 @@ bench: install services
 
 bench-load: install services
 	$(PYTHON) -m bench.load
+
+## Replication across network-namespace hosts with mutual TLS, against curl and rsync of the
+## same files (needs root, ip, nsenter, curl, rsync; starts its own Postgres and Redis).
+bench-transfer: install
+	$(PYTHON) -m bench.transfer
 
 clean:
 	rm -rf $(VENV) var/

@@ -180,14 +180,16 @@ def sync_disks() -> None:
 
 
 def file_digests(dirs: Sequence[Path]) -> list[tuple[int, str]]:
-    """Sorted (size, xxh3-64) of every file under ``dirs``: equal lists = the same bytes."""
+    """Sorted (size, xxh3-64) of every file in ``dirs`` (files, or directories walked):
+    equal lists = the same bytes."""
     import xxhash
 
     out = []
     buf = bytearray(8 * MB)
     view = memoryview(buf)
     for d in dirs:
-        for p in sorted(Path(d).rglob("*")):
+        # A file stands for itself; a directory for every file under it.
+        for p in [Path(d)] if Path(d).is_file() else sorted(Path(d).rglob("*")):
             if not p.is_file():
                 continue
             h = xxhash.xxh3_64()

@@ -35,10 +35,10 @@ from app.client import Replicator
 from app.config import Settings
 from app.queues import queue_name
 from app.transfer import tls
+from frontends.netns import Host, Net
 from frontends.servers import RedisServer
 from frontends.supervise import QUIET, Proc, Supervisor, free_port, spawn
 from tests.harness import PostgresServer, wait_until
-from tests.multihost.netns import Host, Net
 from workers.commands import backend_worker_argv, coordinator_argv
 
 SRC, DST = "mhsrc", "mhdst"

@@ -1,4 +1,5 @@
-"""Hosts made of Linux network namespaces and private mount namespaces, for the multi-host suite.
+"""Hosts made of Linux network namespaces and private mount namespaces, for the multi-host suite
+(tests/multihost) and the cross-host benchmark (bench/transfer.py).
 
 A run makes (names carry a run id, so two runs never collide):
 
@@ -31,7 +32,7 @@ from pathlib import Path
 
 from frontends.supervise import ROOT
 
-STATE_DIR = Path("/run/olap-mh-state")  # one file per live run: its id and the pytest pid
+STATE_DIR = Path("/run/olap-mh-state")  # one file per live run: its id and its process' pid
 
 
 def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -40,7 +41,7 @@ def ip(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
 
 def _used_subnets() -> set[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     out = ip("-4", "-o", "addr", "show").stdout
-    nets = set()
+    nets: set[ipaddress.IPv4Network | ipaddress.IPv6Network] = set()
     for line in out.splitlines():
         parts = line.split()
         if "inet" in parts:
@@ -61,7 +62,7 @@ def _pick_subnet() -> ipaddress.IPv4Network:
         net = ipaddress.IPv4Network(f"10.213.{n}.0/24")
         if not any(net.overlaps(u) for u in used):
             return net
-    raise RuntimeError("no free 10.213.x.0/24 subnet for the multi-host suite")
+    raise RuntimeError("no free 10.213.x.0/24 subnet for the network namespaces")
 
 
 @dataclass
@@ -200,7 +201,7 @@ class Net:
 
 def reap_stale() -> None:
     """Remove what an earlier run left behind if it was killed before its own clean-up: only
-    runs recorded under STATE_DIR whose pytest process is gone."""
+    runs recorded under STATE_DIR whose process (pytest or the bench) is gone."""
     if not STATE_DIR.is_dir():
         return
     for state in STATE_DIR.iterdir():
