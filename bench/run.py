@@ -1406,7 +1406,15 @@ def write_results(run: Run, path: Path, total_seconds: float, argv: Sequence[str
         "```",
         "",
     ]
-    path.write_text("\n".join(lines))
+    path.write_text("\n".join(lines) + _kept_sections(path))
+
+
+def _kept_sections(path: Path) -> str:
+    """Sections other benchmarks write into the same file (``bench.transfer``'s "Across hosts"):
+    this run replaces only its own part."""
+    old = path.read_text() if path.exists() else ""
+    at = old.find("\n## Across hosts")
+    return "\n" + old[at:] if at >= 0 else ""
 
 
 # -- main --------------------------------------------------------------------------------------
