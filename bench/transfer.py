@@ -408,48 +408,56 @@ def disk_bytes(host: Host, path: str) -> int:
 # -- the three ways -----------------------------------------------------------------------------
 
 
+def _curl_argvs(
+    r: Rig, files: Sequence[SrcFile], parallel: int, tag: str, owner: str, out_dir: str
+) -> list[list[str]]:
+    """One curl command per share of the files, each with a token naming its share."""
+    secret = Settings(transfer_secrets={SRC: r.keys[SRC]}).transfer_secret(SRC)
+    client = r.pki[DST].backends["be1"]
+    argvs = []
+    for i, group in enumerate(balanced(files, parallel)):
+        grant = tokens.Grant(SRC, DST, 1, owner, int(time.time()) + 3600,
+                             tuple((f.tablet, f.rowset, f.name) for f in group))  # fmt: skip
+        token = tokens.mint(secret, grant, key_id=KEY_ID)
+        lines = [f'header = "Authorization: Bearer {token}"']
+        for f in group:
+            port = SRC_PORTS[f.backend]
+            lines.append(
+                f'url = "https://{r.src.address}:{port}/v1/{f.backend}/{f.tablet}/'
+                f'{f.rowset}/{f.name}"'
+            )
+            lines.append(f'output = "{out_dir}/{i}/{f.tablet}/{f.rowset}/{f.name}"')
+        conf = r.base / f"curl-{tag}-{i}.conf"
+        conf.write_text("\n".join(lines) + "\n")
+        argvs.append(
+            r.dst.argv(
+                [
+                    "curl",
+                    "-sS",
+                    "--fail",
+                    "--create-dirs",
+                    "--cacert",
+                    str(r.pki[SRC].ca_cert),
+                    "--cert",
+                    str(client.client_cert),
+                    "--key",
+                    str(client.client_key),
+                    "-K",
+                    str(conf),
+                ]
+            )
+        )
+    return argvs
+
+
 def run_curl(r: Rig, files: Sequence[SrcFile], parallel: int, tag: str) -> dict[str, Any]:
     owner = f"bench:curl:{r.run_id}:{tag}"
     src = r.replicator.cluster(SRC)
     with src.catalog.engine.begin() as conn:
         holds.place(conn, sorted({f.rowset for f in files}), owner, 3600)
     out_dir = f"{r.net.mount_dir}/dst/curl-{tag}"
-    secret = Settings(transfer_secrets={SRC: r.keys[SRC]}).transfer_secret(SRC)
-    client = r.pki[DST].backends["be1"]
-    argvs = []
     try:
-        for i, group in enumerate(balanced(files, parallel)):
-            grant = tokens.Grant(SRC, DST, 1, owner, int(time.time()) + 3600,
-                                 tuple((f.tablet, f.rowset, f.name) for f in group))  # fmt: skip
-            token = tokens.mint(secret, grant, key_id=KEY_ID)
-            lines = [f'header = "Authorization: Bearer {token}"']
-            for f in group:
-                port = SRC_PORTS[f.backend]
-                lines.append(
-                    f'url = "https://{r.src.address}:{port}/v1/{f.backend}/{f.tablet}/'
-                    f'{f.rowset}/{f.name}"'
-                )
-                lines.append(f'output = "{out_dir}/{i}/{f.tablet}/{f.rowset}/{f.name}"')
-            conf = r.base / f"curl-{tag}-{i}.conf"
-            conf.write_text("\n".join(lines) + "\n")
-            argvs.append(
-                r.dst.argv(
-                    [
-                        "curl",
-                        "-sS",
-                        "--fail",
-                        "--create-dirs",
-                        "--cacert",
-                        str(r.pki[SRC].ca_cert),
-                        "--cert",
-                        str(client.client_cert),
-                        "--key",
-                        str(client.client_key),
-                        "-K",
-                        str(conf),
-                    ]
-                )
-            )
+        argvs = _curl_argvs(r, files, parallel, tag, owner, out_dir)
         servers = _tree_delta(r.group("transfer.src."))
         clients0 = children_cpu()
         t0 = time.perf_counter()
@@ -678,8 +686,7 @@ def preflight() -> None:
         raise SystemExit(f"bench.transfer needs {', '.join(missing)} (apt-get install ...)")
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def _args(argv: list[str]) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="SF 0.3 in 2 parts, 1 round: a smoke run")
     ap.add_argument("--scale", type=float, default=5.0, help="TPC-H scale factor (5: ~1.2 GiB)")
@@ -696,6 +703,12 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.scale, args.parts, args.rounds = 0.3, 2, 1
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _args(argv)
     results_path = args.results or (
         OUT_DIR / "RESULTS.transfer-quick.md" if args.quick else BENCH_DIR / "RESULTS.md"
     )
