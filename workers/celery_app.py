@@ -32,7 +32,12 @@ celery.conf.update(
     task_soft_time_limit=TASK_TIME_LIMIT_SEC - 60,
     broker_transport_options={"visibility_timeout": VISIBILITY_TIMEOUT_SEC},
     broker_connection_retry_on_startup=True,
-    worker_cancel_long_running_tasks_on_connection_loss=True,
+    # False: with True, a broker connection lost while a task runs can crash the worker's main
+    # process on reconnect (celery/celery#7185; seen here: "Unrecoverable error: AttributeError
+    # ... 'hostname'" when Redis restarted, and the coordinator was gone). A task left running
+    # finishes; its message is delivered again and finds its rows claimed or done (Postgres
+    # holds the truth, so a second delivery does nothing twice).
+    worker_cancel_long_running_tasks_on_connection_loss=False,
     worker_soft_shutdown_timeout=10.0,
     worker_send_task_events=True,
     task_send_sent_event=True,
