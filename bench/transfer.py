@@ -44,14 +44,13 @@ import resource
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -73,9 +72,9 @@ from bench.common import (
 )
 from bench.run import CpuMeter, GiB, _proc_tree, apply_bytes, log, phases, proc_cpu, wait_jobs
 from frontends.connect import replicator
-from frontends.netns import Host, Net
+from frontends.netns import Host, HostProcs, Net, tcp_answers
 from frontends.servers import RedisServer
-from frontends.supervise import QUIET, NotReady, Proc, Supervisor, spawn
+from frontends.supervise import QUIET, NotReady, Proc, spawn
 from workers.commands import backend_worker_argv, coordinator_argv
 
 MB = 1024 * 1024
@@ -151,37 +150,6 @@ class BridgeRedis(RedisServer):
             if time.monotonic() > deadline:
                 raise NotReady([f"redis on {self.address}:{self.port}"], 10)
             time.sleep(0.05)
-
-
-def tcp_answers(address: str, port: int) -> bool:
-    try:
-        socket.create_connection((address, port), timeout=0.5).close()
-    except OSError:
-        return False
-    return True
-
-
-@dataclass
-class HostProcs(Supervisor):
-    """The supervisor, with a host (command prefix) and an environment per process."""
-
-    envs: dict[str, dict[str, str]] = field(default_factory=dict)
-
-    def start(self, proc: Proc) -> Proc:
-        proc.popen = spawn(proc.args, proc.log, env=self.envs.get(proc.name, self.env))
-        self.procs[proc.name] = proc
-        return proc
-
-    def on(
-        self,
-        host: Host,
-        name: str,
-        args: Sequence[str],
-        env: dict[str, str],
-        ready: Callable[[Proc], bool] | None = None,
-    ) -> Proc:
-        self.envs[name] = env
-        return self.spawn(name, host.argv(args), ready)
 
 
 # -- the rig -------------------------------------------------------------------------------------

@@ -24,13 +24,14 @@ import ipaddress
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from frontends.supervise import ROOT
+from frontends.supervise import ROOT, Proc, Supervisor, spawn
 
 STATE_DIR = Path("/run/olap-mh-state")  # one file per live run: its id and its process' pid
 
@@ -232,3 +233,37 @@ def reap_stale() -> None:
         with contextlib.suppress(OSError):
             os.rmdir(f"/run/olap-mh-{prefix.removeprefix('mh')}")
         state.unlink(missing_ok=True)
+
+
+# -- processes on hosts ---------------------------------------------------------------------
+
+
+def tcp_answers(address: str, port: int) -> bool:
+    try:
+        socket.create_connection((address, port), timeout=0.5).close()
+    except OSError:
+        return False
+    return True
+
+
+@dataclass
+class HostProcs(Supervisor):
+    """The supervisor, with a command prefix (its host) and an environment per process."""
+
+    envs: dict[str, dict[str, str]] = field(default_factory=dict)
+
+    def start(self, proc: Proc) -> Proc:
+        proc.popen = spawn(proc.args, proc.log, env=self.envs.get(proc.name, self.env))
+        self.procs[proc.name] = proc
+        return proc
+
+    def on(
+        self,
+        host: Host,
+        name: str,
+        args: Sequence[str],
+        env: dict[str, str],
+        ready: Callable[[Proc], bool] | None = None,
+    ) -> Proc:
+        self.envs[name] = env
+        return self.spawn(name, host.argv(args), ready)

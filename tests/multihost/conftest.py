@@ -17,7 +17,6 @@ import json
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -35,9 +34,9 @@ from app.client import Replicator
 from app.config import Settings
 from app.queues import queue_name
 from app.transfer import tls
-from frontends.netns import Host, Net
+from frontends.netns import Host, HostProcs, Net, tcp_answers
 from frontends.servers import RedisServer
-from frontends.supervise import QUIET, Proc, Supervisor, free_port, spawn
+from frontends.supervise import QUIET, Proc, free_port, spawn
 from tests.harness import PostgresServer, wait_until
 from workers.commands import backend_worker_argv, coordinator_argv
 
@@ -120,37 +119,6 @@ def _pings(client: Any) -> bool:
         return bool(client.ping())
     except Exception:
         return False
-
-
-def tcp_answers(address: str, port: int) -> bool:
-    try:
-        socket.create_connection((address, port), timeout=0.5).close()
-    except OSError:
-        return False
-    return True
-
-
-@dataclass
-class HostProcs(Supervisor):
-    """The supervisor, with a command prefix (its host) and an environment per process."""
-
-    envs: dict[str, dict[str, str]] = field(default_factory=dict)
-
-    def start(self, proc: Proc) -> Proc:
-        proc.popen = spawn(proc.args, proc.log, env=self.envs.get(proc.name, self.env))
-        self.procs[proc.name] = proc
-        return proc
-
-    def on(
-        self,
-        host: Host,
-        name: str,
-        args: Sequence[str],
-        env: dict[str, str],
-        ready: Callable[[Proc], bool] | None = None,
-    ) -> Proc:
-        self.envs[name] = env
-        return self.spawn(name, host.argv(args), ready)
 
 
 @dataclass
