@@ -90,14 +90,15 @@ def _run(
     except BaseException:
         nudge(cluster, job_id)
         raise
-    # Wake the coordinator only when it has something to decide: the phase is complete or a
-    # task failed for good. Anything else (e.g. a retry after backoff) waits for the beat tick.
+    # Wake the coordinator only when it has something to decide: snapshots were taken (their
+    # applies can start), the phase is complete, or a task failed for good. Anything else
+    # (e.g. a retry after backoff) waits for the beat tick.
     try:
         phase_done = runner.open_tasks(kind) == 0
     except Exception as exc:  # the work is recorded; the beat tick will notice either way
         log.warning("cannot tell whether job %s:%s finished its phase: %s", cluster, job_id, exc)
         phase_done = True
-    if outcome.failed or phase_done:
+    if outcome.failed or phase_done or (kind is TaskKind.SNAPSHOT and outcome.done):
         nudge(cluster, job_id)
     return {"job": f"{cluster}:{job_id}", **outcome.__dict__}
 

@@ -140,8 +140,8 @@ class Coordinator:
             if action is Action.START_APPLY:
                 self._start_apply(conn, job, dst)
             elif action is Action.DISPATCH:
-                kind = TaskKind.of_phase(phase)
-                result.messages += self._dispatch(conn, dst.name, job.id, kind)
+                for kind in TaskKind.open_in(phase):
+                    result.messages += self._dispatch(conn, dst.name, job.id, kind)
             elif action is Action.ABORT:
                 finish.abort_txn(conn, job.txn_id, decision.reason)
                 taskrows.cancel_open(conn, job.id)
@@ -290,7 +290,9 @@ class Coordinator:
         return Result(Action.COMMIT, Outcome.OK, f"committed: {detail}")
 
     def _start_apply(self, conn: sa.Connection, job: Any, dst: Cluster) -> None:
-        snaps = taskrows.of_job(conn, job.id, TaskKind.SNAPSHOT, with_token=True)
+        snaps = taskrows.snapshots_ready(conn, job.id)
+        if not snaps:
+            return
         backends = model.list_backends(conn)
         replicas: dict[int, list[int]] = defaultdict(list)
         for r in conn.execute(

@@ -6,6 +6,7 @@ records INITIALIZING, or INITIALIZING -> COMMITTED at once when there is nothing
     INITIALIZING --PLAN done-----------------------------------------> SNAPSHOTING
     INITIALIZING --PLAN found nothing to do (target up to date)------> COMMITTED
     INITIALIZING --PLAN refused (bad input, table busy) / cancel-----> ABORTED
+    SNAPSHOTING  --some snapshots DONE: START_APPLY for them, DISPATCH  (stays)
     SNAPSHOTING  --every snapshot DONE: START_APPLY, DISPATCH--------> REPLICATING
     SNAPSHOTING  --cancel / failed task / txn aborted, missing, timed out--> ABORTED
     REPLICATING  --every apply DONE: COMMIT done, RELEASE holds------> COMMITTED
@@ -76,11 +77,13 @@ class Result:
 
 @dataclass(frozen=True)
 class TaskCounts:
-    """Tasks of the job's current phase."""
+    """Tasks of the job's current phase; ``failed`` counts every kind, and ``ready`` the
+    snapshots taken whose applies are not created yet."""
 
     total: int = 0
     done: int = 0
     failed: int = 0
+    ready: int = 0
 
     @property
     def all_done(self) -> bool:
@@ -138,7 +141,10 @@ def step(f: JobFacts) -> Decision:
             return Decision(
                 JobState.REPLICATING, (Action.START_APPLY, Action.DISPATCH), "all snapshots taken"
             )
-        return Decision(None, (Action.DISPATCH,), "waiting for snapshots")
+        # A tablet's applies start as soon as its snapshot is taken (START_APPLY only creates
+        # what is missing), so the target works while the slower snapshots finish.
+        actions = (Action.START_APPLY, Action.DISPATCH) if f.tasks.ready else (Action.DISPATCH,)
+        return Decision(None, actions, "waiting for snapshots")
     if f.state is JobState.REPLICATING:
         if f.tasks.all_done:
             # COMMITTED if the commit goes through; asked again with its Result either way.

@@ -60,13 +60,23 @@ class TaskKind(StrEnum):
     APPLY = "APPLY"  # runs on a target backend's queue
 
     @property
-    def phase(self) -> JobState:
-        """The job state in which tasks of this kind run."""
-        return JobState.SNAPSHOTING if self is TaskKind.SNAPSHOT else JobState.REPLICATING
+    def phases(self) -> tuple[JobState, ...]:
+        """The job states in which tasks of this kind may run. A tablet's applies start as soon
+        as its snapshot is taken, while other snapshots still run: the target does not sit idle
+        for the slowest snapshot (measured: a third of a second of a 5-second 1 GiB job)."""
+        if self is TaskKind.SNAPSHOT:
+            return (JobState.SNAPSHOTING,)
+        return (JobState.SNAPSHOTING, JobState.REPLICATING)
 
     @staticmethod
     def of_phase(state: JobState) -> TaskKind:
+        """The kind whose completion ends the phase ``state``."""
         return TaskKind.SNAPSHOT if state is JobState.SNAPSHOTING else TaskKind.APPLY
+
+    @staticmethod
+    def open_in(state: JobState) -> tuple[TaskKind, ...]:
+        """The kinds a job in ``state`` dispatches."""
+        return tuple(k for k in TaskKind if state in k.phases)
 
 
 @dataclass(frozen=True)
@@ -173,7 +183,7 @@ def claim(
         sa.select(s.jobs.c.id)
         .where(
             s.jobs.c.id == job_id,
-            s.jobs.c.state == kind.phase,
+            s.jobs.c.state.in_([str(p) for p in kind.phases]),
             s.jobs.c.cancel_requested.is_(False),
         )
         .exists()
@@ -296,16 +306,35 @@ def fail(conn: sa.Connection, task: Claimed, error: str, retry_after: float | No
 
 
 def counts(conn: sa.Connection, job_id: int, kind: TaskKind) -> tuple[TaskCounts, str | None]:
-    """The state machine's view of one phase: (total, done, failed) and the first failure."""
+    """The state machine's view of one phase: total and done of ``kind``; failures of any kind
+    (an apply may fail while snapshots still run), with the first one's error; and ``ready``,
+    the snapshots taken whose tablets have no apply tasks yet (one snapshot task per tablet)."""
+    of_kind = _t.c.kind == kind
+    failed = _t.c.state == TaskState.FAILED
     row = conn.execute(
         sa.select(
-            sa.func.count(),
-            sa.func.count().filter(_t.c.state == TaskState.DONE),
-            sa.func.count().filter(_t.c.state == TaskState.FAILED),
-            sa.func.min(_t.c.error).filter(_t.c.state == TaskState.FAILED),
-        ).where(_t.c.job_id == job_id, _t.c.kind == kind)
+            sa.func.count().filter(of_kind),
+            sa.func.count().filter(of_kind, _t.c.state == TaskState.DONE),
+            sa.func.count().filter(failed),
+            sa.func.min(_t.c.error).filter(failed),
+            sa.func.count().filter(_t.c.kind == TaskKind.SNAPSHOT, _t.c.state == TaskState.DONE),
+            sa.func.count(sa.distinct(_t.c.dst_tablet_id)).filter(_t.c.kind == TaskKind.APPLY),
+        ).where(_t.c.job_id == job_id)
     ).one()
-    return TaskCounts(row[0], row[1], row[2]), row[3]
+    ready = max(row[4] - row[5], 0)
+    return TaskCounts(row[0], row[1], row[2], ready), row[3]
+
+
+def snapshots_ready(conn: sa.Connection, job_id: int) -> list[Any]:
+    """The DONE snapshot tasks (with their tokens) whose tablets have no apply tasks yet."""
+    a = _t.alias("applies")
+    applied = sa.select(a.c.id).where(
+        a.c.job_id == job_id, a.c.kind == TaskKind.APPLY, a.c.dst_tablet_id == _t.c.dst_tablet_id
+    )
+    done = sa.and_(
+        _t.c.job_id == job_id, _t.c.kind == TaskKind.SNAPSHOT, _t.c.state == TaskState.DONE
+    )
+    return list(conn.execute(sa.select(_t).where(done, ~applied.exists()).order_by(_t.c.id)))
 
 
 def open_count(conn: sa.Connection, job_id: int, kind: TaskKind) -> int:

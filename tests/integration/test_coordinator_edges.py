@@ -12,7 +12,9 @@ import pytest
 
 from app.client import Job
 from app.config import Settings
+from app.replication import taskrows
 from app.replication.state import ALLOWED, JobState
+from app.replication.taskrows import TaskKind, TaskState
 from tests.conftest import ClusterFactory
 from tests.integration.driver import TABLE, Driver
 from tests.integration.rig import rows
@@ -96,3 +98,40 @@ def test_the_coordinator_takes_every_allowed_edge_and_no_other(driver: Driver) -
 
     every_edge = {(frm, to) for frm, tos in ALLOWED.items() for to in tos}
     assert set(seen) == every_edge, f"edges never taken: {every_edge - set(seen)}"
+
+
+def test_applies_start_as_soon_as_their_snapshots_are_taken(driver: Driver) -> None:
+    """A tablet's applies are created and run while other snapshots are still out; nothing is
+    visible before the commit, and no replica gets two apply tasks."""
+    job = driver.submit()
+    snapshots = driver.tick(job)  # plans and sends the snapshots
+    assert job.refresh().state is S.SNAPSHOTING
+    assert len(snapshots) >= 2 and all(m.kind is TaskKind.SNAPSHOT for m in snapshots)
+    before = [(c.partition, c.version) for c in driver.dst.checksum(TABLE)]
+
+    driver.work(snapshots[:1])  # one message's snapshots are taken; the others are still out
+    applies = driver.tick(job)
+    assert job.refresh().state is S.SNAPSHOTING
+    assert applies and all(m.kind is TaskKind.APPLY for m in applies)
+    with driver.dst.catalog.engine.connect() as conn:
+        tasks = taskrows.of_job(conn, job.id)
+    taken = {
+        t.dst_tablet_id for t in tasks if t.kind == TaskKind.SNAPSHOT and t.state == TaskState.DONE
+    }
+    started = {t.dst_tablet_id for t in tasks if t.kind == TaskKind.APPLY}
+    assert taken and started == taken  # exactly the taken tablets' applies, no others
+
+    driver.work(applies)  # applies run while the job is still SNAPSHOTING
+    assert job.refresh().state is S.SNAPSHOTING
+    assert [(c.partition, c.version) for c in driver.dst.checksum(TABLE)] == before
+
+    driver.work(snapshots[1:])
+    job = driver.finish(job)
+    assert job.state is S.COMMITTED, job.message
+    with driver.dst.catalog.engine.connect() as conn:
+        tasks = taskrows.of_job(conn, job.id, TaskKind.APPLY)
+    replicas = [(t.dst_tablet_id, t.dst_backend_id) for t in tasks]
+    assert len(replicas) == len(set(replicas)) == 2 * len({t for t, _b in replicas})
+    assert all(t.state == TaskState.DONE for t in tasks)
+    src = [(c.partition, c.rows, c.checksum) for c in driver.src.checksum(TABLE)]
+    assert [(c.partition, c.rows, c.checksum) for c in driver.dst.checksum(TABLE)] == src

@@ -37,6 +37,20 @@ def test_snapshoting_waits_and_dispatches_while_snapshots_are_missing() -> None:
     assert d.to is None and d.actions == (Action.DISPATCH,)
 
 
+def test_snapshoting_starts_the_applies_of_the_snapshots_already_taken() -> None:
+    d = step(facts(S.SNAPSHOTING, tasks=TaskCounts(total=4, done=2, ready=2)))
+    assert d.to is None and d.actions == (Action.START_APPLY, Action.DISPATCH)
+    # Once their applies exist, the next tick only dispatches.
+    d = step(facts(S.SNAPSHOTING, tasks=TaskCounts(total=4, done=2, ready=0)))
+    assert d.to is None and d.actions == (Action.DISPATCH,)
+
+
+def test_an_apply_failing_while_snapshots_run_aborts() -> None:
+    # ``failed`` counts every kind: a failed apply ends the job in SNAPSHOTING too.
+    d = step(facts(S.SNAPSHOTING, tasks=TaskCounts(total=4, done=2, failed=1)))
+    assert d.to is S.ABORTED
+
+
 def test_snapshoting_moves_to_replicating_when_every_snapshot_is_done() -> None:
     d = step(facts(S.SNAPSHOTING, tasks=ALL_TASKS_DONE))
     assert d.to is S.REPLICATING
