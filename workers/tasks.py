@@ -10,6 +10,7 @@ from celery import Task
 
 from app.catalog.engine import discover_clusters
 from app.cluster import Cluster
+from app.queues import queue_name
 from app.replication import jobs
 from app.replication.coordinator import Coordinator, Message
 from app.replication.runner import TaskRunner
@@ -126,19 +127,54 @@ def cleanup(cluster: str, job_id: int, backend: str) -> dict[str, Any]:
 
 @celery.task(name="maintenance.gc", ignore_result=True)
 def gc() -> dict[str, Any]:
-    """Every cluster: purge old finished jobs, abort expired transactions, delete stale rowsets,
-    orphaned and abandoned staging files, and expired holds."""
+    """The beat's maintenance of every served cluster: purge old finished jobs here, and send
+    each backend's queue a ``maintenance.gc_backend``: files are deleted on the host that holds
+    them (this coordinator may see no storage root at all)."""
     report: dict[str, Any] = {}
     # Only the clusters this coordinator is told to serve (coordinator_clusters, or those named
     # in the settings), never every catalog discovery finds: GC deletes files.
     served = [c.strip() for c in settings.coordinator_clusters.split(",") if c.strip()]
     for name in served or list(settings.clusters):
         try:
+            cluster = Cluster(settings, name)
+            catalog = storage_gc.collect_catalog(cluster)
+            sent = []
+            for backend in storage_gc.backend_names(cluster):
+                if _gc_due(name, backend):
+                    celery.send_task(
+                        "maintenance.gc_backend",
+                        kwargs={"cluster": name, "backend": backend},
+                        queue=queue_name(name, backend),
+                        routing_key=queue_name(name, backend),
+                    )
+                    sent.append(backend)
             purged = jobs.purge_history(settings, name)
-            report[name] = {
-                "purged_jobs": purged,
-                **storage_gc.collect(Cluster(settings, name)).__dict__,
-            }
+            report[name] = {"purged_jobs": purged, **catalog.__dict__, "backend_runs": sent}
         except Exception as exc:
             log.warning("maintenance of %s failed: %s", name, exc)
     return report
+
+
+# At most one GC message waits in a backend's queue: a backend with no worker (stopped, or
+# gone without `backend remove`) must not pile them up. Cleared when the run ends.
+GC_PENDING_SEC = 3600
+
+
+def _gc_key(cluster: str, backend: str) -> str:
+    return f"replicator:gc-pending:{queue_name(cluster, backend)}"
+
+
+def _gc_due(cluster: str, backend: str) -> bool:
+    with celery.connection_for_write() as conn:
+        client = conn.default_channel.client
+        return bool(client.set(_gc_key(cluster, backend), "1", nx=True, ex=GC_PENDING_SEC))
+
+
+@celery.task(name="maintenance.gc_backend", ignore_result=True)
+def gc_backend(cluster: str, backend: str) -> dict[str, Any]:
+    """This backend's share of GC, on its own host: stale rowsets, orphans, staging."""
+    try:
+        return storage_gc.collect(Cluster(settings, cluster), backend=backend).__dict__
+    finally:
+        with celery.connection_for_write() as conn:
+            conn.default_channel.client.delete(_gc_key(cluster, backend))

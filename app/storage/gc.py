@@ -39,20 +39,29 @@ class GcReport:
     foreign_roots: list[str] = field(default_factory=list)  # skipped: not marked as ours
 
 
-def collect(cluster: Cluster, *, orphan_grace_sec: int | None = None) -> GcReport:
-    report = GcReport()
-    engine = cluster.engine
-    report.aborted_transactions = len(txns.abort_expired(engine))
+def collect(
+    cluster: Cluster, *, backend: str | None = None, orphan_grace_sec: int | None = None
+) -> GcReport:
+    """Collect the cluster's garbage. ``backend``: only that backend's root, the share of the
+    backend's own host (a root is visible on its host only; the beat sends one such run to
+    every backend's queue). The catalog steps run either way: they are idempotent.
+
+    A run over every backend deletes each stale rowset's copies and marks it DELETED. A run
+    over one backend deletes only its copies and leaves the row STALE, since the other replicas'
+    hosts may not have run yet; ``collect_catalog`` marks it DELETED ``SETTLE_SEC`` after it
+    went stale. A copy left then (its backend was down) is an orphan, swept once it is back."""
+    report = collect_catalog(cluster)
     grace = cluster.settings.orphan_file_grace_sec if orphan_grace_sec is None else orphan_grace_sec
-    with engine.begin() as conn:
-        report.expired_holds = conn.execute(
-            sa.delete(s.holds).where(s.holds.c.expires_at <= sa.func.now())
-        ).rowcount
+    with cluster.engine.begin() as conn:
         held = holds.held_rowsets_subquery()
         report.kept_by_holds = _count_held_stale(conn, held)
         backends = model.list_backends(conn)
+        if backend is not None:
+            backends = {i: b for i, b in backends.items() if b.name == backend}
         ours = _own_roots(cluster.name, backends, report)
-        report.deleted_rowsets = _delete_stale_rowsets(conn, held, backends, ours)
+        report.deleted_rowsets += _delete_stale_rowsets(
+            conn, held, backends, ours, mark=backend is None
+        )
         live = set(
             conn.execute(
                 sa.select(s.rowsets.c.id).where(s.rowsets.c.state != RowsetState.DELETED)
@@ -64,15 +73,47 @@ def collect(cluster: Cluster, *, orphan_grace_sec: int | None = None) -> GcRepor
             ).scalars()
         )
     cutoff = time.time() - grace
-    for backend in backends.values():
-        if backend.id not in ours:
+    for b in backends.values():
+        if b.id not in ours:
             continue
-        storage = storage_for(backend.storage_root)
+        storage = storage_for(b.storage_root)
         # A backend that cannot be reached is swept by a later run, once it is back.
         with contextlib.suppress(StorageUnavailable):
             _sweep_orphans(storage, live, cutoff, report)
             _sweep_staging(storage, open_txns, report)
     return report
+
+
+# Long enough for every backend's run to come by (the beat sends them every 300 s).
+SETTLE_SEC = 1800
+
+
+def collect_catalog(cluster: Cluster) -> GcReport:
+    """The steps that touch no file: abort transactions past their timeout, drop expired
+    holds, mark DELETED the stale rowsets no hold covers once every backend's run has had time
+    to remove their copies. Run by the coordinator's beat, and by every collection."""
+    report = GcReport()
+    report.aborted_transactions = len(txns.abort_expired(cluster.engine))
+    with cluster.engine.begin() as conn:
+        report.expired_holds = conn.execute(
+            sa.delete(s.holds).where(s.holds.c.expires_at <= sa.func.now())
+        ).rowcount
+        settled = s.rowsets.c.stale_at < sa.func.now() - sa.text(f"interval '{SETTLE_SEC} s'")
+        report.deleted_rowsets = conn.execute(
+            sa.update(s.rowsets)
+            .where(
+                s.rowsets.c.state == RowsetState.STALE,
+                settled,
+                s.rowsets.c.id.not_in(holds.held_rowsets_subquery()),
+            )
+            .values(state=RowsetState.DELETED)
+        ).rowcount
+    return report
+
+
+def backend_names(cluster: Cluster) -> list[str]:
+    with cluster.engine.connect() as conn:
+        return sorted(b.name for b in model.list_backends(conn).values())
 
 
 def _count_held_stale(conn: sa.Connection, held: sa.Select[tuple[str]]) -> int:
@@ -109,9 +150,11 @@ def _delete_stale_rowsets(
     held: sa.Select[tuple[str]],
     backends: dict[int, model.Backend],
     ours: set[int],
+    *,
+    mark: bool,
 ) -> int:
-    """Delete the files of STALE rowsets no hold covers (in this cluster's own roots) and mark
-    them DELETED. Returns how many."""
+    """Delete the files of STALE rowsets no hold covers (in this cluster's own roots among
+    ``backends``); with ``mark``, also mark them DELETED. Returns how many were collected."""
     doomed = conn.execute(
         sa.select(s.rowsets.c.id, s.rowsets.c.tablet_id)
         .where(s.rowsets.c.state == RowsetState.STALE, s.rowsets.c.id.not_in(held))
@@ -130,7 +173,7 @@ def _delete_stale_rowsets(
             # orphans, which the sweep removes when the backend is back.
             with contextlib.suppress(StorageUnavailable):
                 storage_for(backends[b].storage_root).delete_tree(rowset_dir(r.tablet_id, r.id))
-    if doomed:
+    if doomed and mark:
         conn.execute(
             sa.update(s.rowsets)
             .where(s.rowsets.c.id.in_([r.id for r in doomed]))

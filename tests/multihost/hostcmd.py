@@ -7,6 +7,9 @@ the storage roots are: ``python -m tests.multihost.hostcmd COMMAND ...``; prints
   staged                                         staged files under every root below a dir
   files CLUSTER                                  every data file of every root: [[path, size]]
   probe PATH                                     what opening PATH raises (or "opened")
+  compact CLUSTER TABLE [PARTITION...]           compact: [rowsets merged, rowsets written]
+  dirs CLUSTER                                   rowset directories of every root: [path]
+  beat-gc                                        send the beat's maintenance.gc, as beat does
 
 Settings come from the environment (REPLICATOR_*), as for every process of the host.
 """
@@ -32,6 +35,11 @@ def main(argv: list[str]) -> object:
             for p in sorted(Path(args[0]).rglob("staging/*/*"))
             if p.is_file()
         ]
+    if cmd == "beat-gc":
+        from app.queues import BEAT_QUEUE
+        from workers.celery_app import celery
+
+        return celery.send_task("maintenance.gc", queue=BEAT_QUEUE, routing_key=BEAT_QUEUE).id
     from frontends.connect import replicator
 
     handle = replicator().cluster(args[0])
@@ -58,6 +66,13 @@ def main(argv: list[str]) -> object:
             for p in sorted(Path(b.storage_root, "data").rglob("*"))
             if p.is_file()
         ]
+    if cmd == "compact":
+        report = handle.compact(args[1], partitions=args[2:] or None)
+        return [report.rowsets_merged, report.rowsets_written]
+    if cmd == "dirs":
+        return sorted(
+            str(p) for b in handle.backends() for p in Path(b.storage_root).glob("data/*/*")
+        )
     raise SystemExit(f"unknown command {cmd!r}")
 
 

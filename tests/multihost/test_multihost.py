@@ -463,3 +463,43 @@ def test_abort_leaves_nothing_on_target(mh: MultiHost) -> None:
         pytest.skip("test_refusals_over_the_network did not run")
     assert left_staged == []
     assert left_installed == []
+
+
+def test_gc_deletes_stale_files_on_the_hosts_that_hold_them(mh: MultiHost) -> None:
+    """The beat's GC runs on the coordinator's host, which sees no storage root: each backend's
+    worker deletes its own copies of stale rowsets, on its own host; nothing live is touched."""
+    mh.ensure_running()
+    mh.load_source(INCREMENT_SCALE, f"gc-{time.time_ns()}")  # a second rowset to merge with
+    before = mh.hostcmd("src", "checksum", SRC, TABLE, PART)  # not the cached content
+    merged, written = mh.hostcmd("src", "compact", SRC, TABLE, PART)
+    assert merged > written > 0
+    stale = {
+        r.id
+        for r in mh.rows(
+            SRC,
+            "SELECT r.id FROM rowsets r WHERE r.state = 'STALE' "
+            "AND NOT EXISTS (SELECT 1 FROM holds h WHERE h.rowset_id = r.id)",
+        )
+    }
+    assert len(stale) >= merged
+
+    def stale_dirs() -> list[str]:
+        dirs: list[str] = mh.hostcmd("src", "dirs", SRC)
+        return [d for d in dirs if d.rsplit("/", 1)[-1] in stale]
+
+    assert stale_dirs()  # on both replicas, on the source's host
+    assert mh.hostcmd("coord", "probe", mh.root("src", "be1") + "/.olap-replicator-root") in (
+        "FileNotFoundError",
+        "PermissionError",
+    )
+    mh.hostcmd("coord", "beat-gc")
+    wait_until(lambda: not stale_dirs(), 90, "stale rowset directories removed", interval=1)
+    assert (
+        mh.hostcmd("src", "checksum", SRC, TABLE, PART) == before
+    )  # the merged rowsets serve the same rows
+    # Still STALE until every backend has had time to run (gc.SETTLE_SEC), then DELETED.
+    states = {
+        r.state
+        for r in mh.rows(SRC, "SELECT state FROM rowsets WHERE id = ANY(:ids)", ids=list(stale))
+    }
+    assert states == {"STALE"}
