@@ -51,6 +51,7 @@ class Heartbeat:
         self.batch_done = 0  # bytes of finished tasks in this batch
         self.completed = 0  # bytes of the current task's installed files
         self.current = 0  # bytes of the file in flight
+        self.received = 0  # bytes that crossed the network (or were read from a shared root)
         self.claim: Claimed | None = None
         self.last = time.monotonic()
 
@@ -61,6 +62,7 @@ class Heartbeat:
     def __call__(self, n: int) -> None:
         self.throttle(n)
         self.current += n
+        self.received += n
         now = time.monotonic()
         if now - self.last >= PROGRESS_EVERY_SEC:
             self.last = now
@@ -121,6 +123,8 @@ def apply_batch(
     except LeaseLost:
         _drop_if_ended(runner, job, backends, claims)
         raise
+    finally:  # what crossed, the bytes of files that failed or were cut off included
+        out.bytes += beat.received
     beat.report(beat.batch_done + beat.completed)
 
 
@@ -170,7 +174,7 @@ def _apply_one(
                 # Flat staging: one directory per transaction, not one per rowset.
                 staged = f"{staging_dir(job.txn_id)}/{dst_rowset}.{meta.name}"
                 try:
-                    out.bytes += fetch(sources, target, src_tablet, src_rowset, staged, meta, beat)
+                    fetch(sources, target, src_tablet, src_rowset, staged, meta, beat)
                     target.rename(staged, final)
                 except (OSError, StorageFull) as exc:
                     _raise_if_full(exc, target, backends[task.dst_backend_id], runner)

@@ -33,8 +33,10 @@ def fetch(
 
     A checksum mismatch on every replica is tried once more (bytes can be damaged in flight);
     if it repeats on every replica the data itself is bad and retrying cannot help. A staged
-    file that did not verify is always removed. A replica that cannot be reached is moved to
-    the end of ``sources`` (the caller's list), so the task's next files try the others first.
+    file that did not verify is removed; one cut off by an unreachable replica is kept, and
+    the next replica (or the task's next attempt) continues it with Range. A replica that
+    cannot be reached is moved to the end of ``sources`` (the caller's list), so the task's
+    next files try the others first.
     """
     where = f"{tablet}/{rowset}/{meta.name}"
     if not sources:
@@ -47,12 +49,14 @@ def fetch(
                 return source.fetch(tablet, rowset, meta, target, staged, on_progress)
             except (FileNotFoundError, SourceDataGone):
                 errors.append(f"{source.name}: missing")
+                continue
             except ChecksumMismatch as exc:
                 mismatches += 1
                 errors.append(f"{source.name}: {exc}")
             except StorageUnavailable as exc:
                 errors.append(f"{source.name}: {exc}")
                 _demote(sources, source)
+                continue  # the partial file stays: the next replica or attempt continues it
             except BaseException:
                 target.delete_tree(staged)
                 raise

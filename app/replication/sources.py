@@ -81,8 +81,10 @@ class Download:
         path = target.local_path(staged)
         if path is None:
             raise SetupError(f"target storage {target.root} cannot receive a download")
-        with target.open_write(staged):
-            pass  # creates the staging directory; the download truncates and fills the file
+        if target.size(staged) is None:
+            with target.open_write(staged):
+                pass  # creates the staging directory; the download fills the file
+        # else: a partial file of an earlier attempt or replica, which the download continues
         result = self.downloader.fetch_to(
             self.url, self.name, tablet, rowset, meta, self.token, path, on_progress,
             corrupt=faults.fire("transfer.corrupt"),

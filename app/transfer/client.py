@@ -32,6 +32,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import urllib3
@@ -137,13 +138,19 @@ class Downloader:
         and checksum: ChecksumMismatch if they differ, TransferRefused on 401/403,
         SourceDataGone on 404, StorageUnavailable when the retries are spent. ``corrupt``
         flips a byte of the first chunk received (the ``transfer.corrupt`` failpoint: damage
-        in flight, which the checksum must catch)."""
+        in flight, which the checksum must catch).
+
+        A partial file already at ``dst_file_path`` (an earlier attempt, or another replica of
+        the same file, cut off) is hashed where it lies and continued with ``Range``: bytes
+        received once are not fetched again. The whole-file checksum still decides."""
         url = self.url(url_base, backend, tablet, rowset, meta.name)
         digest = xxhash.xxh3_64()
         result = FetchResult()
         result.corrupt = corrupt
         failures = 0
-        with open(dst_file_path, "wb") as out:
+        fd = os.open(dst_file_path, os.O_RDWR | os.O_CREAT, 0o644)
+        with os.fdopen(fd, "r+b") as out:
+            result.size = _continue_partial(out, meta.size, digest, self.chunk)
             while True:
                 try:
                     self._get_into(url, token, meta, out, digest, result, on_progress)
@@ -280,6 +287,27 @@ class Downloader:
                 on_progress(n)
             if result.size > meta.size:
                 return False  # longer than the manifest: the checksum check reports it
+
+
+def _continue_partial(out: Any, size: int, digest: xxhash.xxh3_64, chunk: int) -> int:
+    """Hash what ``out`` already holds (at most ``size`` bytes; longer is cut to nothing) and
+    leave it positioned at its end; returns how many bytes are there."""
+    have = os.fstat(out.fileno()).st_size
+    if have > size:
+        out.truncate(0)
+        return 0
+    buffer = bytearray(chunk)
+    view = memoryview(buffer)
+    done = 0
+    while done < have:
+        n = out.readinto(view[: min(chunk, have - done)])
+        if not n:
+            break
+        digest.update(view[:n])
+        done += n
+    out.seek(done)
+    out.truncate(done)
+    return done
 
 
 def _why(exc: BaseException) -> str:

@@ -72,6 +72,36 @@ def test_full_download_verified_on_a_kept_alive_connection(
     assert live.stats.opened == 2
 
 
+def test_a_partial_file_of_an_earlier_attempt_is_continued_not_fetched_again(
+    live: ThreadServer, two_files: tuple[Source, Source], pki: dict, tmp_path: Path
+) -> None:  # type: ignore[type-arg]
+    source = two_files[0]
+    whole = source.path.read_bytes()
+    token = token_for(source)
+    downloader = client.Downloader(client_ssl(pki))
+    dst = tmp_path / "partial"
+    dst.write_bytes(whole[: 2 * MiB + 5])  # what an attempt cut off by a dead server left
+    result = downloader.fetch_to(
+        live.base, "be1", source.tablet, source.rowset, source.meta, token, dst
+    )
+    assert dst.read_bytes() == whole
+    assert result.transferred == source.meta.size - (2 * MiB + 5)  # only the rest crossed
+
+    # Wrong bytes in the partial file are not trusted: the whole-file checksum refuses them
+    # (and fetch() then removes the staged file, so the next try starts from nothing).
+    damaged = bytearray(whole[:MiB])
+    damaged[100] ^= 0xFF
+    dst.write_bytes(bytes(damaged))
+    with pytest.raises(ChecksumMismatch):
+        downloader.fetch_to(live.base, "be1", source.tablet, source.rowset, source.meta, token, dst)
+    # A partial file longer than the source's is dropped and the file fetched whole.
+    dst.write_bytes(whole + b"extra")
+    result = downloader.fetch_to(
+        live.base, "be1", source.tablet, source.rowset, source.meta, token, dst
+    )
+    assert dst.read_bytes() == whole and result.transferred == source.meta.size
+
+
 def test_range_requests_under_tls(
     live: ThreadServer, two_files: tuple[Source, Source], pki: dict
 ) -> None:  # type: ignore[type-arg]
