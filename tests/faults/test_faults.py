@@ -28,18 +28,29 @@ def _start(rig: FaultRig, name: str, **kwargs: object):  # type: ignore[no-untyp
     return table, before, job
 
 
+def _dead(pid: int) -> bool:
+    """Gone, or a zombie its parent has yet to reap: either way it runs no more."""
+    try:
+        return " Z " in Path(f"/proc/{pid}/stat").read_text().split(")", 1)[1][:4]
+    except FileNotFoundError:
+        return True
+
+
 def test_a_killed_apply_child_process_is_retried_and_the_job_commits(rig: FaultRig) -> None:
     table, before, job = _start(rig, "kill_child")
     task = rig.wait_for_transfer(job)
     worker = str(task.worker).split("@")[0]
     children = rig.workers.procs[worker].child_pids()
     assert children, f"{worker} has no pool process"
-    in_flight = [
-        t.id for t in job.tasks() if t.state == TaskState.RUNNING and t.worker == task.worker
-    ]
     struck = time.time()
     for pid in children:
         os.kill(pid, signal.SIGKILL)
+    wait_until(lambda: all(_dead(p) for p in children), 10, "the pool processes dead")
+    # Read after the kill: a dead process records nothing more, so what is RUNNING under its
+    # worker now was in flight (read before, a batch flushed meanwhile would count as lost).
+    in_flight = [
+        t.id for t in job.tasks() if t.state == TaskState.RUNNING and t.worker == task.worker
+    ]
 
     job.wait(JOB_TIMEOUT)
 
