@@ -82,7 +82,9 @@ class RedisServer:
             "--appendonly", "no", "--dir", str(self.workdir), "--maxmemory-policy", "noeviction",
         ]  # fmt: skip
         self.proc = spawn(args, self.workdir / f"redis-{self.port}.log")
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2, **self._ping_options())
+        client = redis.Redis(
+            "127.0.0.1", self.port, socket_connect_timeout=0.2, **self._ping_options()
+        )
         deadline = time.monotonic() + 10
         while not _pings(client):
             if time.monotonic() > deadline:
