@@ -170,9 +170,7 @@ def start_rig(
     try:
         src_name, dst_name = f"{prefix}src", f"{prefix}dst"
         transfer = local_transfer(base / "pki", [src_name, dst_name])
-        settings = settings.with_overrides(
-            broker_url=redis.url, **transfer.overrides, **overrides
-        )
+        settings = settings.with_overrides(broker_url=redis.url, **transfer.overrides, **overrides)
         replicator = connect(settings)
         src, dst = replicator.cluster(src_name), replicator.cluster(dst_name)
         ports = {src_name: free_port(), dst_name: free_port()}

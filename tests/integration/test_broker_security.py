@@ -112,9 +112,7 @@ def outcome(rig: Rig) -> Iterator[Outcome]:
     tap = EventTap(rig.settings)
     try:
         # Workers send a heartbeat every 2 s: once one arrives, the tap is listening.
-        wait_until(
-            lambda: any(e["type"] == "worker-heartbeat" for e in tap.events), 30, "events"
-        )
+        wait_until(lambda: any(e["type"] == "worker-heartbeat" for e in tap.events), 30, "events")
         table = rig.make_tables("secure", buckets=2, src_replicas=1, dst_replicas=1)
         rig.src.load(table, rows(2_000, seed=41), label="secure-1")
         job = rig.replicator.replicate(f"{rig.src.name}:{table}", rig.dst.name).wait(120)
