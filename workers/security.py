@@ -53,9 +53,11 @@ def configure(app: Celery, settings: Settings) -> None:
         security_digest="sha256",
     )
     try:
-        # json stays enabled in kombu's registry: the auth serializer wraps json, and events
-        # are json. accept_content=["auth"] is what refuses unsigned task messages.
-        app.setup_security(allowed_serializers=["auth", "json"], serializer="json")
+        # Every other serializer (pickle, yaml, msgpack) is disabled in kombu's registry; json
+        # stays enabled because events are json and the auth serializer wraps json (it is
+        # registered after this list is applied). accept_content=["auth"] is what refuses
+        # unsigned task and control messages.
+        app.setup_security(allowed_serializers=["json"], serializer="json")
     except (OSError, ValueError) as exc:
         raise InvalidRequest(
             f"message signing cannot start: {exc} (Celery signs with RSA keys only; "
