@@ -48,7 +48,8 @@ def events(n: int, start_id: int = 0) -> list[dt.datetime]:
     (05:59:59.999999 and 06:00 Berlin) among them."""
     first = dt.datetime(2026, 1, 1, tzinfo=BERLIN)
     edges = [first + dt.timedelta(hours=6, microseconds=-1), first + dt.timedelta(hours=6)]
-    spread = [first + dt.timedelta(seconds=(start_id + i) * 86399 // n) for i in range(n - 2)]
+    step = dt.timedelta(seconds=86399) / n
+    spread = [first + step * i + dt.timedelta(microseconds=start_id) for i in range(n - 2)]
     return [t.astimezone(NEW_YORK) for t in edges + spread]
 
 
