@@ -161,11 +161,20 @@ def test_the_cli_refuses_a_zone_a_column_cannot_keep_or_would_have_to_guess(
     assert handle.scan("db.naive").num_rows == 0 and handle.scan("db.ev").num_rows == 0
 
 
-def test_a_csv_with_offsets_loads_into_timestamptz(
+def test_the_cli_creates_time_of_day_partitions_and_loads_a_csv_with_offsets(
     make_cluster: Any, tmp_path: Path, test_env: dict[str, str]
 ) -> None:
     handle = make_cluster(backends=1)
-    tz_table(handle)
+    specs = [f"{name}:{lower}:{upper}" for name, lower, upper in TZ_PARTITIONS]
+    create = ["table", "create", handle.name, "db.ev", "-c", "id:int64", "-c", "v:string"]
+    create += ["-c", "ts:timestamptz(Europe/Berlin)", "--partition-by", "ts"]
+    res = cli(test_env, *create, *(arg for spec in specs for arg in ("-p", spec)))
+    assert res.returncode == 0, res.stderr
+    assert [(p.name, p.lower) for p in handle.partitions("db.ev")] == [
+        ("night", "2025-12-31T23:00:00+00:00"),
+        ("day", "2026-01-01T05:00:00+00:00"),
+        ("evening", "2026-01-01T17:00:00+00:00"),
+    ]
     (tmp_path / "ev.csv").write_text(
         "id,ts,v\n1,2026-01-01T05:30:00+01:00,a\n2,2026-01-01T05:30:00Z,b\n3,2026-01-01T17:00:00Z,c\n"
     )

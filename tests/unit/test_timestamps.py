@@ -8,6 +8,7 @@ import zoneinfo
 import pyarrow as pa
 import pytest
 
+from app.cluster import PartitionSpec
 from app.errors import InvalidRequest, SchemaMismatch
 from app.schema import arrow_schema, columns_from, conform, normalize_type, parse_value, schema_hash
 
@@ -82,3 +83,14 @@ def test_a_zoned_input_converts_to_the_column_zone_keeping_the_instant() -> None
     assert out.schema.field("ts").type == pa.timestamp("us", tz="Europe/Berlin")
     value = out.column("ts")[0].as_py()
     assert value == when and value.utcoffset() == dt.timedelta(hours=1)
+
+
+def test_partition_specs_take_bounds_with_a_time_of_day() -> None:
+    spec = PartitionSpec.parse("night:2026-01-01T00:00:00:2026-01-01T06:00:00+01:00")
+    assert spec == PartitionSpec("night", "2026-01-01T00:00:00", "2026-01-01T06:00:00+01:00")
+    assert PartitionSpec.parse("p:2026-01-01 06:00:") == PartitionSpec("p", "2026-01-01 06:00")
+    assert PartitionSpec.parse("p1:0:100") == PartitionSpec("p1", "0", "100")
+    assert PartitionSpec.parse("p:2024-01-01:") == PartitionSpec("p", "2024-01-01", None)
+    for bad in ("x:a:b:c", "p1:0", ":1:2"):
+        with pytest.raises(InvalidRequest, match="must be written NAME:LOWER:UPPER"):
+            PartitionSpec.parse(bad)
