@@ -15,6 +15,7 @@ or merged away, are gone: asking for one is a UserError naming the versions that
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -95,7 +96,8 @@ def export(
     try:
         done = _write(cluster, plan, out, force, owner)
     finally:
-        with cluster.engine.begin() as conn:
+        # Best effort: a hold that cannot be released now (Postgres away) ends with its lease.
+        with contextlib.suppress(Exception), cluster.engine.begin() as conn:
             holds.release(conn, owner)
     return ExportResult(str(out), sum(p.rows for p in done), out.stat().st_size, done)
 
