@@ -15,12 +15,14 @@ prod.checksum("sales.orders")
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pyarrow as pa
 
+from app import export as _export
 from app import read
 from app.catalog import model
 from app.cluster import Cluster, PartitionSpec
@@ -116,6 +118,22 @@ class ClusterHandle:
         self, full_name: str, partitions: list[str] | None = None
     ) -> list[read.PartitionChecksum]:
         return read.checksum(self._cluster, full_name, partitions)
+
+    def export(
+        self,
+        full_name: str,
+        path: str | os.PathLike[str],
+        *,
+        partitions: list[str] | None = None,
+        version: int | None = None,
+        force: bool = False,
+    ) -> _export.ExportResult:
+        """Write the table's rows (``partitions``, default all) at each partition's visible
+        version, or at an older ``version`` still kept, to one Parquet file, atomically;
+        ``force`` replaces an existing file."""
+        return _export.export(
+            self._cluster, full_name, path, partitions=partitions, version=version, force=force
+        )
 
 
 Notify = Callable[[str, int], None]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import secrets
 from collections import Counter
 from collections.abc import Sequence
@@ -39,13 +40,19 @@ class PartitionSpec:
 
     @staticmethod
     def parse(spec: str) -> PartitionSpec:
-        """``NAME:LOWER:UPPER``, either bound may be empty (unbounded)."""
-        parts = spec.split(":", 2) if spec.count(":") <= 2 else None
-        if parts is None or len(parts) != 3 or not parts[0]:
+        """``NAME:LOWER:UPPER``, either bound may be empty (unbounded); a bound may be a time
+        of day with its own colons (``night:2026-01-01T00:00:00:2026-01-01T06:00:00+01:00``)."""
+        m = _PARTITION_SPEC.match(spec)
+        if m is None:
             raise InvalidRequest(
                 f"partition {spec!r} must be written NAME:LOWER:UPPER (a bound may be empty)"
             )
-        return PartitionSpec(parts[0], parts[1] or None, parts[2] or None)
+        return PartitionSpec(m["name"], m["lower"] or None, m["upper"] or None)
+
+
+# A bound is an ISO date-time (whose colons are its own) or any text without a colon.
+_BOUND = r"(?:\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:\d{2})?|[^:]*)"
+_PARTITION_SPEC = re.compile(rf"^(?P<name>[^:]+):(?P<lower>{_BOUND}):(?P<upper>{_BOUND})$")
 
 
 # Catalog DSNs already found initialised and current in this process.

@@ -74,6 +74,18 @@ class Settings:
     transfer_secrets: dict[str, str] = field(default_factory=dict, repr=False)
     # Garbage collection: files no catalog row mentions are deleted once this old.
     orphan_file_grace_sec: int = 3600
+    # -- The broker over TLS (README "Broker security"; a rediss:// broker_url) ----------------
+    # The CA bundle that signs the Redis server's certificate (empty: the system's CAs), and a
+    # client certificate and key for a Redis that requires them (tls-auth-clients yes).
+    broker_ca_file: str = ""
+    broker_cert_file: str = ""
+    broker_key_file: str = ""
+    # Celery message signing (its `auth` serializer), off unless the key is set: every task and
+    # control message is signed with this RSA key and certificate, and only messages signed by
+    # a certificate in the store (a directory or a glob of PEM files) are accepted.
+    message_signing_key_file: str = ""
+    message_signing_cert_file: str = ""
+    message_signing_cert_store: str = ""
 
     def dsn(self, cluster: str) -> str:
         check_cluster_name(cluster)

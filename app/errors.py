@@ -90,6 +90,11 @@ class SetupError(UserError):
     """The machine is not ready for what was asked (a port taken, a service or tool missing)."""
 
 
+class BrokerRefused(UserError):
+    """The broker answered but will not serve us: a wrong or missing password, or a TLS
+    certificate that does not verify. Retrying with the same settings cannot help."""
+
+
 # -- transient -----------------------------------------------------------------------------
 
 
@@ -114,6 +119,10 @@ class TransactionConflict(RetryableError):
 class ChecksumMismatch(RetryableError):
     """A transferred or stored file does not match its recorded size or checksum. Another
     attempt, or another source replica, may deliver good bytes."""
+
+
+class BrokerUnavailable(RetryableError):
+    """The broker cannot be reached right now (connection refused, timeout)."""
 
 
 class JobTimeout(RetryableError):

@@ -17,6 +17,7 @@ import pyarrow as pa
 import xxhash
 
 from app.errors import InvalidRequest, SchemaMismatch
+from app.timestamps import arrow_tz_type, check_zones, normalize_tz_type, parse_datetime_bound
 
 _SIMPLE_TYPES: dict[str, pa.DataType] = {
     "bool": pa.bool_(),
@@ -44,10 +45,13 @@ _ALIASES = {
     "timestamp": "datetime",
 }
 _DECIMAL = re.compile(r"^decimal\((\d+),\s*(\d+)\)$")
-TYPE_NAMES = [*_SIMPLE_TYPES, "decimal(P,S)"]
+TYPE_NAMES = [*_SIMPLE_TYPES, "timestamptz[(ZONE)]", "decimal(P,S)"]
 
 
 def normalize_type(name: str) -> str:
+    tz = normalize_tz_type(name)  # before lowering: zone names are case-sensitive
+    if tz is not None:
+        return tz
     lowered = name.strip().lower()
     lowered = _ALIASES.get(lowered, lowered)
     if lowered in _SIMPLE_TYPES:
@@ -61,6 +65,9 @@ def normalize_type(name: str) -> str:
 def arrow_type(type_name: str) -> pa.DataType:
     if type_name in _SIMPLE_TYPES:
         return _SIMPLE_TYPES[type_name]
+    tz = arrow_tz_type(type_name)
+    if tz is not None:
+        return tz
     m = _DECIMAL.match(type_name)
     assert m, type_name
     return pa.decimal128(int(m.group(1)), int(m.group(2)))
@@ -139,6 +146,7 @@ def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     arrays = []
     for field in schema:
         col = batch.column(field.name)
+        check_zones(field.name, col.type, field.type)
         if not col.type.equals(field.type):
             try:
                 col = col.cast(field.type, safe=True)
@@ -166,13 +174,13 @@ def parse_value(type_name: str, raw: Any) -> Any:
             return (
                 raw if isinstance(raw, dt.date) else dt.date.fromisoformat(str(raw))
             ).isoformat()
-        if type_name == "datetime":
-            value = raw if isinstance(raw, dt.datetime) else dt.datetime.fromisoformat(str(raw))
-            return value.isoformat()
+        if type_name == "datetime" or arrow_tz_type(type_name) is not None:
+            return parse_datetime_bound(type_name, raw)
         if type_name == "string":
             return str(raw)
     except ValueError:
         raise InvalidRequest(f"partition bound {raw!r} is not a valid {type_name}") from None
     raise InvalidRequest(
-        f"a {type_name} column cannot be a partition column: use an int, date, datetime or string"
+        f"a {type_name} column cannot be a partition column: "
+        "use an int, date, datetime, timestamptz or string"
     )

@@ -13,6 +13,7 @@ from celery.signals import worker_process_init
 from app.catalog.engine import dispose_all
 from app.config import load_settings
 from app.queues import BEAT_QUEUE, COORDINATOR_QUEUE
+from workers.security import configure
 
 TASK_TIME_LIMIT_SEC = 3600
 VISIBILITY_TIMEOUT_SEC = 2 * TASK_TIME_LIMIT_SEC
@@ -59,6 +60,7 @@ celery.conf.update(
         },
     },
 )
+configure(celery, settings)
 
 
 @worker_process_init.connect

@@ -9,8 +9,10 @@ from celery import Celery
 from app.config import Settings
 from app.queues import COORDINATOR_QUEUE
 from workers.celery_app import celery
+from workers.celery_app import settings as own_settings
+from workers.security import client_key, configure
 
-_clients: dict[str, Celery] = {}
+_clients: dict[tuple[str, ...], Celery] = {}
 
 
 def _send(client: Celery, cluster: str, job_id: int) -> None:
@@ -28,11 +30,13 @@ def nudge(cluster: str, job_id: int) -> None:
 
 def notifier(settings: Settings) -> Callable[[str, int], None]:
     """A nudge for the broker that ``settings`` names (the workers' own app if it is the same)."""
-    if settings.broker_url == celery.conf.broker_url:
+    key = client_key(settings)
+    if key == client_key(own_settings):
         return nudge
-    client = _clients.get(settings.broker_url)
+    client = _clients.get(key)
     if client is None:
         client = Celery("olap_replicator_client", broker=settings.broker_url)
         client.conf.update(task_serializer="json", accept_content=["json"], task_ignore_result=True)
-        _clients[settings.broker_url] = client
+        configure(client, settings)
+        _clients[key] = client
     return lambda cluster, job_id: _send(client, cluster, job_id)

@@ -15,9 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-import redis
-
-from app import faults
+from app import broker, faults
 from app.catalog import model
 from app.cluster import Cluster
 from app.config import Settings
@@ -141,15 +139,10 @@ def downloader(settings: Settings) -> Downloader:
     )
 
 
-@functools.cache
-def _redis(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url)
-
-
 def link_budget(settings: Settings, src_cluster: str, dst_cluster: str) -> Budget:
     """The (source -> target) link's bandwidth budget, shared through the broker's Redis."""
     return Budget(
-        _redis(settings.broker_url),
+        broker.shared_client(settings),
         (src_cluster, dst_cluster),
         settings.transfer_bandwidth_mb_per_sec,
     )

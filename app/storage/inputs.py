@@ -79,4 +79,21 @@ def _read_file(path: Path, schema: pa.Schema, fmt: str | None) -> Iterator[pa.Re
                 "or pass the format explicitly"
             )
     except (pa.ArrowInvalid, OSError) as exc:
-        raise InvalidRequest(f"cannot read {path} as {kind}: {str(exc).splitlines()[0]}") from None
+        reason = _zone_hint(str(exc).splitlines()[0])
+        raise InvalidRequest(f"cannot read {path} as {kind}: {reason}") from None
+
+
+def _zone_hint(reason: str) -> str:
+    """Arrow's CSV message for a timestamp with or without a zone offset where the column wants
+    the other, with our fix instead of Arrow's (which names its own API)."""
+    if "expected a zone offset" in reason:
+        return reason.split(". If these")[0] + (
+            ": a timestamptz column needs an offset on every value "
+            "(2026-01-01T06:00:00+02:00, or Z for UTC)"
+        )
+    if "expected no zone offset" in reason:
+        return reason + (
+            ": a datetime column has no time zone and a value's offset would be dropped; "
+            "declare the column timestamptz, or write local times without an offset"
+        )
+    return reason

@@ -10,6 +10,7 @@ import pyarrow as pa
 
 from app.catalog.model import PartitionInfo, TableInfo
 from app.errors import RowsOutsidePartitions
+from app.timestamps import bound_micros, zone_of
 
 
 class PartitionRouter:
@@ -37,9 +38,8 @@ class PartitionRouter:
     def _convert(self, value: Any) -> Any:
         if self._kind == "date":
             return (dt.date.fromisoformat(value) - dt.date(1970, 1, 1)).days
-        if self._kind == "datetime":
-            delta = dt.datetime.fromisoformat(value) - dt.datetime(1970, 1, 1)
-            return delta // dt.timedelta(microseconds=1)
+        if self._kind == "datetime" or zone_of(self._kind) is not None:
+            return bound_micros(value)
         return value
 
     def _bounds(self, values: list[Any], *, low: bool) -> np.ndarray:

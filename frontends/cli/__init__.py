@@ -13,10 +13,10 @@ import typer
 from rich.markup import escape
 
 from app.errors import ReplicatorError, UserError, redact
-from frontends.cli import clusters, jobs, processes, transfer, watch
+from frontends.cli import clusters, export, jobs, processes, transfer, watch
 from frontends.cli.apps import cli, err
 
-__all__ = ["cli", "clusters", "jobs", "main", "processes", "transfer", "watch"]
+__all__ = ["cli", "clusters", "export", "jobs", "main", "processes", "transfer", "watch"]
 
 
 def main(argv: list[str] | None = None) -> Any:

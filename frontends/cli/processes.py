@@ -71,8 +71,11 @@ def worker(
     """Start a Celery worker for the queue be.CLUSTER.BACKEND (extra args go to celery)."""
     import os
 
+    from app import broker
+
     r = connect()
     r.cluster(cluster).catalog.backend(backend)  # a clear error for unknown names
+    broker.check(r.settings)  # a wrong password or CA: one line and exit 2, not a retry loop
     from workers.commands import backend_worker_argv
 
     args = backend_worker_argv(
@@ -95,8 +98,10 @@ def coordinator(
     """Start the coordinator worker (queue `coordinator`) and, by default, the beat tick."""
     import os
 
+    from app import broker
     from workers.commands import coordinator_argv
 
+    broker.check(connect().settings)  # a wrong password or CA: one line, exit 2
     schedule.parent.mkdir(parents=True, exist_ok=True)
     args = coordinator_argv(
         concurrency=concurrency, beat_schedule=str(schedule) if beat else None, extra=ctx.args

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
+from app.config import Settings
 from app.queues import BACKEND_PATTERN, COORDINATOR_QUEUES
 from workers.inspect import inspector
 
@@ -41,9 +42,9 @@ def queue_lengths(client: Any, known: Iterable[str]) -> tuple[dict[str, int], in
     return lengths, 0 if isinstance(unacked, Exception) else int(unacked)
 
 
-def active_consumers(broker_url: str, timeout: float) -> tuple[dict[str, int], int]:
+def active_consumers(settings: Settings, timeout: float) -> tuple[dict[str, int], int]:
     """Worker nodes per queue, from one ``inspect active_queues`` broadcast."""
-    replies = inspector(broker_url, timeout).active_queues() or {}
+    replies = inspector(settings, timeout).active_queues() or {}
     counts: dict[str, int] = {}
     for queues in replies.values():
         for q in queues or []:

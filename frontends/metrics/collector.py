@@ -218,10 +218,10 @@ class ReplicatorCollector(Collector):
 
     def _redis_client(self) -> Any:
         if self._redis is None:
-            import redis
+            from app import broker
 
-            self._redis = redis.Redis.from_url(
-                self.settings.broker_url, socket_timeout=2.0, socket_connect_timeout=1.0
+            self._redis = broker.client(
+                self.settings, socket_timeout=2.0, socket_connect_timeout=1.0
             )
         return self._redis
 
@@ -248,7 +248,7 @@ class ReplicatorCollector(Collector):
         if counts is not None and time.monotonic() - at < self.consumers_ttl:
             return counts, online
         try:
-            counts, online = active_consumers(self.settings.broker_url, self.inspect_timeout)
+            counts, online = active_consumers(self.settings, self.inspect_timeout)
         except Exception as exc:
             log.warning("inspect active_queues failed: %s", exc)
             return None, 0

@@ -23,7 +23,7 @@ def registry_for(
 def serve(
     settings: Settings,
     port: int = 9808,
-    addr: str = "0.0.0.0",
+    addr: str = "127.0.0.1",  # the exporter has no authentication: loopback unless told
     clusters: Sequence[str] | None = None,
     **kwargs: Any,
 ) -> tuple[Any, threading.Thread]:

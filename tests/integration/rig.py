@@ -152,17 +152,25 @@ class Rig:
 
 
 def start_rig(
-    settings: Settings, test_env: dict[str, str], base: Path, prefix: str, bandwidth: float
+    settings: Settings,
+    test_env: dict[str, str],
+    base: Path,
+    prefix: str,
+    bandwidth: float,
+    redis: RedisServer | None = None,
+    overrides: dict[str, str] | None = None,
 ) -> Iterator[Rig]:
     """A source and a target cluster of two backends each, on this host: a transfer server per
     cluster (mutual TLS), a worker per backend and a coordinator. ``bandwidth``: the link's
-    budget in MB/s (0: unlimited)."""
-    redis = RedisServer(base / "redis").start()
+    budget in MB/s (0: unlimited). ``redis``: a broker of the caller's (default: a plain one);
+    ``overrides``: more settings, for this process and the workers alike."""
+    redis = (redis or RedisServer(base / "redis")).start()
     workers: Workers | None = None
+    overrides = overrides or {}
     try:
         src_name, dst_name = f"{prefix}src", f"{prefix}dst"
         transfer = local_transfer(base / "pki", [src_name, dst_name])
-        settings = settings.with_overrides(broker_url=redis.url, **transfer.overrides)
+        settings = settings.with_overrides(broker_url=redis.url, **transfer.overrides, **overrides)
         replicator = connect(settings)
         src, dst = replicator.cluster(src_name), replicator.cluster(dst_name)
         ports = {src_name: free_port(), dst_name: free_port()}
@@ -174,6 +182,7 @@ def start_rig(
         env = dict(test_env) | transfer.env
         env["REPLICATOR_BROKER_URL"] = redis.url
         env["REPLICATOR_TRANSFER_BANDWIDTH_MB_PER_SEC"] = str(bandwidth)
+        env |= {f"REPLICATOR_{key.upper()}": value for key, value in overrides.items()}
         # This rig's coordinator serves this rig's clusters, not every catalog of the test run.
         env["REPLICATOR_COORDINATOR_CLUSTERS"] = f"{src.name},{dst.name}"
         workers = Workers(env, base / "logs")

@@ -128,3 +128,20 @@ def test_an_invalid_cluster_name_is_refused() -> None:
         Settings().dsn("Prod-1")
     with pytest.raises(InvalidRequest):
         Settings().dsn("x" * 41)
+
+
+def test_the_metrics_exporter_listens_on_loopback_unless_told() -> None:
+    """It has no authentication: both the library call and the CLI default to 127.0.0.1."""
+    import inspect
+
+    import typer
+
+    from frontends.cli import cli
+    from frontends.metrics import server
+
+    assert inspect.signature(server.serve).parameters["addr"].default == "127.0.0.1"
+    group: typer.core.TyperGroup = typer.main.get_command(cli)  # type: ignore[assignment]
+    ctx = group.make_context("replicator", ["metrics"], resilient_parsing=True)
+    metrics = group.get_command(ctx, "metrics")
+    serve = metrics.get_command(ctx, "serve")  # type: ignore[union-attr]
+    assert {p.name: p.default for p in serve.params}["addr"] == "127.0.0.1"  # type: ignore[union-attr]

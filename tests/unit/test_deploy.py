@@ -1256,3 +1256,124 @@ def test_dockerfile_installs_the_package() -> None:
     assert re.search(r"pip install .*\s\.(\s|$)", text, re.M)
     for src in re.findall(r"^COPY\s+(\S+)\s", text, re.M):
         assert (ROOT / src).exists(), f"COPY {src}: not in the repository"
+
+
+# -- the broker and the catalogs over TLS (README "Broker and catalog security") ---------------
+
+
+def check_k8s_service_tls(manifests: list[dict[str, Any]]) -> None:
+    """Every replicator pod reaches Redis by rediss:// with a password and the broker's CA, and
+    the catalogs with sslmode=verify-full against a CA file; both CA files are on a Secret volume
+    in every container that reads replicator-env. Redis listens only with TLS and reads its
+    password from a Secret file, never from its command line; KEDA speaks TLS with the password
+    from a Secret."""
+    from app import broker
+    from app.config import Settings
+
+    env = by_kind(manifests, "Secret")["replicator-env"]["stringData"]
+    url = env["REPLICATOR_BROKER_URL"]
+    assert url.startswith("rediss://:") and "@" in url, "the broker: rediss:// with a password"
+    settings = Settings(broker_url=url, broker_ca_file=env.get("REPLICATOR_BROKER_CA_FILE", ""))
+    assert broker.tls_options(settings), url
+    files = {settings.broker_ca_file}
+    assert settings.broker_ca_file, "REPLICATOR_BROKER_CA_FILE: the CA that signs Redis"
+    for key, value in env.items():
+        if DSN_VAR.fullmatch(key) or key == "REPLICATOR_DSN_TEMPLATE":
+            query = dict(p.split("=", 1) for p in value.partition("?")[2].split("&") if p)
+            assert query.get("sslmode") == "verify-full", f"{key}: sslmode=verify-full"
+            assert query.get("sslrootcert"), f"{key}: sslrootcert, the catalogs' CA"
+            files.add(query["sslrootcert"])
+    for doc in workloads(manifests):
+        for c in containers(doc):
+            refs = {r["secretRef"]["name"] for r in c.get("envFrom", []) if "secretRef" in r}
+            if "replicator-env" in refs:
+                for path in files:
+                    file_in_secret(doc, c, path)  # AssertionError when not mounted
+    (redis,) = by_kind(manifests, "StatefulSet").values()
+    args = containers(redis)[0]["args"]
+    opts = dict(zip(args[::2], args[1::2], strict=False))
+    assert opts.get("--port") == "0" and opts.get("--tls-port") == "6379", "Redis: TLS only"
+    assert "--requirepass" not in opts, "Redis: the password is not on its command line"
+    acl = opts.get("--aclfile", "")
+    assert acl, "Redis: a password (ACL file)"
+    file_in_secret(redis, containers(redis)[0], acl)
+    for so in by_kind(manifests, "ScaledObject").values():
+        (trigger,) = so["spec"]["triggers"]
+        assert trigger["metadata"].get("enableTLS") == "true", so["metadata"]["name"]
+        auth = by_kind(manifests, "TriggerAuthentication")[trigger["authenticationRef"]["name"]]
+        params = {t["parameter"] for t in auth["spec"]["secretTargetRef"]}
+        assert {"password", "ca"} <= params, auth["metadata"]["name"]
+
+
+def test_k8s_broker_and_catalogs_use_tls_and_passwords_from_secrets(
+    manifests: list[dict[str, Any]],
+) -> None:
+    check_k8s_service_tls(manifests)
+
+
+def _service_tls_breakages() -> list[tuple[str, Callable[[list[dict[str, Any]]], None]]]:
+    def env(docs: list[dict[str, Any]]) -> dict[str, str]:
+        return dict(by_kind(docs, "Secret")["replicator-env"]["stringData"])
+
+    def set_env(docs: list[dict[str, Any]], key: str, value: str | None) -> None:
+        data = by_kind(docs, "Secret")["replicator-env"]["stringData"]
+        if value is None:
+            data.pop(key)
+        else:
+            data[key] = value
+
+    def redis_args(docs: list[dict[str, Any]]) -> list[str]:
+        (redis,) = by_kind(docs, "StatefulSet").values()
+        return containers(redis)[0]["args"]  # type: ignore[no-any-return]
+
+    def plain_broker(docs: list[dict[str, Any]]) -> None:
+        url = env(docs)["REPLICATOR_BROKER_URL"]
+        set_env(docs, "REPLICATOR_BROKER_URL", url.replace("rediss://", "redis://"))
+        set_env(docs, "REPLICATOR_BROKER_CA_FILE", None)
+
+    def no_password(docs: list[dict[str, Any]]) -> None:
+        url = env(docs)["REPLICATOR_BROKER_URL"]
+        set_env(docs, "REPLICATOR_BROKER_URL", "rediss://" + url.split("@", 1)[1])
+
+    def unverified_catalog(docs: list[dict[str, Any]]) -> None:
+        dsn = env(docs)["REPLICATOR_CLUSTER_PROD_DSN"]
+        set_env(docs, "REPLICATOR_CLUSTER_PROD_DSN", dsn.replace("verify-full", "require"))
+
+    def ca_not_mounted(docs: list[dict[str, Any]]) -> None:
+        c = containers(by_kind(docs, "Deployment")["coordinator"])[0]
+        c["volumeMounts"] = [m for m in c["volumeMounts"] if m["name"] != "service-ca"]
+
+    def plaintext_redis_port(docs: list[dict[str, Any]]) -> None:
+        args = redis_args(docs)
+        args[args.index("--port") + 1] = "6379"
+        args[args.index("--tls-port") + 1] = "6380"
+
+    def password_on_command_line(docs: list[dict[str, Any]]) -> None:
+        args = redis_args(docs)
+        i = args.index("--aclfile")
+        args[i : i + 2] = ["--requirepass", "secret"]
+
+    def keda_without_tls(docs: list[dict[str, Any]]) -> None:
+        so = next(iter(by_kind(docs, "ScaledObject").values()))
+        so["spec"]["triggers"][0]["metadata"].pop("enableTLS")
+
+    return [
+        ("broker without TLS", plain_broker),
+        ("broker without a password", no_password),
+        ("catalog certificate not verified", unverified_catalog),
+        ("CA file not mounted in a pod", ca_not_mounted),
+        ("Redis with a plaintext port", plaintext_redis_port),
+        ("Redis password on its command line", password_on_command_line),
+        ("KEDA without TLS", keda_without_tls),
+    ]
+
+
+@pytest.mark.parametrize("breakage", _service_tls_breakages(), ids=lambda b: b[0])
+def test_a_broken_service_tls_is_caught(
+    manifests: list[dict[str, Any]],
+    breakage: tuple[str, Callable[[list[dict[str, Any]]], None]],
+) -> None:
+    broken = copy.deepcopy(manifests)
+    breakage[1](broken)
+    with pytest.raises(AssertionError):
+        check_k8s_service_tls(broken)
