@@ -361,16 +361,32 @@ def test_compose_environment_names_are_settings(compose: dict[str, Any]) -> None
         # Secrets whose file is named like a variable become that variable (secrets-env.sh).
         exported = [t for t in service_secrets(svc) if re.fullmatch(r"[A-Z][A-Z0-9_]*", t)]
         check_env_names(f"service {name}", [*values, *exported])
-        assert {"REPLICATOR_BROKER_URL", "REPLICATOR_DSN_TEMPLATE"} <= set(values), name
-        assert "{cluster}" in values["REPLICATOR_DSN_TEMPLATE"]
-        assert values["REPLICATOR_BROKER_URL"].startswith("redis://redis:")
-        assert "@postgres:" in values["REPLICATOR_DSN_TEMPLATE"]
-        # Postgres is on the compose network only; said so in docker-compose.yml and the README.
-        assert "sslmode=disable" in values["REPLICATOR_DSN_TEMPLATE"]
+        # Both hold passwords: secrets (exported by the entry point), never plain environment.
+        assert {"REPLICATOR_BROKER_URL", "REPLICATOR_DSN_TEMPLATE"} <= set(exported), name
+        assert not {"REPLICATOR_BROKER_URL", "REPLICATOR_DSN_TEMPLATE"} & set(values), name
         assert values.get("REPLICATOR_TRANSFER_MODE", "https") == "https", name
         for key, value in values.items():
             assert not TOKEN_SECRET.fullmatch(key), f"{name}: {key} must come from a secret"
             assert "BEGIN" not in value, f"{name}: {key} holds key material"
+
+
+def test_compose_broker_and_catalog_require_passwords_from_secrets(
+    compose: dict[str, Any],
+) -> None:
+    services = compose["services"]
+    redis = services["redis"]
+    argv = as_argv(redis["command"])
+    acl = argv[argv.index("--aclfile") + 1]
+    assert acl.removeprefix("/run/secrets/") in service_secrets(redis)
+    assert "requirepass" not in argv  # a password on a command line shows in `ps`
+    assert "REDISCLI_AUTH" in " ".join(as_argv(redis["healthcheck"]["test"]))
+    pg_env = service_env(services["postgres"])
+    assert "POSTGRES_PASSWORD" not in pg_env
+    assert pg_env["POSTGRES_PASSWORD_FILE"].removeprefix("/run/secrets/") in service_secrets(
+        services["postgres"]
+    )
+    text = COMPOSE.read_text()
+    assert ":replicator@" not in text and "POSTGRES_PASSWORD: " not in text
 
 
 def test_workers_can_scale_and_reach_their_storage(compose: dict[str, Any]) -> None:
