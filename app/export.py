@@ -29,6 +29,7 @@ import sqlalchemy as sa
 
 from app.catalog import model
 from app.catalog import schema as s
+from app.catalog.arrays import any_of
 from app.cluster import Cluster
 from app.errors import InvalidRequest, NotFound, SourceDataGone, StorageUnavailable, VersionConflict
 from app.outfile import AtomicParquet, check_target
@@ -232,7 +233,7 @@ def _visible_rowsets(
         return out
     for r in conn.execute(
         sa.select(s.rowsets)
-        .where(s.rowsets.c.tablet_id.in_(tablet_ids), s.rowsets.c.state == RowsetState.VISIBLE)
+        .where(any_of(s.rowsets.c.tablet_id, tablet_ids), s.rowsets.c.state == RowsetState.VISIBLE)
         .order_by(s.rowsets.c.tablet_id, s.rowsets.c.start_version)
         .with_for_update(read=True)
     ):

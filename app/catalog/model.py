@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import aggregate_order_by
 
 from app.catalog import schema as s
+from app.catalog.arrays import any_of
 from app.errors import InvalidRequest, NotFound
 from app.schema import ColumnDef, arrow_schema
 from app.storage.rowsets import RowsetState
@@ -206,7 +207,7 @@ def visible_rowsets(
         return out
     rows = conn.execute(
         sa.select(s.rowsets)
-        .where(s.rowsets.c.tablet_id.in_(tablet_ids), s.rowsets.c.state == RowsetState.VISIBLE)
+        .where(any_of(s.rowsets.c.tablet_id, tablet_ids), s.rowsets.c.state == RowsetState.VISIBLE)
         .order_by(s.rowsets.c.tablet_id, s.rowsets.c.start_version)
     ).all()
     for r in rows:

@@ -22,6 +22,7 @@ import sqlalchemy as sa
 from app import txn as txns
 from app.catalog import model
 from app.catalog import schema as s
+from app.catalog.arrays import any_of
 from app.catalog.engine import scan_engine
 from app.cluster import Cluster
 from app.config import Settings
@@ -297,7 +298,7 @@ class Coordinator:
         replicas: dict[int, list[int]] = defaultdict(list)
         for r in conn.execute(
             sa.select(s.replicas.c.tablet_id, s.replicas.c.backend_id)
-            .where(s.replicas.c.tablet_id.in_([t.dst_tablet_id for t in snaps]))
+            .where(any_of(s.replicas.c.tablet_id, [t.dst_tablet_id for t in snaps]))
             .order_by(s.replicas.c.id)
         ):
             replicas[r.tablet_id].append(r.backend_id)

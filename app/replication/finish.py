@@ -11,6 +11,7 @@ import sqlalchemy as sa
 from app import txn as txns
 from app.catalog import model
 from app.catalog import schema as s
+from app.catalog.arrays import any_of
 from app.cluster import Cluster
 from app.errors import StorageUnavailable, TargetMoved
 from app.replication import taskrows
@@ -56,7 +57,7 @@ def commit(conn: sa.Connection, job_id: int, txn_id: int) -> dict[str, int]:
         r.id: r
         for r in conn.execute(
             sa.select(s.partitions)
-            .where(s.partitions.c.id.in_(part_ids))
+            .where(any_of(s.partitions.c.id, part_ids))
             .order_by(s.partitions.c.id)
             .with_for_update()
         )

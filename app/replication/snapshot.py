@@ -15,6 +15,7 @@ import sqlalchemy as sa
 
 from app.catalog import model
 from app.catalog import schema as s
+from app.catalog.arrays import any_of
 from app.cluster import Cluster
 from app.errors import SourceDataGone, StorageUnavailable
 from app.replication import taskrows
@@ -117,7 +118,7 @@ def _manifests(
         p.id: p
         for p in conn.execute(
             sa.select(s.partitions).where(
-                s.partitions.c.id.in_({p.src_partition_id for p in plans.values()})
+                any_of(s.partitions.c.id, {p.src_partition_id for p in plans.values()})
             )
         )
     }
@@ -125,7 +126,7 @@ def _manifests(
     for r in conn.execute(
         sa.select(s.rowsets)
         .where(
-            s.rowsets.c.tablet_id.in_({c.row.src_tablet_id for c in claims}),
+            any_of(s.rowsets.c.tablet_id, {c.row.src_tablet_id for c in claims}),
             s.rowsets.c.state == RowsetState.VISIBLE,
         )
         .order_by(s.rowsets.c.tablet_id, s.rowsets.c.start_version)

@@ -28,6 +28,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from app.catalog import schema as s
+from app.catalog.arrays import any_of
 from app.errors import redact
 from app.replication.state import JobState, TaskCounts
 
@@ -191,7 +192,7 @@ def claim(
     rows = conn.execute(
         sa.update(_t)
         .where(
-            _t.c.id.in_(list(task_ids)),
+            any_of(_t.c.id, task_ids),
             _t.c.job_id == job_id,
             _t.c.kind == kind,
             _t.c.attempts < max_attempts,
@@ -235,7 +236,7 @@ def renew(
     alive = conn.execute(
         sa.update(_t)
         .where(
-            _t.c.id.in_([c.id for c in claims]),
+            any_of(_t.c.id, [c.id for c in claims]),
             _t.c.state == TaskState.RUNNING,
             _t.c.worker == worker,
             job_alive,

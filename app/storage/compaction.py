@@ -15,6 +15,7 @@ import sqlalchemy as sa
 from app import txn as txns
 from app.catalog import model
 from app.catalog import schema as s
+from app.catalog.arrays import any_of
 from app.cluster import Cluster
 from app.errors import InvalidRequest, TransactionConflict
 from app.storage.checksum import FileMeta
@@ -161,7 +162,7 @@ def _publish(
     ids = [r.id for r in inputs]
     gone = conn.execute(
         sa.update(s.rowsets)
-        .where(s.rowsets.c.id.in_(ids), s.rowsets.c.state == RowsetState.VISIBLE)
+        .where(any_of(s.rowsets.c.id, ids), s.rowsets.c.state == RowsetState.VISIBLE)
         .values(state=RowsetState.STALE, stale_at=sa.func.now())
     ).rowcount
     if gone != len(ids):

@@ -18,6 +18,7 @@ import sqlalchemy as sa
 from app import txn as txns
 from app.catalog import model
 from app.catalog import schema as s
+from app.catalog.arrays import any_of
 from app.cluster import Cluster
 from app.errors import StorageUnavailable
 from app.storage import holds
@@ -176,7 +177,7 @@ def _delete_stale_rowsets(
     if doomed and mark:
         conn.execute(
             sa.update(s.rowsets)
-            .where(s.rowsets.c.id.in_([r.id for r in doomed]))
+            .where(any_of(s.rowsets.c.id, [r.id for r in doomed]))
             .values(state=RowsetState.DELETED)
         )
     return len(doomed)

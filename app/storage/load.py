@@ -20,6 +20,7 @@ import sqlalchemy as sa
 from app import txn as txns
 from app.catalog import model
 from app.catalog import schema as s
+from app.catalog.arrays import any_of
 from app.catalog.model import Backend, TableInfo
 from app.cluster import Cluster, new_epoch
 from app.errors import InvalidRequest, LabelConflict, StorageUnavailable
@@ -226,7 +227,7 @@ class Loader:
             backends = model.list_backends(conn)
             replica_rows = conn.execute(
                 sa.select(s.replicas.c.tablet_id, s.replicas.c.backend_id).where(
-                    s.replicas.c.tablet_id.in_([r.tablet_id for r in rows])
+                    any_of(s.replicas.c.tablet_id, [r.tablet_id for r in rows])
                 )
             ).all()
         for r in rows:
@@ -240,7 +241,7 @@ class Loader:
         with self.engine.begin() as conn:
             conn.execute(
                 sa.update(s.rowsets)
-                .where(s.rowsets.c.id.in_([r.id for r in rows]))
+                .where(any_of(s.rowsets.c.id, [r.id for r in rows]))
                 .values(state=RowsetState.DELETED)
             )
 

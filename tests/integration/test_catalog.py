@@ -22,6 +22,8 @@ from app.catalog.migrate import head_revision
 from app.client import ClusterHandle
 from app.config import Settings
 from app.errors import AlreadyExists, InvalidRequest, NotFound
+from app.replication import taskrows
+from app.replication.taskrows import TaskKind
 from app.storage.checksum import checksum_file
 from frontends.connect import replicator
 
@@ -301,3 +303,20 @@ def test_every_replica_has_the_rowset_files_after_a_load(make_cluster) -> None:
     assert total_rows == n
     assert sum(c.rows for c in handle.checksum("db.placed")) == n
     assert os.listdir(roots[min(roots)])  # data went to real directories
+
+
+def test_lookups_by_id_take_any_number_of_ids(settings: Settings) -> None:
+    """One array parameter, not one per id: Postgres refuses statements with more than 65,535
+    parameters, which an IN list over 100,000 tablets had."""
+    handle = replicator(settings).cluster(unique("many"))
+    handle.init()
+    try:
+        ids = list(range(1, 100_001))
+        with handle.catalog.engine.connect() as conn:
+            found = model.visible_rowsets(conn, ids)
+            claimed = taskrows.claim(
+                conn, 1, TaskKind.APPLY, ids, worker="w", lease_sec=1, max_attempts=1
+            )
+        assert len(found) == len(ids) and not any(found.values()) and claimed == []
+    finally:
+        engine_module.drop_database(handle.catalog.dsn)
