@@ -103,6 +103,28 @@ def replica_files(handle: ClusterHandle, table: str) -> dict[tuple[str, int], li
     return out
 
 
+def replica_mismatches(handle: ClusterHandle, table: str) -> list[str]:
+    """Files of visible rowsets whose bytes on some replica differ from what the catalog
+    records for them (size and xxh3: for a replicated rowset, the source's), or are missing."""
+    bad = []
+    with handle.catalog.engine.connect() as conn:
+        info = model.get_table(conn, table)
+        tablets = model.list_tablets(conn, info.id)
+        backends = model.list_backends(conn)
+        visible = model.visible_rowsets(conn, [t.id for t in tablets])
+    for t in tablets:
+        for b in t.backend_ids:
+            for r in visible[t.id]:
+                for f in r.files:
+                    path = Path(backends[b].storage_root, "data", str(t.id), r.id, f["name"])
+                    data = path.read_bytes() if path.exists() else None
+                    if data is None or (len(data), xxhash.xxh3_64(data).hexdigest()) != (
+                        f["size"], f["checksum"],
+                    ):  # fmt: skip
+                        bad.append(str(path))
+    return bad
+
+
 @dataclass
 class Rig:
     settings: Settings
