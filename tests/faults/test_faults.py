@@ -217,9 +217,10 @@ def test_two_coordinators_and_two_beats_never_make_a_transition_twice(rig: Fault
     started = [_start(rig, f"two_coordinators_{i}", n_rows=40_000) for i in range(3)]
     struck = time.time()
 
-    actors: list[str] = []
-    for table, before, job in started:
+    for _table, _before, job in started:
         job.wait(JOB_TIMEOUT)
+    actors: list[str] = []
+    for table, before, job in started:  # once all have ended: the checks see the whole cluster
         assert job.state is JobState.COMMITTED, job.message
         edges = [(e.from_state, e.to_state) for e in job.events]
         assert edges == [
