@@ -17,7 +17,7 @@ ifdef REPLICATOR_PG_URL
 export BENCH_PG_URL ?= $(patsubst %/,%,$(REPLICATOR_PG_URL))
 endif
 
-.PHONY: install services test faults multihost lint demo demo-down bench bench-load bench-transfer clean
+.PHONY: install services test faults multihost lint mutants demo demo-down bench bench-load bench-transfer clean
 
 install:
 	bash scripts/bootstrap.sh
@@ -41,6 +41,14 @@ faults: install
 ## its own Postgres and Redis on a bridge, so `services` is not needed.
 multihost: install
 	$(PYTHON) -m pytest -q tests/multihost -p no:cacheprovider --durations=0 $(PYTEST_ARGS)
+
+## Mutation check (not in CI): small patches of the product, each applied to a copy of the tree,
+## must each turn the tests meant to catch it red; writes tests/MUTANTS.md. `make mutants
+## MUTANTS=gc` runs only the mutants whose names contain "gc" (and writes no table).
+MUTANTS ?=
+mutants: install
+	bash scripts/services.sh install
+	$(PYTHON) -m tests.mutants $(MUTANTS)
 
 lint: install
 	$(RUFF) check $(LINT_PATHS)

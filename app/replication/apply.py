@@ -142,7 +142,9 @@ def _drop_if_ended(
         return
     for claim in claims:
         target = storage_for(backends[claim.row.dst_backend_id].storage_root)
-        for path in installed_dirs(claim.row):
+        # Its staging directory too: the abort's clean-up may have removed it before this
+        # batch created it again.
+        for path in [*installed_dirs(claim.row), staging_dir(job.txn_id)]:
             target.delete_tree(path)
 
 

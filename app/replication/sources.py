@@ -58,7 +58,7 @@ class SharedRoot:
     ) -> int:  # fmt: skip
         path = f"{rowset_dir(tablet, rowset)}/{meta.name}"
         with self.storage.open_read(path) as raw, target.open_write(staged) as out:
-            fin = _Corrupting(raw) if faults.fire("transfer.corrupt") else raw
+            fin = _Corrupting(raw, meta.size // 2) if faults.fire("transfer.corrupt") else raw
             return copy_verified(fin, out, meta, on_progress=on_progress)  # type: ignore[arg-type]
 
 
@@ -149,17 +149,17 @@ def link_budget(settings: Settings, src_cluster: str, dst_cluster: str) -> Budge
 
 
 class _Corrupting:
-    """A reader that flips one byte of the first chunk: the ``transfer.corrupt`` failpoint."""
+    """A reader that flips the byte at offset ``at`` (the middle of the file, inside a data page,
+    not its magic header, so only the checksum can tell): the ``transfer.corrupt`` failpoint."""
 
-    def __init__(self, raw: object) -> None:
-        self.raw = raw
-        self.done = False
+    def __init__(self, raw: object, at: int) -> None:
+        self.raw, self.at, self.pos = raw, at, 0
 
     def readinto(self, view: memoryview) -> int:
         n = int(self.raw.readinto(view))  # type: ignore[attr-defined]
-        if n and not self.done:
-            view[0] = view[0] ^ 0xFF
-            self.done = True
+        if self.pos <= self.at < self.pos + n:
+            view[self.at - self.pos] ^= 0xFF
+        self.pos += n
         return n
 
 

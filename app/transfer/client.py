@@ -137,7 +137,7 @@ class Downloader:
         """Download one file into ``dst_file_path`` (created or truncated) and verify its size
         and checksum: ChecksumMismatch if they differ, TransferRefused on 401/403,
         SourceDataGone on 404, StorageUnavailable when the retries are spent. ``corrupt``
-        flips a byte of the first chunk received (the ``transfer.corrupt`` failpoint: damage
+        flips the byte in the middle of the file (the ``transfer.corrupt`` failpoint: damage
         in flight, which the checksum must catch).
 
         A partial file already at ``dst_file_path`` (an earlier attempt, or another replica of
@@ -275,8 +275,8 @@ class Downloader:
                 if getattr(raw, "length", None):  # http.client returns 0 at a premature EOF
                     raise _Transient(f"connection closed {raw.length} bytes early")
                 return True
-            if result.corrupt:
-                buffer[0] ^= 0xFF
+            if result.corrupt and result.size <= meta.size // 2 < result.size + n:
+                buffer[meta.size // 2 - result.size] ^= 0xFF  # mid-file: a data page
                 result.corrupt = False
             data = view[:n]
             digest.update(data)

@@ -25,7 +25,7 @@ from frontends.connect import replicator as connect
 from frontends.supervise import free_port
 from frontends.transfer_setup import local_transfer
 from tests.harness import PostgresServer, RedisServer, Workers, wait_until
-from tests.integration.rig import create_test_table, rows
+from tests.integration.rig import create_test_table, replica_mismatches, rows
 
 REPORT = Path(__file__).resolve().parents[2] / "var" / "fault-report.jsonl"
 
@@ -123,6 +123,9 @@ class FaultRig:
         assert job.state.final, job
         if job.state is JobState.COMMITTED:
             assert self.content(self.dst, table) == self.content(self.src, table)
+            # Every target replica, not just the first readable one: each file's size and
+            # xxh3 on disk equal the source's (recorded with the rowset when it was shipped).
+            assert replica_mismatches(self.dst, table) == []
         else:
             assert self.content(self.dst, table) == before
         pending = "SELECT count(*) FROM rowsets WHERE state = :s"

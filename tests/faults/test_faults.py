@@ -8,6 +8,7 @@ import signal
 import time
 from pathlib import Path
 
+import redis
 import sqlalchemy as sa
 
 from app.queues import queue_name
@@ -21,8 +22,8 @@ from tests.integration.rig import create_test_table, rows
 JOB_TIMEOUT = 180
 
 
-def _start(rig: FaultRig, name: str, **kwargs: object):  # type: ignore[no-untyped-def]
-    table = rig.big_table(name)
+def _start(rig: FaultRig, name: str, n_rows: int = 200_000, **kwargs: object):  # type: ignore[no-untyped-def]
+    table = rig.big_table(name, n_rows)
     before = rig.content(rig.dst, table)
     job = rig.replicator.replicate(f"{rig.src.name}:{table}", rig.dst.name, **kwargs)  # type: ignore[arg-type]
     return table, before, job
@@ -68,7 +69,12 @@ def test_a_killed_backend_worker_restarted_later_lets_the_job_commit(rig: FaultR
     worker = str(task.worker).split("@")[0]
     struck = time.time()
     rig.workers.kill(worker)
-    time.sleep(3)  # down for a while: its leases expire, nobody serves its queue
+    # Down until the leases of what it was running have expired: nobody serves its queue.
+    held = "SELECT count(*) FROM job_tasks WHERE worker = :w AND state = :s AND lease_until > now()"
+    wait_until(
+        lambda: rig.scalar(rig.dst, held, w=task.worker, s=TaskState.RUNNING) == 0,
+        30, "the killed worker's leases to expire",
+    )  # fmt: skip
     assert not job.refresh().state.final
     rig.workers.restart(worker)
 
@@ -84,7 +90,14 @@ def test_a_killed_coordinator_and_beat_resume_the_job_after_restart(rig: FaultRi
     rig.wait_for_transfer(job)
     struck = time.time()
     rig.workers.kill("coordinator")
-    time.sleep(2)
+    # Down while the workers go on without it: a task finishes that no coordinator sees.
+    done = "SELECT count(*) FROM job_tasks WHERE job_id = :j AND state = :s"
+    before = rig.scalar(rig.dst, done, j=job.id, s=TaskState.DONE)
+    wait_until(
+        lambda: rig.scalar(rig.dst, done, j=job.id, s=TaskState.DONE) > before,
+        60, "a task to finish while the coordinator is down",
+    )  # fmt: skip
+    assert not job.refresh().state.final
     rig.workers.restart("coordinator")
 
     job.wait(JOB_TIMEOUT)
@@ -131,6 +144,8 @@ def test_a_file_corrupted_in_flight_once_is_fetched_again_and_the_job_commits(
 
     assert rig.failpoint_left("transfer.corrupt") == 0  # it did fire
     assert job.state is JobState.COMMITTED, job.message
+    # The byte flipped was in the middle of a file (a data page, not its header): only the
+    # checksum could tell. Every target replica holds the source's bytes exactly.
     rig.assert_clean_end(job, table, before)
     record("f1: one file corrupted in flight", job, struck, job.state, "re-read from a replica")
 
@@ -209,21 +224,27 @@ def test_source_compaction_and_gc_during_the_job_do_not_break_it(rig: FaultRig) 
 def test_two_coordinators_and_two_beats_never_make_a_transition_twice(rig: FaultRig) -> None:
     rig.workers.coordinator(name="extra-coordinator")
     rig.workers.wait_ready()
-    table, before, job = _start(rig, "two_coordinators")
+    # Three jobs at once: nine transitions shared between the two coordinators.
+    started = [_start(rig, f"two_coordinators_{i}", n_rows=40_000) for i in range(3)]
     struck = time.time()
 
-    job.wait(JOB_TIMEOUT)
-
-    assert job.state is JobState.COMMITTED, job.message
-    edges = [(e.from_state, e.to_state) for e in job.events]
-    assert edges == [
-        (None, "INITIALIZING"),
-        ("INITIALIZING", "SNAPSHOTING"),
-        ("SNAPSHOTING", "REPLICATING"),
-        ("REPLICATING", "COMMITTED"),
-    ]
-    actors = {e.actor for e in job.events[1:]}
-    rig.assert_clean_end(job, table, before)
+    for _table, _before, job in started:
+        job.wait(JOB_TIMEOUT)
+    actors: list[str] = []
+    for table, before, job in started:  # once all have ended: the checks see the whole cluster
+        assert job.state is JobState.COMMITTED, job.message
+        edges = [(e.from_state, e.to_state) for e in job.events]
+        assert edges == [
+            (None, "INITIALIZING"),
+            ("INITIALIZING", "SNAPSHOTING"),
+            ("SNAPSHOTING", "REPLICATING"),
+            ("REPLICATING", "COMMITTED"),
+        ]
+        actors += [str(e.actor).split("@")[0] for e in job.events[1:]]
+        rig.assert_clean_end(job, table, before)
+    # Every transition was made by one of the two coordinators, and each of them made some.
+    assert set(actors) == {"coordinator", "extra-coordinator"}, actors
+    job = started[-1][2]
     record(
         "h: two coordinators + two beats",
         job,
@@ -292,7 +313,11 @@ def test_cancel_while_snapshoting_with_the_source_workers_down(rig: FaultRig) ->
     for b in ("be1", "be2"):
         rig.workers.restart(queue_name(rig.src.name, b))
     # The messages still queued for the dead source workers find an ended job and do nothing.
-    time.sleep(2)
+    broker = redis.Redis.from_url(rig.redis.url)
+    queues = [queue_name(rig.src.name, b) for b in ("be1", "be2")]
+    wait_until(lambda: sum(broker.llen(q) for q in queues) == 0, 30, "the queued snapshots")
+    snapshots = "SELECT count(*) FROM job_tasks WHERE job_id = :j AND state = :s"
+    assert rig.scalar(rig.dst, snapshots, j=job.id, s=TaskState.RUNNING) == 0
     assert rig.scalar(rig.src, "SELECT count(*) FROM holds WHERE expires_at > now()") == 0
     record("k: cancel while SNAPSHOTING, source workers down", job, struck, job.state, "")
 
@@ -317,7 +342,11 @@ def test_a_transfer_server_killed_mid_job_is_resumed_with_range_and_the_job_comm
     logs = [rig.workers.procs[queue_name(rig.dst.name, b)].log for b in ("be1", "be2")]
     struck = time.time()
     rig.workers.kill(server)
-    time.sleep(2)  # the link is down for a while: downloads wait and retry
+
+    def resuming() -> bool:  # the link is down: a download broke and waits to resume
+        return any("resuming at byte" in log.read_text(errors="replace") for log in logs)
+
+    wait_until(resuming, 30, "a download to notice the broken link")
     assert not job.refresh().state.final
     rig.workers.restart(server)
 

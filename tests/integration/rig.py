@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import sqlalchemy as sa
+import xxhash
 
 from app.catalog import model
 from app.catalog import schema as s
@@ -73,6 +74,55 @@ def replica_paths(handle: ClusterHandle, rowsets: list[Any]) -> list[Path]:
         for h in homes
         if h.tablet_id == r.tablet_id
     ]
+
+
+def replica_files(handle: ClusterHandle, table: str) -> dict[tuple[str, int], list[Any]]:
+    """Per (partition, bucket): for every replica, the sorted (name, size, xxh3) of the files of
+    its visible rowsets as they are on that replica's disk (None for a missing file)."""
+    out: dict[tuple[str, int], list[Any]] = {}
+    with handle.catalog.engine.connect() as conn:
+        info = model.get_table(conn, table)
+        parts = {p.id: p.name for p in model.list_partitions(conn, info.id)}
+        tablets = model.list_tablets(conn, info.id)
+        backends = model.list_backends(conn)
+        visible = model.visible_rowsets(conn, [t.id for t in tablets])
+    for t in tablets:
+        per_replica = []
+        for b in t.backend_ids:
+            files = []
+            for r in visible[t.id]:
+                for f in r.files:
+                    path = Path(backends[b].storage_root, "data", str(t.id), r.id, f["name"])
+                    if not path.exists():
+                        files.append((f["name"], -1, None))
+                        continue
+                    data = path.read_bytes()
+                    files.append((f["name"], len(data), xxhash.xxh3_64(data).hexdigest()))
+            per_replica.append(sorted(files))
+        out[(parts[t.partition_id], t.bucket)] = per_replica
+    return out
+
+
+def replica_mismatches(handle: ClusterHandle, table: str) -> list[str]:
+    """Files of visible rowsets whose bytes on some replica differ from what the catalog
+    records for them (size and xxh3: for a replicated rowset, the source's), or are missing."""
+    bad = []
+    with handle.catalog.engine.connect() as conn:
+        info = model.get_table(conn, table)
+        tablets = model.list_tablets(conn, info.id)
+        backends = model.list_backends(conn)
+        visible = model.visible_rowsets(conn, [t.id for t in tablets])
+    for t in tablets:
+        for b in t.backend_ids:
+            for r in visible[t.id]:
+                for f in r.files:
+                    path = Path(backends[b].storage_root, "data", str(t.id), r.id, f["name"])
+                    data = path.read_bytes() if path.exists() else None
+                    if data is None or (len(data), xxhash.xxh3_64(data).hexdigest()) != (
+                        f["size"], f["checksum"],
+                    ):  # fmt: skip
+                        bad.append(str(path))
+    return bad
 
 
 @dataclass

@@ -288,17 +288,18 @@ def test_a_load_killed_before_commit_leaves_nothing_visible_and_gc_removes_it_af
     assert len(pending) == 3 and {r.state for r in pending} == {RowsetState.PENDING}
     paths = replica_paths(handle, pending)
     assert len(paths) == 6 and all(p.is_file() for p in paths)
-    with handle.catalog.engine.connect() as conn:
+    # GC must not touch a transaction that may still commit. Its 2 s may have run out already
+    # on a slow machine, so it is given a minute first; then its deadline is now again.
+    set_deadline = sa.update(s.transactions).where(s.transactions.c.id == info["txn_id"])
+    with handle.catalog.engine.begin() as conn:
+        conn.execute(set_deadline.values(deadline=sa.func.now() + dt.timedelta(seconds=60)))
+        assert txns.get(conn, info["txn_id"]).state == "PREPARE"
+    report = handle.gc()
+    assert report.aborted_transactions == 0 and report.deleted_rowsets == 0
+    assert all(p.is_file() for p in paths)
+    with handle.catalog.engine.begin() as conn:
+        conn.execute(set_deadline.values(deadline=sa.func.now()))
         txn = txns.get(conn, info["txn_id"])
-        early = conn.execute(
-            sa.select(sa.func.now() + dt.timedelta(seconds=0.5) < txn.deadline)
-        ).scalar_one()
-    assert txn.state == "PREPARE"
-
-    if early:  # GC must not touch a transaction that may still commit.
-        report = handle.gc()
-        assert report.aborted_transactions == 0 and report.deleted_rowsets == 0
-        assert all(p.is_file() for p in paths)
 
     wait_for_db_time_past(handle, txn.deadline)
     report = handle.gc()

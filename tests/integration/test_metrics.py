@@ -5,7 +5,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 import urllib.request
 from collections.abc import Iterator
 
@@ -85,7 +84,19 @@ def test_metrics_report_bytes_jobs_lag_and_queues(rig: Rig, endpoint: str) -> No
     # 4 partitions x 2 buckets x 2 target replicas, one load: one file per replica at least.
     assert one(s, "replicator_replicated_files_total", cluster=dst, table=table) >= 16
     assert one(s, "replicator_task_attempts_total", cluster=dst, kind=TaskKind.APPLY) >= 16
-    assert one(s, "replicator_task_retries_total", cluster=dst, kind=TaskKind.APPLY) >= 0
+    # Attempts and retries are those the catalog records (attempts beyond the first).
+    attempts = rig.count(
+        rig.dst,
+        "SELECT coalesce(sum(attempts), 0) FROM job_tasks WHERE kind = :k",
+        k=TaskKind.APPLY,
+    )
+    retries = rig.count(
+        rig.dst,
+        "SELECT coalesce(sum(greatest(attempts - 1, 0)), 0) FROM job_tasks WHERE kind = :k",
+        k=TaskKind.APPLY,
+    )
+    assert one(s, "replicator_task_attempts_total", cluster=dst, kind=TaskKind.APPLY) == attempts
+    assert one(s, "replicator_task_retries_total", cluster=dst, kind=TaskKind.APPLY) == retries
     assert one(s, "replicator_task_duration_seconds_count", cluster=dst, kind=TaskKind.APPLY) >= 16
     assert one(s, "replicator_task_duration_seconds_sum", cluster=dst, kind=TaskKind.APPLY) > 0
     assert one(s, "replicator_job_duration_seconds_count", cluster=dst, state="COMMITTED") >= 1
@@ -93,11 +104,18 @@ def test_metrics_report_bytes_jobs_lag_and_queues(rig: Rig, endpoint: str) -> No
     lag = pick(s, "replicator_table_version_lag", cluster=dst, table=table)
     assert len(lag) == 4 and set(lag.values()) == {0}, lag
     assert set(pick(s, "replicator_table_lag_seconds", cluster=dst, table=table).values()) == {0}
-    # Every backend queue of both clusters and the coordinator queue have a depth, and each
-    # backend queue has the one rig worker consuming it.
+    # Every backend queue of both clusters and the coordinator queue have a depth, the one the
+    # broker holds (nothing is left queued once the job has committed; the beat's ticks come
+    # and go on the coordinator queue), and each backend queue has the one rig worker consuming
+    # it.
     queues = [queue_name(c, b) for c in (src, dst) for b in ("be1", "be2")] + ["coordinator"]
-    for queue in queues:
-        assert one(s, "replicator_queue_length", queue=queue) >= 0
+    broker = redis.Redis.from_url(rig.settings.broker_url)
+    for queue in queues[:-1]:
+        assert one(s, "replicator_queue_length", queue=queue) == broker.llen(queue) == 0
+    wait_until(
+        lambda: one(scrape(endpoint), "replicator_queue_length", queue="coordinator") == 0,
+        30, "the coordinator queue to be empty", interval=0.2,
+    )  # fmt: skip
 
     # Consumers come from a 1 s inspect broadcast: on a busy machine a worker may answer late,
     # so give it a few scrapes.
@@ -111,12 +129,15 @@ def test_metrics_report_bytes_jobs_lag_and_queues(rig: Rig, endpoint: str) -> No
 
     # A new source load: the target is one version behind in the partitions it touched.
     rig.src.load(table, rows(500, seed=2), label="mt-2")
-    time.sleep(0.05)
     s = scrape(endpoint)
     lag = pick(s, "replicator_table_version_lag", cluster=dst, table=table, src_cluster=src)
     assert set(lag.values()) == {1}, lag  # 500 random days reach every quarter
-    seconds = pick(s, "replicator_table_lag_seconds", cluster=dst, table=table)
-    assert all(v > 0 for v in seconds.values()), seconds
+
+    def behind() -> bool:  # seconds behind: since the source's newer version, so they grow
+        seconds = pick(scrape(endpoint), "replicator_table_lag_seconds", cluster=dst, table=table)
+        return len(seconds) == 4 and all(v > 0 for v in seconds.values())
+
+    wait_until(behind, 10, "seconds behind to grow on every partition", interval=0.05)
 
     # ... and caught up again after the next job; the byte counter only grew.
     again = rig.replicator.replicate(f"{rig.src.name}:{table}", rig.dst.name).wait(120)
