@@ -31,7 +31,8 @@ def cluster_init(name: str) -> None:
 def backend_add(
     cluster: str,
     name: str,
-    storage: Annotated[Path, typer.Option("--storage", help="Storage root directory")],
+    # A str, not a Path: Path("") is ".", which would make an empty --storage the cwd.
+    storage: Annotated[str, typer.Option("--storage", help="Storage root directory")],
     transfer_url: Annotated[
         str | None,
         typer.Option(
@@ -40,7 +41,7 @@ def backend_add(
     ] = None,
 ) -> None:
     """Add a backend (queue be.CLUSTER.NAME) with its storage root (again: update its URL)."""
-    b = connect().cluster(cluster).add_backend(name, str(storage), transfer_url)
+    b = connect().cluster(cluster).add_backend(name, storage, transfer_url)
     queue = queue_name(cluster, b.name)
     where = f" transfer {safe(b.transfer_url)}" if b.transfer_url else ""
     out.print(

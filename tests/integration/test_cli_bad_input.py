@@ -29,7 +29,9 @@ import sqlalchemy as sa
 from app.catalog import engine as engine_module
 from app.catalog import schema as s
 from app.client import ClusterHandle, Replicator
+from app.cluster import Cluster
 from app.config import Settings
+from app.replication.plan import TablePair, make_plan
 from frontends.connect import replicator
 
 # About 80 CLI processes, a few at a time: minutes on a loaded 2-core machine.
@@ -423,7 +425,7 @@ def _load_cases(d: Path) -> dict[str, Case]:
             ["load", c, "db.t", str(d / "huge.csv"), "--label", "f7"], "cannot read"
         ),
         "unknown partition to compact": Case(
-            ["compact", c, "db.t", "-p", "nosuch"], "partition(s) nosuch do not exist"
+            ["compact", c, "db.t", "-p", "nosuch"], "partition(s) nosuch not in db.t"
         ),
         "unknown partition to checksum": Case(
             ["checksum", c, "db.t", "-p", "nosuch"], "partition(s) nosuch do not exist"
@@ -769,3 +771,61 @@ def test_the_python_api_refuses_bad_names_with_user_errors(
         src.load("db.t", [{"id": 1, "k": 1, "v": "a"}], label="a\tb")
     assert "db.ok" not in [t.full_name for t in src.tables()]
     assert os.path.isdir(src.backends()[0].storage_root)
+
+
+# -- replicate: the target is created only by a submit whose job is recorded -----------------
+
+
+def test_racing_create_target_submits_name_the_winning_job(
+    legacy: tuple[ClusterHandle, ClusterHandle], settings: Settings
+) -> None:
+    """Two submits of one new target at once: one job, and the other is told which job holds
+    the target (it used to hear "table already exists", or find the table made under it)."""
+    import threading
+
+    from app.errors import TableBusy
+
+    r = Replicator(settings)
+    for round_ in range(3):
+        target = f"{DST}:db.race{round_}"
+        start = threading.Barrier(2)
+        results: dict[str, Any] = {}
+
+        def submit(
+            label: str,
+            target: str = target,
+            start: threading.Barrier = start,
+            results: dict[str, Any] = results,
+        ) -> None:
+            start.wait()
+            try:
+                results[label] = r.replicate(f"{SRC}:db.u", target, create_target=True, label=label)
+            except Exception as exc:  # the assertions below say which one is expected
+                results[label] = exc
+
+        threads = [threading.Thread(target=submit, args=(f"race{round_}{x}",)) for x in "ab"]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        jobs = [v for v in results.values() if not isinstance(v, Exception)]
+        refused = [v for v in results.values() if isinstance(v, Exception)]
+        assert len(jobs) == 1 and len(refused) == 1, results
+        assert isinstance(refused[0], TableBusy), refused[0]
+        assert f"already being replicated by job {jobs[0].ref} ({jobs[0].label})" in str(refused[0])
+
+
+def test_an_unpartitioned_table_pairs_with_a_differently_named_target(
+    legacy: tuple[ClusterHandle, ClusterHandle], settings: Settings
+) -> None:
+    _src, dst = legacy
+    job = Replicator(settings).replicate(f"{SRC}:db.u", f"{DST}:db.u_copy", create_target=True)
+    assert job.state == "INITIALIZING", job.message
+    [target_partition] = dst.partitions("db.u_copy")
+    assert target_partition.name == "u_copy"  # named after its own table
+    # What the coordinator will plan: the source's one partition onto the target's.
+    pair = TablePair.parse(f"{SRC}:db.u", f"{DST}:db.u_copy")
+    plan = make_plan(Cluster(settings, SRC), Cluster(settings, DST), pair)
+    [planned] = plan.partitions
+    assert (planned.name, planned.dst_partition_id) == ("u", target_partition.id)
+    assert len(plan.tablets) == 2  # both buckets pair
