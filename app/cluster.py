@@ -16,6 +16,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.engine import Engine
 
 from app.catalog import model
+from app.catalog import names as catalog_names
 from app.catalog import schema as s
 from app.catalog.engine import database_exists, engine_for
 from app.catalog.migrate import current_revision, head_revision, upgrade
@@ -102,38 +103,51 @@ class Cluster:
         self, name: str, storage_root: str, transfer_url: str | None = None
     ) -> model.Backend:
         """Register a backend (idempotent). ``transfer_url`` is where other hosts reach its
-        transfer server; giving it again for an existing backend updates it."""
-        if not name or not all(c.isalnum() or c in "_-" for c in name):
-            raise InvalidRequest(f"backend name {name!r} may use letters, digits, '_' and '-'")
+        transfer server; giving it again for an existing backend updates it. Everything is
+        checked (the cluster too) before the storage directory is made."""
+        catalog_names.check_backend_name(name)
+        if not storage_root:
+            raise InvalidRequest("storage root must not be empty: give a directory")
         url = names.transfer_url(transfer_url) if transfer_url is not None else None
         root = os.path.abspath(storage_root)
-        roots.check_new_root(self.settings, self.name, name, root)
-        os.makedirs(root, exist_ok=True)
-        with self.engine.begin() as conn:
+        with self.engine.connect() as conn:
             existing = conn.execute(sa.select(s.backends).where(s.backends.c.name == name)).first()
+        if existing is not None and (existing.storage_root != root or existing.state != "ACTIVE"):
+            raise AlreadyExists(
+                f"backend {name!r} already exists in cluster {self.name!r} "
+                f"with storage {existing.storage_root} ({existing.state})"
+            )
+        roots.check_new_root(self.settings, self.name, name, root)
+        roots.make_root(root)
+        with self.engine.begin() as conn:
             if existing is not None:
-                if existing.storage_root == root and existing.state == "ACTIVE":
-                    if url is not None and url != existing.transfer_url:
-                        conn.execute(
-                            sa.update(s.backends)
-                            .where(s.backends.c.id == existing.id)
-                            .values(transfer_url=url)
-                        )
-                    write_marker(root, self.name, name)
-                    return model.Backend(
-                        existing.id, name, root, existing.state, url or existing.transfer_url
+                if url is not None and url != existing.transfer_url:
+                    conn.execute(
+                        sa.update(s.backends)
+                        .where(s.backends.c.id == existing.id)
+                        .values(transfer_url=url)
                     )
-                raise AlreadyExists(
-                    f"backend {name!r} already exists in cluster {self.name!r} "
-                    f"with storage {existing.storage_root} ({existing.state})"
-                )
-            new_id = conn.execute(
-                sa.insert(s.backends)
-                .values(name=name, storage_root=root, transfer_url=url)
-                .returning(s.backends.c.id)
-            ).scalar_one()
+                backend_id, url = existing.id, url or existing.transfer_url
+            else:
+                backend_id = self._insert_backend(conn, name, root, url)
         write_marker(root, self.name, name)
-        return model.Backend(new_id, name, root, "ACTIVE", url)
+        return model.Backend(backend_id, name, root, "ACTIVE", url)
+
+    def _insert_backend(self, conn: sa.Connection, name: str, root: str, url: str | None) -> int:
+        """Insert the backend's row; AlreadyExists if another `backend add` just took the name."""
+        try:
+            with conn.begin_nested():
+                return int(
+                    conn.execute(
+                        sa.insert(s.backends)
+                        .values(name=name, storage_root=root, transfer_url=url)
+                        .returning(s.backends.c.id)
+                    ).scalar_one()
+                )
+        except sa.exc.IntegrityError:
+            raise AlreadyExists(
+                f"backend {name!r} was just added to cluster {self.name!r} by another command"
+            ) from None
 
     def backends(self) -> list[model.Backend]:
         with self.engine.connect() as conn:
@@ -178,7 +192,7 @@ class Cluster:
         buckets: int = 1,
         replication_num: int = 1,
     ) -> model.TableInfo:
-        db_name, table_name = model.split_table_name(full_name)
+        db_name, table_name = catalog_names.check_table_name(full_name)
         cols = columns_from(columns)
         dist = _check_distribution(full_name, cols, distributed_by, buckets, replication_num)
         specs = [p if isinstance(p, PartitionSpec) else PartitionSpec(*p) for p in partitions]
@@ -253,6 +267,7 @@ class Cluster:
                 raise InvalidRequest(
                     "partitions were given without a partition column (partition_by)"
                 )
+            # Its one partition is named after the table (StarRocks does the same).
             return [(full_name.split(".")[1], None, None)]
         col = next((c for c in cols if c.name == partition_by), None)
         if col is None:
@@ -266,6 +281,7 @@ class Cluster:
         seen: set[str] = set()
         out: list[tuple[str, Any, Any]] = []
         for spec in specs:
+            catalog_names.check_name("partition", spec.name)
             if spec.name in seen:
                 raise InvalidRequest(f"partition {spec.name!r} is defined twice")
             seen.add(spec.name)

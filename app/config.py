@@ -94,6 +94,7 @@ class Settings:
         return self.dsn_template.format(cluster=cluster)
 
     def __post_init__(self) -> None:
+        _check_dsn_template(self.dsn_template)
         if self.transfer_mode not in TRANSFER_MODES:
             raise InvalidRequest(
                 f"transfer_mode must be one of {', '.join(TRANSFER_MODES)}, "
@@ -114,6 +115,17 @@ class Settings:
         return replace(self, **changes)
 
 
+def _check_dsn_template(template: str) -> None:
+    """``{cluster}`` is the only field: a stray brace would fail every command later, deep in."""
+    try:
+        template.format(cluster="x")
+    except (ValueError, KeyError, IndexError) as exc:
+        raise InvalidRequest(
+            f"dsn_template {template!r} is not valid ({type(exc).__name__}: {exc}): write "
+            "{cluster} where the cluster name goes, and no other braces"
+        ) from None
+
+
 def check_cluster_name(name: str) -> None:
     if not CLUSTER_NAME.match(name):
         raise InvalidRequest(
@@ -128,7 +140,7 @@ def _coerce(kind: Any, raw: Any, key: str) -> Any:
             return int(raw)
         if kind in ("float", float):
             return float(raw)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise InvalidRequest(f"setting {key} must be a number, got {raw!r}") from None
     return raw
 
@@ -149,12 +161,10 @@ def _service_defaults() -> dict[str, Any]:
 def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     values: dict[str, Any] = _service_defaults()
     kinds = {f.name: f.type for f in fields(Settings)}
-    config_path = Path(path or os.environ.get("REPLICATOR_CONFIG", "replicator.toml"))
-    if config_path.exists():
-        try:
-            data = tomllib.loads(config_path.read_text())
-        except tomllib.TOMLDecodeError as exc:
-            raise InvalidRequest(f"settings file {config_path} is not valid TOML: {exc}") from None
+    named = path or os.environ.get("REPLICATOR_CONFIG")
+    config_path = Path(named or "replicator.toml")
+    if named or config_path.exists():  # a file asked for by name must be there
+        data = _read_toml(config_path)
         for key, raw in data.items():
             if key == "clusters":
                 values["clusters"], values["transfer_secrets"] = _clusters(raw, config_path)
@@ -179,6 +189,23 @@ def load_settings(path: str | os.PathLike[str] | None = None) -> Settings:
     for name in (*clusters, *secrets):
         check_cluster_name(name)
     return Settings(**values)
+
+
+def _read_toml(config_path: Path) -> dict[str, Any]:
+    if config_path.is_dir():
+        raise InvalidRequest(f"settings file {config_path} is a directory: name a TOML file")
+    try:
+        return tomllib.loads(config_path.read_text())
+    except FileNotFoundError:
+        raise InvalidRequest(
+            f"settings file {config_path} does not exist (REPLICATOR_CONFIG names it)"
+        ) from None
+    except OSError as exc:
+        raise InvalidRequest(
+            f"settings file {config_path} cannot be read: {exc.strerror}"
+        ) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"settings file {config_path} is not valid TOML: {exc}") from None
 
 
 def _clusters(raw: Any, config_path: Path) -> tuple[dict[str, str], dict[str, str]]:

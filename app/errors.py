@@ -86,6 +86,11 @@ class TargetDiverged(UserError):
     replace those rows. Refused unless the caller asks for an overwrite."""
 
 
+class AccessDenied(UserError):
+    """A service refused our credentials (Postgres: a wrong user or password): fix the settings;
+    trying again as we are cannot help."""
+
+
 class SetupError(UserError):
     """The machine is not ready for what was asked (a port taken, a service or tool missing)."""
 

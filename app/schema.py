@@ -16,6 +16,7 @@ from typing import Any
 import pyarrow as pa
 import xxhash
 
+from app.catalog.names import check_name
 from app.errors import InvalidRequest, SchemaMismatch
 from app.timestamps import arrow_tz_type, check_zones, normalize_tz_type, parse_datetime_bound
 
@@ -113,8 +114,7 @@ def columns_from(specs: Sequence[ColumnDef | str | tuple[str, str]]) -> list[Col
         raise InvalidRequest("a table needs at least one column")
     seen: set[str] = set()
     for col in cols:
-        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", col.name):
-            raise InvalidRequest(f"column name {col.name!r} is not a valid identifier")
+        check_name("column", col.name)
         if col.name in seen:
             raise InvalidRequest(f"column {col.name!r} is defined twice")
         seen.add(col.name)
@@ -163,13 +163,23 @@ def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(arrays, schema=schema)
 
 
+def _in_range(type_name: str, value: int) -> int:
+    """``value`` if an ``intN`` column can hold it (a bound past that overflows in routing)."""
+    limit = 2 ** (int(type_name.removeprefix("int")) - 1)
+    if not -limit <= value < limit:
+        raise InvalidRequest(
+            f"partition bound {value} is out of range for {type_name} ({-limit} to {limit - 1})"
+        )
+    return value
+
+
 def parse_value(type_name: str, raw: Any) -> Any:
     """Parse a partition bound given as text (CLI) or a Python value into a JSON-able value."""
     if raw is None:
         return None
     try:
         if type_name.startswith("int"):
-            return int(raw)
+            return _in_range(type_name, int(raw))
         if type_name == "date":
             return (
                 raw if isinstance(raw, dt.date) else dt.date.fromisoformat(str(raw))
@@ -178,7 +188,7 @@ def parse_value(type_name: str, raw: Any) -> Any:
             return parse_datetime_bound(type_name, raw)
         if type_name == "string":
             return str(raw)
-    except ValueError:
+    except (ValueError, TypeError, OverflowError):
         raise InvalidRequest(f"partition bound {raw!r} is not a valid {type_name}") from None
     raise InvalidRequest(
         f"a {type_name} column cannot be a partition column: "

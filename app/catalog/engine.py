@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import threading
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine, make_url
 
-from app.errors import NotFound, StorageUnavailable
+from app.errors import AccessDenied, NotFound, ReplicatorError, StorageUnavailable
 
 _engines: dict[str, tuple[int, Engine]] = {}
 _lock = threading.Lock()
@@ -56,6 +57,36 @@ def dispose_all() -> None:
         _engines.clear()
 
 
+# Postgres refusing who we are (SQLSTATE class 28), not failing to answer: retrying cannot help.
+_LOGIN_REFUSED = re.compile(
+    r"password authentication failed|authentication failed|role \".*\" does not exist|"
+    r"no pg_hba\.conf entry|no password supplied|permission denied for database",
+    re.IGNORECASE,
+)
+
+
+def one_line(exc: object) -> str:
+    """An error's text on one line (Postgres and psycopg messages span several)."""
+    return " ".join(str(exc).split())
+
+
+def login_refused(exc: sa.exc.DBAPIError) -> bool:
+    """Whether Postgres refused the login (bad user, password or pg_hba rule)."""
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    return sqlstate.startswith("28") or bool(_LOGIN_REFUSED.search(str(exc.orig)))
+
+
+def unreachable(exc: sa.exc.DBAPIError, what: str) -> ReplicatorError:
+    """The error for a failed connection to Postgres: AccessDenied (fix the settings) when the
+    login was refused, otherwise StorageUnavailable (try again later)."""
+    if login_refused(exc):
+        return AccessDenied(
+            f"Postgres refused the login {what}: {one_line(exc.orig)}; check the user and "
+            "password in the cluster's DSN (dsn_template, REPLICATOR_PG_URL)"
+        )
+    return StorageUnavailable(f"cannot reach Postgres {what}: {one_line(exc.orig)}")
+
+
 def _admin_engine(dsn: str) -> tuple[Engine, str]:
     url = make_url(dsn)
     name = url.database
@@ -74,7 +105,7 @@ def database_exists(dsn: str) -> bool:
             ).first()
             return found is not None
     except sa.exc.OperationalError as exc:
-        raise StorageUnavailable(f"cannot reach Postgres for {name}: {exc.orig}") from exc
+        raise unreachable(exc, f"for {name}") from exc
     finally:
         admin.dispose()
 
@@ -97,7 +128,7 @@ def create_database(dsn: str) -> bool:
             finally:
                 conn.execute(sa.text("SELECT pg_advisory_unlock(hashtext(:n))"), {"n": name})
     except sa.exc.OperationalError as exc:
-        raise StorageUnavailable(f"cannot reach Postgres to create {name}: {exc.orig}") from exc
+        raise unreachable(exc, f"to create {name}") from exc
     finally:
         admin.dispose()
 

@@ -12,7 +12,8 @@ from sqlalchemy.dialects.postgresql import aggregate_order_by
 
 from app.catalog import schema as s
 from app.catalog.arrays import any_of
-from app.errors import InvalidRequest, NotFound
+from app.catalog.names import split_table_name as split_table_name
+from app.errors import NotFound
 from app.schema import ColumnDef, arrow_schema
 from app.storage.rowsets import RowsetState
 
@@ -85,13 +86,6 @@ class RowsetInfo:
     num_rows: int
     data_size: int
     files: tuple[dict[str, Any], ...]
-
-
-def split_table_name(full_name: str) -> tuple[str, str]:
-    parts = full_name.split(".")
-    if len(parts) != 2 or not all(parts):
-        raise InvalidRequest(f"table {full_name!r} must be written DATABASE.TABLE")
-    return parts[0], parts[1]
 
 
 def find_table(conn: sa.Connection, full_name: str, cluster: str = "") -> TableInfo | None:

@@ -118,7 +118,7 @@ def make_plan(
         dst_backends = model.list_backends(conn)
     _check_target(pair, src_table, dst_table, dst_backends, create_target)
     plan = Plan(src_table, dst_table)
-    dst_by_name = {p.name: p for p in dst_parts}
+    dst_by_name = _dst_by_name(src_table, src_parts, dst_table, dst_parts)
     wanted = _wanted(pair, src_parts, partitions)
     diverged = [
         _divergence(sp, dst_by_name[sp.name])
@@ -146,6 +146,22 @@ def make_plan(
     if dst_table is not None:
         plan.tablets = _pair_tablets(plan.partitions, src_table.buckets, src_tablets, dst_tablets)
     return plan
+
+
+def _dst_by_name(
+    src: TableInfo, src_parts: list[Any], dst: TableInfo | None, dst_parts: list[Any]
+) -> dict[str, Any]:
+    """Target partitions by the name of the source partition they pair with: their own name,
+    but an unpartitioned table's one partition is named after its table, so two of them pair
+    whatever their tables are called."""
+    if (
+        dst is not None
+        and src.partition_column is None
+        and dst.partition_column is None
+        and len(src_parts) == len(dst_parts) == 1
+    ):
+        return {src_parts[0].name: dst_parts[0]}
+    return {p.name: p for p in dst_parts}
 
 
 def _check_target(
@@ -256,13 +272,19 @@ def _pair_tablets(
     return pairs
 
 
+def _describe(col: Any) -> str:
+    """A column as a schema difference names it: type and nullability."""
+    if col is None:
+        return "absent"
+    return col.type if col.nullable else f"{col.type} not null"
+
+
 def _check_compatible(src: TableInfo, dst: TableInfo, pair: TablePair) -> None:
     if src.schema_hash != dst.schema_hash:
         s_cols = {c.name: c for c in src.columns}
         d_cols = {c.name: c for c in dst.columns}
         diffs = [
-            f"{n}: {s_cols[n].type if n in s_cols else 'absent'} vs "
-            f"{d_cols[n].type if n in d_cols else 'absent'}"
+            f"{n}: {_describe(s_cols.get(n))} vs {_describe(d_cols.get(n))}"
             for n in sorted(set(s_cols) | set(d_cols))
             if (s_cols.get(n) != d_cols.get(n))
         ] or ["column order"]
@@ -288,6 +310,15 @@ def _check_compatible(src: TableInfo, dst: TableInfo, pair: TablePair) -> None:
         )
 
 
+def target_replication_num(dst: Cluster, src: TableInfo, replication_num: int | None) -> int:
+    """The replicas a created target gets: as asked, or the source's (at most one per active
+    backend of the target)."""
+    if replication_num is not None:
+        return replication_num
+    active = [b for b in dst.backends() if b.state == "ACTIVE"]
+    return min(src.replication_num, len(active))
+
+
 def create_target_like(
     dst: Cluster,
     pair: TablePair,
@@ -295,7 +326,6 @@ def create_target_like(
     src_parts: list[model.PartitionInfo],
     replication_num: int | None,
 ) -> TableInfo:
-    active = [b for b in dst.backends() if b.state == "ACTIVE"]
     return dst.create_table(
         pair.dst_table,
         list(src.columns),
@@ -305,7 +335,7 @@ def create_target_like(
         else [],
         distributed_by=list(src.distribution_columns),
         buckets=src.buckets,
-        replication_num=replication_num or min(src.replication_num, len(active)),
+        replication_num=target_replication_num(dst, src, replication_num),
     )
 
 

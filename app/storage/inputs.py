@@ -49,22 +49,52 @@ def read_batches(
             raise InvalidRequest(f"rows cannot be read as a table: {exc}") from None
 
 
+FORMATS = {
+    "parquet": "parquet",
+    "pq": "parquet",
+    "csv": "csv",
+    "tbl": "csv",
+    "txt": "csv",
+    "arrow": "arrow",
+    "feather": "arrow",
+    "ipc": "arrow",
+    "arrows": "arrow",
+}
+
+
+def check_source(source: LoadSource, fmt: str | None) -> None:
+    """Refuse at once what cannot be read at all: an unknown format, a missing file, a
+    directory."""
+    if fmt is not None and fmt.lower() not in FORMATS:
+        raise InvalidRequest(f"unknown format {fmt!r}: use parquet, csv or arrow")
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        if path.is_dir():
+            raise InvalidRequest(f"input {path} is a directory: name a file")
+        if not path.is_file():
+            raise NotFound(f"input file {path} does not exist")
+        if fmt is None and path.suffix.lstrip(".").lower() not in FORMATS:
+            raise InvalidRequest(
+                f"cannot tell the format of {path}: name it .parquet, .csv or .arrow, "
+                "or pass the format explicitly"
+            )
+
+
 def _read_file(path: Path, schema: pa.Schema, fmt: str | None) -> Iterator[pa.RecordBatch]:
-    if not path.is_file():
-        raise NotFound(f"input file {path} does not exist")
-    kind = (fmt or path.suffix.lstrip(".")).lower()
+    check_source(path, fmt)
+    kind = FORMATS[(fmt or path.suffix.lstrip(".")).lower()]
     try:
-        if kind in ("parquet", "pq"):
+        if kind == "parquet":
             with pq.ParquetFile(path) as pf:
                 yield from pf.iter_batches(batch_size=BATCH_ROWS)
-        elif kind in ("csv", "tbl", "txt"):
+        elif kind == "csv":
             convert = pacsv.ConvertOptions(
                 column_types={f.name: f.type for f in schema}, strings_can_be_null=True
             )
             read = pacsv.ReadOptions(block_size=16 * 1024 * 1024)
             with pacsv.open_csv(path, read_options=read, convert_options=convert) as csv_reader:
                 yield from csv_reader
-        elif kind in ("arrow", "feather", "ipc", "arrows"):
+        else:
             with pa.memory_map(str(path)) as mm:
                 try:
                     ipc_file = pa.ipc.open_file(mm)
@@ -73,12 +103,7 @@ def _read_file(path: Path, schema: pa.Schema, fmt: str | None) -> Iterator[pa.Re
                 except pa.ArrowInvalid:
                     mm.seek(0)
                     yield from pa.ipc.open_stream(mm)
-        else:
-            raise InvalidRequest(
-                f"cannot tell the format of {path}: name it .parquet, .csv or .arrow, "
-                "or pass the format explicitly"
-            )
-    except (pa.ArrowInvalid, OSError) as exc:
+    except (pa.ArrowException, OSError) as exc:
         reason = _zone_hint(str(exc).splitlines()[0])
         raise InvalidRequest(f"cannot read {path} as {kind}: {reason}") from None
 

@@ -22,12 +22,14 @@ from app.catalog import model
 from app.catalog import schema as s
 from app.catalog.arrays import any_of
 from app.catalog.model import Backend, TableInfo
+from app.catalog.names import check_label
 from app.cluster import Cluster, new_epoch
 from app.errors import InvalidRequest, LabelConflict, StorageUnavailable
 from app.rowhash import ContentChecksum, bucket_of
 from app.schema import conform
 from app.storage.client import rowset_dir, storage_for
 from app.storage.inputs import LoadSource as LoadSource
+from app.storage.inputs import check_source
 from app.storage.inputs import read_batches as read_batches
 from app.storage.routing import PartitionRouter as PartitionRouter
 from app.storage.rowsets import RowsetState, RowsetWriter, new_rowset_id
@@ -89,8 +91,8 @@ class Loader:
         overwrite: bool = False,
         fmt: str | None = None,
     ) -> LoadResult:
-        if not label or len(label) > 128:
-            raise InvalidRequest("a load needs a label of 1 to 128 characters")
+        check_label(label)
+        check_source(source, fmt)  # a missing file or unknown format begins no transaction
         with self.engine.connect() as conn:
             table = model.get_table(conn, full_name, self.cluster.name)
             existing = txns.find_by_label(conn, table.db_id, label)

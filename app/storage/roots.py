@@ -48,6 +48,17 @@ def _known_roots(settings: Settings, cluster: str) -> Iterator[tuple[str, str, s
             yield name, backend, root
 
 
+def make_root(root: str) -> None:
+    """Create the storage root directory (and its parents) if missing."""
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError as exc:
+        raise InvalidRequest(
+            f"storage root {root} cannot be made: {exc.strerror}; give a directory this user "
+            "may create"
+        ) from None
+
+
 def check_new_root(settings: Settings, cluster: str, backend: str, root: str) -> None:
     """Refuse ``root`` for ``cluster``/``backend`` unless it is a directory (or can be one)
     that no other backend owns or overlaps."""

@@ -10,11 +10,12 @@ import sys
 from typing import Any
 
 import typer
-from rich.markup import escape
 
 from app.errors import ReplicatorError, UserError, redact
 from frontends.cli import clusters, export, jobs, processes, transfer, watch
 from frontends.cli.apps import cli, err
+from frontends.cli.failures import describe
+from frontends.cli.render import safe
 
 __all__ = ["cli", "clusters", "export", "jobs", "main", "processes", "transfer", "watch"]
 
@@ -23,18 +24,25 @@ def main(argv: list[str] | None = None) -> Any:
     try:
         return cli(args=argv, standalone_mode=False)
     except UserError as exc:
-        err.print(f"[red]error:[/] {escape(redact(str(exc)))}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _fail(2, str(exc))
     except ReplicatorError as exc:
-        err.print(f"[red]error:[/] {escape(redact(str(exc)))}", highlight=False, soft_wrap=True)
-        sys.exit(3)
+        _fail(3, str(exc))
     except typer.Abort:
         sys.exit(130)
     except Exception as exc:  # click usage errors arrive here with standalone_mode=False
         if isinstance(exc, _click_exceptions()):
             exc.show()  # type: ignore[attr-defined]
             sys.exit(exc.exit_code)  # type: ignore[attr-defined]
-        raise
+        known = describe(exc)  # a file, a database or a value error: still one line
+        if known is None:
+            raise
+        _fail(*known)
+
+
+def _fail(code: int, message: str) -> None:
+    """The one line of a failed command, on stderr: no secrets, no markup, no control codes."""
+    err.print(f"[red]error:[/] {safe(redact(message))}", highlight=False, soft_wrap=True)
+    sys.exit(code)
 
 
 def _click_exceptions() -> tuple[type[BaseException], ...]:

@@ -12,6 +12,7 @@ from rich.table import Table
 from app.cluster import PartitionSpec
 from app.queues import queue_name
 from frontends.cli.apps import backend_cli, cli, cluster_cli, connect, out, table_cli
+from frontends.cli.render import safe
 
 
 @cluster_cli.command("init")
@@ -30,7 +31,8 @@ def cluster_init(name: str) -> None:
 def backend_add(
     cluster: str,
     name: str,
-    storage: Annotated[Path, typer.Option("--storage", help="Storage root directory")],
+    # A str, not a Path: Path("") is ".", which would make an empty --storage the cwd.
+    storage: Annotated[str, typer.Option("--storage", help="Storage root directory")],
     transfer_url: Annotated[
         str | None,
         typer.Option(
@@ -39,10 +41,13 @@ def backend_add(
     ] = None,
 ) -> None:
     """Add a backend (queue be.CLUSTER.NAME) with its storage root (again: update its URL)."""
-    b = connect().cluster(cluster).add_backend(name, str(storage), transfer_url)
+    b = connect().cluster(cluster).add_backend(name, storage, transfer_url)
     queue = queue_name(cluster, b.name)
-    where = f" transfer {b.transfer_url}" if b.transfer_url else ""
-    out.print(f"backend {b.name} ({b.state}) storage {b.storage_root} queue {queue}{where}")
+    where = f" transfer {safe(b.transfer_url)}" if b.transfer_url else ""
+    out.print(
+        f"backend {safe(b.name)} ({b.state}) storage {safe(b.storage_root)} "
+        f"queue {safe(queue)}{where}"
+    )
 
 
 @backend_cli.command("list")
@@ -51,7 +56,11 @@ def backend_list(cluster: str) -> None:
     t = Table("name", "state", "storage", "queue", "transfer")
     for b in connect().cluster(cluster).backends():
         t.add_row(
-            b.name, b.state, b.storage_root, queue_name(cluster, b.name), b.transfer_url or ""
+            safe(b.name),
+            safe(b.state),
+            safe(b.storage_root),
+            safe(queue_name(cluster, b.name)),
+            safe(b.transfer_url),
         )
     out.print(t)
 
@@ -60,7 +69,7 @@ def backend_list(cluster: str) -> None:
 def backend_decommission(cluster: str, name: str) -> None:
     """Stop placing tablets on a backend that holds no replicas."""
     b = connect().cluster(cluster).decommission_backend(name)
-    out.print(f"backend {b.name} is {b.state}")
+    out.print(f"backend {safe(b.name)} is {b.state}")
 
 
 @table_cli.command("create")
@@ -91,7 +100,7 @@ def table_create(
         )
     )
     out.print(
-        f"table {info.full_name} created: schema hash {info.schema_hash}, "
+        f"table {safe(info.full_name)} created: schema hash {info.schema_hash}, "
         f"{info.buckets} buckets, replication_num {info.replication_num}"
     )
 
@@ -102,9 +111,9 @@ def table_list(cluster: str) -> None:
     t = Table("table", "columns", "partition by", "buckets", "replicas", "schema hash")
     for info in connect().cluster(cluster).tables():
         t.add_row(
-            info.full_name,
+            safe(info.full_name),
             str(len(info.columns)),
-            info.partition_column or "-",
+            safe(info.partition_column or "-"),
             str(info.buckets),
             str(info.replication_num),
             str(info.schema_hash),
@@ -117,11 +126,12 @@ def table_show(cluster: str, table: str) -> None:
     """Show a table's columns and partitions."""
     handle = connect().cluster(cluster)
     info = handle.table(table)
-    out.print(f"[bold]{info.full_name}[/] schema hash {info.schema_hash}")
-    out.print("columns: " + ", ".join(f"{c.name} {c.type}" for c in info.columns))
+    out.print(f"[bold]{safe(info.full_name)}[/] schema hash {info.schema_hash}")
+    out.print("columns: " + ", ".join(f"{safe(c.name)} {safe(c.type)}" for c in info.columns))
     t = Table("partition", "range", "version", "epoch")
     for p in handle.partitions(table):
-        t.add_row(p.name, f"[{p.lower}, {p.upper})", str(p.visible_version), str(p.version_epoch))
+        bounds = safe(f"[{p.lower}, {p.upper})")
+        t.add_row(safe(p.name), bounds, str(p.visible_version), str(p.version_epoch))
     out.print(t)
 
 
@@ -141,9 +151,11 @@ def load(
         .load(table, str(path), label=label, overwrite=overwrite, format=format)
     )
     if res.already_loaded:
-        out.print(f"label {label} was already loaded (transaction {res.txn_id}); nothing to do")
+        out.print(
+            f"label {safe(label)} was already loaded (transaction {res.txn_id}); nothing to do"
+        )
         return
-    versions = ", ".join(f"{p}=v{v}" for p, v in res.versions.items())
+    versions = ", ".join(f"{safe(p)}=v{v}" for p, v in res.versions.items())
     out.print(f"loaded {res.rows} rows, {res.files} files, {res.bytes} bytes; {versions}")
 
 
@@ -180,5 +192,5 @@ def checksum(
     """Per partition: version, epoch, row count and an order-independent content checksum."""
     t = Table("partition", "version", "epoch", "rows", "checksum")
     for c in connect().cluster(cluster).checksum(table, partition):
-        t.add_row(c.partition, str(c.version), str(c.epoch), str(c.rows), c.checksum)
+        t.add_row(safe(c.partition), str(c.version), str(c.epoch), str(c.rows), c.checksum)
     out.print(t)

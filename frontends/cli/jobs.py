@@ -7,14 +7,13 @@ from collections import Counter, defaultdict
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from app.client import Job, Replicator
 from app.errors import JobTimeout, ReplicatorError
 from app.replication.taskrows import TaskKind, TaskState
 from frontends.cli.apps import cli, connect, err, job_cli, jobs_cli, out
-from frontends.cli.render import duration, size
+from frontends.cli.render import duration, safe, size
 
 
 @cli.command("replicate")
@@ -43,15 +42,15 @@ def replicate(
         overwrite=overwrite,
     )
     out.print(
-        f"job {job.ref} ({job.label}): {job.state}"
-        + (f" - {escape(job.message)}" if job.message else "")
+        f"job {safe(job.ref)} ({safe(job.label)}): {job.state}"
+        + (f" - {safe(job.message)}" if job.message else "")
     )
     if not wait or job.state.final:
         if job.state == "ABORTED":
             sys.exit(1)
         return
     _wait_with_bar(job, timeout)
-    out.print(f"job {job.ref}: {job.state} - {escape(job.message or '')}")
+    out.print(f"job {safe(job.ref)}: {job.state} - {safe(job.message)}")
     if job.state != "COMMITTED":
         sys.exit(1)
 
@@ -68,13 +67,13 @@ def _wait_with_bar(job: Job, timeout: float) -> None:
         console=err,
         transient=True,
     ) as bar:
-        task = bar.add_task(job.ref, total=None)
+        task = bar.add_task(safe(job.ref), total=None)
         try:
             for seen in job.watch(timeout=timeout, poll=0.2, max_poll=0.5):
                 p = seen.progress
                 bar.update(
                     task,
-                    description=f"{seen.ref} {seen.state}",
+                    description=f"{safe(seen.ref)} {seen.state}",
                     completed=p.bytes_done,
                     total=p.bytes_total or None,
                 )
@@ -106,13 +105,13 @@ def jobs(
         for job in r.jobs(name, state=state, limit=limit):
             rec = job.record
             t.add_row(
-                rec.ref,
-                rec.label,
-                rec.state,
-                rec.src,
-                rec.dst,
+                safe(rec.ref),
+                safe(rec.label),
+                safe(rec.state),
+                safe(rec.src),
+                safe(rec.dst),
                 rec.created_at.strftime("%Y-%m-%d %H:%M:%S"),
-                escape(rec.message or ""),
+                safe(rec.message),
             )
     out.print(t)
 
@@ -142,10 +141,15 @@ def job_show(
 
 def _print_header(job: Job) -> None:
     rec = job.record
-    out.print(f"[bold]job {rec.ref}[/] {rec.label}: [bold]{rec.state}[/] {rec.src} → {rec.dst}")
+    out.print(
+        f"[bold]job {safe(rec.ref)}[/] {safe(rec.label)}: [bold]{safe(rec.state)}[/] "
+        f"{safe(rec.src)} → {safe(rec.dst)}"
+    )
     ended = rec.finished_at.strftime("%Y-%m-%d %H:%M:%S") if rec.finished_at else "-"
     took = (rec.finished_at - rec.created_at).total_seconds() if rec.finished_at else None
-    opts = ", ".join(f"{k}={v}" for k, v in sorted(rec.options.items()) if v not in (None, False))
+    opts = safe(
+        ", ".join(f"{k}={v}" for k, v in sorted(rec.options.items()) if v not in (None, False))
+    )
     out.print(
         f"created {rec.created_at:%Y-%m-%d %H:%M:%S}, finished {ended}"
         + (f" ({duration(took)})" if took is not None else "")
@@ -154,7 +158,7 @@ def _print_header(job: Job) -> None:
         + (", cancel requested" if rec.cancel_requested and not rec.state.final else "")
     )
     if rec.message:
-        out.print(f"message: {escape(rec.message)}")
+        out.print(f"message: {safe(rec.message)}")
     p = job.progress
     out.print(
         f"progress: snapshots {p.snapshots_done}/{p.snapshots_total} "
@@ -176,8 +180,8 @@ def _plan_table(r: Replicator, job: Job) -> Table:
     for jp in job.partitions():
         cur = now.get(jp.partition_name)
         pt.add_row(
-            jp.partition_name,
-            jp.mode,
+            safe(jp.partition_name),
+            safe(jp.mode),
             f"{jp.src_version} ({jp.src_epoch})",
             f"{jp.dst_version} ({jp.dst_epoch})",
             f"{cur.visible_version} ({cur.version_epoch})" if cur else "-",
@@ -202,17 +206,17 @@ def _task_table(tasks: list[Any]) -> Table:
     for task in tasks:
         tt.add_row(
             str(task.id),
-            task.kind,
-            task.partition_name,
+            safe(task.kind),
+            safe(task.partition_name),
             str(task.bucket),
-            task.queue,
-            task.state,
+            safe(task.queue),
+            safe(task.state),
             str(task.attempts),
             str(task.bytes_total)
             if task.kind == TaskKind.SNAPSHOT
             else f"{task.bytes_done}/{task.bytes_total}",
-            task.worker or "",
-            escape(task.error or ""),
+            safe(task.worker),
+            safe(task.error),
         )
     return tt
 
@@ -236,8 +240,8 @@ def _grouped_task_table(tasks: list[Any]) -> Table:
         done_b = sum(x.bytes_done for x in rows)
         total_b = sum(x.bytes_total for x in rows)
         gt.add_row(
-            kind,
-            queue,
+            safe(kind),
+            safe(queue),
             str(len(rows)),
             *[str(c.get(x, 0) or "") for x in states],
             str(sum(max(x.attempts - 1, 0) for x in rows) or ""),
@@ -256,7 +260,7 @@ def _error_table(tasks: list[Any]) -> Table | None:
     et = Table("count", "tasks", "error", title="task errors")
     for message, ids in sorted(errors.items(), key=lambda kv: -len(kv[1]))[:10]:
         shown = ", ".join(map(str, ids[:5])) + (", …" if len(ids) > 5 else "")
-        et.add_row(str(len(ids)), shown, escape(message))
+        et.add_row(str(len(ids)), shown, safe(message))
     return et
 
 
@@ -265,10 +269,10 @@ def _event_table(job: Job) -> Table:
     for e in job.events:
         ev.add_row(
             e.at.strftime("%H:%M:%S.%f")[:-3],
-            e.from_state or "",
-            e.to_state,
-            escape(e.reason),
-            e.actor or "",
+            safe(e.from_state),
+            safe(e.to_state),
+            safe(e.reason),
+            safe(e.actor),
         )
     return ev
 
@@ -278,6 +282,6 @@ def job_cancel(ref: Annotated[str, typer.Argument(help="CLUSTER:ID")]) -> None:
     """Abort a job: the target stays exactly as it was."""
     job = connect().job(ref)
     if job.cancel():
-        out.print(f"job {job.ref}: cancel requested; the coordinator aborts it")
+        out.print(f"job {safe(job.ref)}: cancel requested; the coordinator aborts it")
     else:
-        out.print(f"job {job.ref} already finished as {job.state}; nothing to cancel")
+        out.print(f"job {safe(job.ref)} already finished as {job.state}; nothing to cancel")

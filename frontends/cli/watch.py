@@ -8,14 +8,13 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any
 
 import typer
-from rich.markup import escape
 from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
 from app.client import Replicator
 from app.errors import ReplicatorError
 from frontends.cli.apps import connect, jobs_cli, out
 from frontends.cli.jobs import cluster_names
-from frontends.cli.render import duration, size
+from frontends.cli.render import duration, safe, size
 
 
 @dataclass(frozen=True)
@@ -132,16 +131,19 @@ class Watcher:
                 for row in _active_jobs(self.r, name):
                     active[f"{name}:{row.id}"] = row
             except ReplicatorError as exc:
-                self.console.print(f"[yellow]cluster {name}: {exc}[/]")
+                self.console.print(f"[yellow]cluster {safe(name)}: {safe(exc)}[/]")
         return active
 
     def show(self, ref: str, row: Any) -> None:
         assert self.bars is not None
         done, total, detail = _bar_values(row)
         age = duration(float(row.age or 0))
-        desc = f"[bold]{ref}[/] {row.src_cluster}:{row.src_table} → {row.dst_table} {row.state}"
+        desc = (
+            f"[bold]{safe(ref)}[/] {safe(row.src_cluster)}:{safe(row.src_table)} → "
+            f"{safe(row.dst_table)} {safe(row.state)}"
+        )
         if ref not in self.seen:
-            self.console.print(f"watching {ref} ({row.state})", highlight=False)
+            self.console.print(f"watching {safe(ref)} ({safe(row.state)})", highlight=False)
             self.seen[ref] = self.bars.add_task(
                 desc, total=total, completed=int(done), detail=detail, age=age
             )
@@ -166,12 +168,12 @@ class Watcher:
             colour = "green" if rec.state == "COMMITTED" else "red"
             self.aborted |= rec.state == "ABORTED"
             self.console.print(
-                f"[{colour}]{ref} {rec.state}[/] {rec.src} → {rec.dst} in {duration(took)}"
-                + (f" - {escape(rec.message)}" if rec.message else ""),
+                f"[{colour}]{safe(ref)} {rec.state}[/] {safe(rec.src)} → {safe(rec.dst)} "
+                f"in {duration(took)}" + (f" - {safe(rec.message)}" if rec.message else ""),
                 highlight=False,
             )
         except ReplicatorError as exc:
-            self.console.print(f"{ref}: {escape(str(exc))}", highlight=False)
+            self.console.print(f"{ref}: {safe(str(exc))}", highlight=False)
 
     def step(self) -> dict[str, Any]:
         active = self.active()

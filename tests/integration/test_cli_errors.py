@@ -218,7 +218,7 @@ def test_a_bad_command_prints_one_clear_line_exits_non_zero_and_changes_nothing(
     before, results, after = outcomes
     _args, words = _cases(inputs)[name]
     res = results[name]
-    assert res.returncode != 0, res.stdout
+    assert res.returncode == 2, res.stderr
     assert "Traceback" not in res.stderr
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1, res.stderr

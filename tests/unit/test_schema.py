@@ -82,7 +82,7 @@ def test_column_specs_parse_name_type_and_not_null() -> None:
         (["id"], "NAME:TYPE"),
         (["id:int64:maybe"], "may only be 'not null'"),
         (["id:int64", "id:string"], "defined twice"),
-        (["1id:int64"], "not a valid identifier"),
+        (["1id:int64"], "column name '1id' is not valid"),
         ([], "at least one column"),
     ],
 )
