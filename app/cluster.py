@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import itertools
 import os
-import re
 import secrets
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -22,6 +20,7 @@ from app.catalog.engine import database_exists, engine_for
 from app.catalog.migrate import current_revision, head_revision, upgrade
 from app.config import Settings, check_cluster_name
 from app.errors import AlreadyExists, InvalidRequest, NotFound
+from app.partition_spec import PartitionSpec as PartitionSpec
 from app.schema import ColumnDef, columns_from, parse_value, schema_hash
 from app.storage import roots
 from app.storage.marker import write_marker
@@ -31,29 +30,6 @@ from app.transfer import names
 def new_epoch() -> int:
     """A version epoch nobody else has: equal (version, epoch) then means equal history."""
     return secrets.randbits(62) + 1
-
-
-@dataclass(frozen=True)
-class PartitionSpec:
-    name: str
-    lower: Any = None  # inclusive; None = unbounded
-    upper: Any = None  # exclusive; None = unbounded
-
-    @staticmethod
-    def parse(spec: str) -> PartitionSpec:
-        """``NAME:LOWER:UPPER``, either bound may be empty (unbounded); a bound may be a time
-        of day with its own colons (``night:2026-01-01T00:00:00:2026-01-01T06:00:00+01:00``)."""
-        m = _PARTITION_SPEC.match(spec)
-        if m is None:
-            raise InvalidRequest(
-                f"partition {spec!r} must be written NAME:LOWER:UPPER (a bound may be empty)"
-            )
-        return PartitionSpec(m["name"], m["lower"] or None, m["upper"] or None)
-
-
-# A bound is an ISO date-time (whose colons are its own) or any text without a colon.
-_BOUND = r"(?:\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:\d{2})?|[^:]*)"
-_PARTITION_SPEC = re.compile(rf"^(?P<name>[^:]+):(?P<lower>{_BOUND}):(?P<upper>{_BOUND})$")
 
 
 # Catalog DSNs already found initialised and current in this process.
