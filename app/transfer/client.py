@@ -151,6 +151,13 @@ class Downloader:
         fd = os.open(dst_file_path, os.O_RDWR | os.O_CREAT, 0o644)
         with os.fdopen(fd, "r+b") as out:
             result.size = _continue_partial(out, meta.size, digest, self.chunk)
+            if result.size == meta.size:  # complete already (e.g. renamed by a crash too late)
+                if digest.hexdigest() == meta.checksum:
+                    return result
+                out.truncate(0)
+                out.seek(0)
+                digest.reset()
+                result.size = 0
             while True:
                 try:
                     self._get_into(url, token, meta, out, digest, result, on_progress)

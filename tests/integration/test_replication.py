@@ -3,6 +3,7 @@ source backends, two target backends and the coordinator."""
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import sys
 import time
@@ -388,9 +389,12 @@ def test_a_download_token_works_while_its_job_runs_and_not_after_a_cancel(
         )
     )
 
-    def download() -> int:
+    copies = itertools.count()
+
+    def download() -> int:  # into a new file each time: a complete one would need no request
         args = (source.transfer_url, source.name, tablet, rowset["id"], meta, token)
-        return downloader.fetch_to(*args, tmp_path / "copy").size  # type: ignore[arg-type]
+        dst = tmp_path / f"copy{next(copies)}"
+        return downloader.fetch_to(*args, dst).size  # type: ignore[arg-type]
 
     assert download() == meta.size  # the running job's token names this file: served, verified
     assert job.cancel() is True

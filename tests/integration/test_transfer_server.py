@@ -94,6 +94,17 @@ def test_a_partial_file_of_an_earlier_attempt_is_continued_not_fetched_again(
     dst.write_bytes(bytes(damaged))
     with pytest.raises(ChecksumMismatch):
         downloader.fetch_to(live.base, "be1", source.tablet, source.rowset, source.meta, token, dst)
+    # A complete file that verifies needs no request; one with wrong bytes is fetched again.
+    dst.write_bytes(whole)
+    result = downloader.fetch_to(
+        live.base, "be1", source.tablet, source.rowset, source.meta, token, dst
+    )
+    assert result.transferred == 0 and result.requests == 0 and dst.read_bytes() == whole
+    dst.write_bytes(bytes(damaged) + whole[MiB:])
+    result = downloader.fetch_to(
+        live.base, "be1", source.tablet, source.rowset, source.meta, token, dst
+    )
+    assert result.transferred == source.meta.size and dst.read_bytes() == whole
     # A partial file longer than the source's is dropped and the file fetched whole.
     dst.write_bytes(whole + b"extra")
     result = downloader.fetch_to(
