@@ -150,14 +150,9 @@ class Downloader:
         failures = 0
         fd = os.open(dst_file_path, os.O_RDWR | os.O_CREAT, 0o644)
         with os.fdopen(fd, "r+b") as out:
-            result.size = _continue_partial(out, meta.size, digest, self.chunk)
-            if result.size == meta.size:  # complete already (e.g. renamed by a crash too late)
-                if digest.hexdigest() == meta.checksum:
-                    return result
-                out.truncate(0)
-                out.seek(0)
-                digest.reset()
-                result.size = 0
+            result.size = _continue_partial(out, meta, digest, self.chunk)
+            if result.size == meta.size:  # complete and verified already: no request
+                return result
             while True:
                 try:
                     self._get_into(url, token, meta, out, digest, result, on_progress)
@@ -296,22 +291,22 @@ class Downloader:
                 return False  # longer than the manifest: the checksum check reports it
 
 
-def _continue_partial(out: Any, size: int, digest: xxhash.xxh3_64, chunk: int) -> int:
-    """Hash what ``out`` already holds (at most ``size`` bytes; longer is cut to nothing) and
-    leave it positioned at its end; returns how many bytes are there."""
+def _continue_partial(out: Any, meta: FileMeta, digest: xxhash.xxh3_64, chunk: int) -> int:
+    """Hash what ``out`` already holds and leave it positioned at its end; returns how many
+    bytes are there. Longer than the file, or complete with the wrong checksum: emptied."""
     have = os.fstat(out.fileno()).st_size
-    if have > size:
-        out.truncate(0)
-        return 0
     buffer = bytearray(chunk)
     view = memoryview(buffer)
     done = 0
-    while done < have:
+    while done < have <= meta.size:
         n = out.readinto(view[: min(chunk, have - done)])
         if not n:
             break
         digest.update(view[:n])
         done += n
+    if have > meta.size or (done == meta.size and digest.hexdigest() != meta.checksum):
+        digest.reset()
+        done = 0
     out.seek(done)
     out.truncate(done)
     return done
