@@ -91,15 +91,17 @@ def _run(
     except BaseException:
         nudge(cluster, job_id)
         raise
-    # Wake the coordinator only when it has something to decide: snapshots were taken (their
-    # applies can start), the phase is complete, or a task failed for good. Anything else
-    # (e.g. a retry after backoff) waits for the beat tick.
+    # Wake the coordinator only when it has something to decide: the phase is complete or a
+    # task failed for good. Anything else waits for the beat tick (every second), which also
+    # starts the applies of the snapshots taken so far. Not a nudge per snapshot message:
+    # measured (bench.transfer, 1.18 GiB), that made apply messages of one or two tablets and
+    # cost 2 CPU-seconds more than the 0.4 s it saved (6.9 s against 5.5 s).
     try:
         phase_done = runner.open_tasks(kind) == 0
     except Exception as exc:  # the work is recorded; the beat tick will notice either way
         log.warning("cannot tell whether job %s:%s finished its phase: %s", cluster, job_id, exc)
         phase_done = True
-    if outcome.failed or phase_done or (kind is TaskKind.SNAPSHOT and outcome.done):
+    if outcome.failed or phase_done:
         nudge(cluster, job_id)
     return {"job": f"{cluster}:{job_id}", **outcome.__dict__}
 
