@@ -119,7 +119,7 @@ MUTANTS = [
     ),
     Mutant(
         "cli: user errors exit 1",
-        (("frontends/cli/__init__.py", "sys.exit(2)", "sys.exit(1)"),),
+        (("frontends/cli/__init__.py", "_fail(2, str(exc))", "_fail(1, str(exc))"),),
         (IT + "test_cli_exit_codes.py::test_a_user_mistake_exits_2_with_one_error_line",),
     ),
 ]  # fmt: skip
