@@ -156,10 +156,15 @@ def _delete_stale_rowsets(
 ) -> int:
     """Delete the files of STALE rowsets no hold covers (in this cluster's own roots among
     ``backends``); with ``mark``, also mark them DELETED. Returns how many were collected."""
+    # FOR UPDATE keeps a new hold (whose insert locks the row FOR KEY SHARE) from landing on a
+    # rowset while its files go. A run that marks skips rows another run holds; one backend's
+    # run waits for them instead (in id order: no deadlock), since the rows stay STALE and its
+    # own copies still have to go (measured: two backends' runs at once, one deleted nothing).
     doomed = conn.execute(
         sa.select(s.rowsets.c.id, s.rowsets.c.tablet_id)
         .where(s.rowsets.c.state == RowsetState.STALE, s.rowsets.c.id.not_in(held))
-        .with_for_update(skip_locked=True)
+        .order_by(s.rowsets.c.id)
+        .with_for_update(skip_locked=mark)
     ).all()
     replica_rows = conn.execute(sa.select(s.replicas.c.tablet_id, s.replicas.c.backend_id)).all()
     by_tablet: dict[int, list[int]] = {}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,7 @@ from app.catalog import model
 from app.catalog import schema as s
 from app.client import ClusterHandle
 from app.errors import InvalidRequest
-from app.storage import holds
+from app.storage import gc, holds
 from tests.integration.rig import replica_paths
 
 LOADS = 4
@@ -235,3 +236,33 @@ def test_gc_removes_orphans_after_the_grace_period_and_staging_of_closed_transac
     assert report.staging_dirs == 0
     assert all(p.is_file() for p in live_paths)
     assert handle.checksum("db.t") == before
+
+
+def test_each_backend_run_deletes_its_own_copies_even_when_runs_overlap(make_cluster) -> None:
+    """The beat sends GC to each backend's queue: a run deletes that backend's copies only and
+    leaves the rows STALE (the other replicas' hosts may not have run yet). Two runs at once:
+    the second waits for the first's row locks instead of skipping the rows."""
+    handle = loaded_table(make_cluster)
+    handle.compact("db.t")
+    stale = rowset_rows(handle, "STALE")
+    by_backend: dict[str, list[Path]] = {}
+    for p in replica_paths(handle, stale):
+        root = next(b for b in handle.backends() if p.is_relative_to(b.storage_root))
+        by_backend.setdefault(root.name, []).append(p)
+    assert len(by_backend) >= 2
+    first, second = sorted(by_backend)[:2]
+    report = gc.collect(handle._cluster, backend=first)
+    assert report.deleted_rowsets == len(stale)
+    assert not any(p.exists() for p in by_backend[first])
+    assert all(p.is_file() for p in by_backend[second])  # another host's copies: not touched
+    assert len(rowset_rows(handle, "STALE")) == len(stale)  # not DELETED until they settle
+
+    # Another backend's run holds the rows (FOR UPDATE) while this one starts.
+    with ThreadPoolExecutor(1) as pool, handle.catalog.engine.begin() as conn:
+        stale_rows = sa.select(s.rowsets.c.id).where(s.rowsets.c.state == "STALE")
+        conn.execute(stale_rows.with_for_update())
+        running = pool.submit(gc.collect, handle._cluster, backend=second)
+        time.sleep(0.5)
+        assert not running.done()  # it waits for the rows, it does not skip them
+    assert running.result(timeout=30).deleted_rowsets == len(stale)
+    assert not any(p.exists() for p in by_backend[second])
