@@ -74,7 +74,7 @@ from bench.run import CpuMeter, GiB, _proc_tree, apply_bytes, log, phases, proc_
 from frontends.connect import replicator
 from frontends.netns import Host, HostProcs, Net, tcp_answers
 from frontends.servers import RedisServer
-from frontends.supervise import QUIET, NotReady, Proc, spawn
+from frontends.supervise import QUIET, Proc
 from workers.commands import backend_worker_argv, coordinator_argv
 
 MB = 1024 * 1024
@@ -120,36 +120,6 @@ class BridgePostgres(PrivatePostgres):
                   str(self.workdir / "postgres.log"), "-o", opts, "-w", "start"]  # fmt: skip
         subprocess.run(self._as_owner(pg_ctl), check=True, capture_output=True)
         return self
-
-
-class BridgeRedis(RedisServer):
-    """A private redis-server bound to the bridge address (only the run's subnet reaches it)."""
-
-    def __init__(self, workdir: Path, address: str) -> None:
-        super().__init__(workdir)
-        self.address = address
-
-    @property
-    def url(self) -> str:
-        return f"redis://{self.address}:{self.port}/0"
-
-    def start(self) -> BridgeRedis:
-        import redis
-
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        args = [self.binary, "--port", str(self.port), "--bind", self.address, "--save", "",
-                "--protected-mode", "no", "--appendonly", "no", "--dir", str(self.workdir),
-                "--maxmemory-policy", "noeviction"]  # fmt: skip
-        self.proc = spawn(args, self.workdir / f"redis-{self.port}.log")
-        client = redis.Redis(host=self.address, port=self.port, socket_connect_timeout=0.2)
-        deadline = time.monotonic() + 10
-        while True:
-            with contextlib.suppress(redis.exceptions.ConnectionError):
-                if client.ping():
-                    return self
-            if time.monotonic() > deadline:
-                raise NotReady([f"redis on {self.address}:{self.port}"], 10)
-            time.sleep(0.05)
 
 
 # -- the rig -------------------------------------------------------------------------------------
@@ -222,7 +192,7 @@ def rig(apply_per_backend: int, tablets_per_message: int) -> Iterator[Rig]:
         pg = BridgePostgres(pg_dir, net.gateway, str(net.subnet))
         stack.callback(pg.stop)
         pg.start()
-        redis = BridgeRedis(base / "redis", net.gateway)
+        redis = RedisServer(base / "redis", bind=net.gateway)
         stack.callback(redis.stop)
         redis.start()
         stack.callback(dispose_all)

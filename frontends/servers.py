@@ -28,7 +28,9 @@ class RedisTls:
 
 class RedisServer:
     """A redis-server of its own, on its own port, keeping nothing on disk; with ``password``,
-    clients must AUTH; with ``tls``, it listens only with TLS (``rediss://``)."""
+    clients must AUTH; with ``tls``, it listens only with TLS (``rediss://``); with ``bind``, on
+    that address instead of loopback (the multi-host rigs' bridge, which only their subnet
+    reaches)."""
 
     def __init__(
         self,
@@ -36,11 +38,13 @@ class RedisServer:
         port: int | None = None,
         password: str = "",
         tls: RedisTls | None = None,
+        bind: str = "127.0.0.1",
     ) -> None:
         self.workdir = workdir
         self.port = port or free_port()
         self.password = password
         self.tls = tls
+        self.address = bind
         self.proc: subprocess.Popen[bytes] | None = None
         binary = shutil.which("redis-server")
         if binary is None:
@@ -53,10 +57,14 @@ class RedisServer:
     def url(self) -> str:
         auth = f":{self.password}@" if self.password else ""
         scheme = "rediss" if self.tls else "redis"
-        return f"{scheme}://{auth}127.0.0.1:{self.port}/0"
+        return f"{scheme}://{auth}{self.address}:{self.port}/0"
 
     def _listen_args(self) -> list[str]:
         args = ["--requirepass", self.password] if self.password else []
+        if self.address != "127.0.0.1":
+            # Redis refuses clients from other addresses unless protected mode is off or a
+            # password is set; a bridge address is reached only from the rig's own subnet.
+            args += ["--protected-mode", "no"]
         if self.tls is None:
             return [*args, "--port", str(self.port)]
         return [
@@ -78,12 +86,12 @@ class RedisServer:
 
         self.workdir.mkdir(parents=True, exist_ok=True)
         args = [
-            self.binary, *self._listen_args(), "--bind", "127.0.0.1", "--save", "",
+            self.binary, *self._listen_args(), "--bind", self.address, "--save", "",
             "--appendonly", "no", "--dir", str(self.workdir), "--maxmemory-policy", "noeviction",
         ]  # fmt: skip
         self.proc = spawn(args, self.workdir / f"redis-{self.port}.log")
         client = redis.Redis(
-            "127.0.0.1", self.port, socket_connect_timeout=0.2, **self._ping_options()
+            self.address, self.port, socket_connect_timeout=0.2, **self._ping_options()
         )
         deadline = time.monotonic() + 10
         while not _pings(client):

@@ -36,8 +36,8 @@ from app.queues import queue_name
 from app.transfer import tls
 from frontends.netns import Host, HostProcs, Net, tcp_answers
 from frontends.servers import RedisServer
-from frontends.supervise import QUIET, Proc, free_port, spawn
-from tests.harness import PostgresServer, wait_until
+from frontends.supervise import QUIET, Proc, free_port
+from tests.harness import PostgresServer
 from workers.commands import backend_worker_argv, coordinator_argv
 
 SRC, DST = "mhsrc", "mhdst"
@@ -86,41 +86,6 @@ class BridgePostgres(PostgresServer):
         return self
 
 
-class BridgeRedis(RedisServer):
-    """A private redis-server bound to the bridge address."""
-
-    def __init__(self, workdir: Path, address: str) -> None:
-        super().__init__(workdir)
-        self.address = address
-
-    @property
-    def url(self) -> str:
-        return f"redis://{self.address}:{self.port}/0"
-
-    def start(self) -> BridgeRedis:
-        import redis
-
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        args = [
-            self.binary, "--port", str(self.port), "--bind", self.address, "--save", "",
-            # Clients come from the hosts' addresses, not loopback; only the run's subnet
-            # reaches the bridge.
-            "--protected-mode", "no",
-            "--appendonly", "no", "--dir", str(self.workdir), "--maxmemory-policy", "noeviction",
-        ]  # fmt: skip
-        self.proc = spawn(args, self.workdir / f"redis-{self.port}.log")
-        client = redis.Redis(host=self.address, port=self.port, socket_connect_timeout=0.2)
-        wait_until(lambda: _pings(client), 10, "redis on the bridge")
-        return self
-
-
-def _pings(client: Any) -> bool:
-    try:
-        return bool(client.ping())
-    except Exception:
-        return False
-
-
 @dataclass
 class Config:
     """Settings of the processes a test may want changed (restarting them)."""
@@ -134,7 +99,7 @@ class Config:
 class MultiHost:
     net: Net
     pg: BridgePostgres
-    redis: BridgeRedis
+    redis: RedisServer
     pki: dict[str, tls.ClusterPki]
     secrets: dict[str, str]
     base_env: dict[str, str]
@@ -325,14 +290,14 @@ def mh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiHost]:
     base = tmp_path_factory.mktemp("multihost")
     net = Net()
     pg: BridgePostgres | None = None
-    redis: BridgeRedis | None = None
+    redis: RedisServer | None = None
     procs: HostProcs | None = None
     try:
         net.create(["src", "dst", "coord"])
         assert net.subnet is not None
         pg = BridgePostgres(net.gateway, str(net.subnet))
         pg.init()
-        redis = BridgeRedis(base / "redis", net.gateway).start()
+        redis = RedisServer(base / "redis", bind=net.gateway).start()
         pki = tls.make_dev_pki(
             base / "pki",
             {
