@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 
+import redis
 from celery import Celery
 
+from app import broker
 from app.config import Settings
 from app.queues import COORDINATOR_QUEUE
 from workers.celery_app import celery
 from workers.celery_app import settings as own_settings
 from workers.security import client_key, configure
+
+log = logging.getLogger(__name__)
 
 _clients: dict[tuple[str, ...], Celery] = {}
 
@@ -26,6 +31,29 @@ def _send(client: Celery, cluster: str, job_id: int) -> None:
 
 def nudge(cluster: str, job_id: int) -> None:
     _send(celery, cluster, job_id)
+
+
+# A phase that completes in many small pieces (snapshot messages) wakes the coordinator at most
+# this often, so that the next phase (applies) starts on the first pieces instead of waiting
+# for the beat's next tick (up to a second) or for the whole phase. Not a tick per piece: that
+# makes apply messages of one or two tablets. Measured in bench.transfer (bench/RESULTS.md).
+NUDGE_EVERY_SEC = 0.25
+
+
+def nudge_soon(cluster: str, job_id: int, every_sec: float = NUDGE_EVERY_SEC) -> bool:
+    """Nudge unless this job was nudged this way less than ``every_sec`` ago (a Redis key that
+    expires, set only if absent: one winner among all workers). False when it did not nudge;
+    a broker error is not the caller's problem, the beat's tick covers for it."""
+    key = f"replicator:nudged:{cluster}:{job_id}"
+    try:  # redis-py, not kombu's connection: that one retries for seconds when Redis is down
+        client = broker.shared_client(own_settings)
+        if not client.set(key, "1", nx=True, px=max(1, int(every_sec * 1000))):
+            return False
+    except redis.RedisError as exc:  # an optimisation only: the beat tick covers
+        log.debug("no early nudge for %s:%s: %s", cluster, job_id, exc)
+        return False
+    nudge(cluster, job_id)
+    return True
 
 
 def notifier(settings: Settings) -> Callable[[str, int], None]:

@@ -33,6 +33,7 @@ from app.transfer import names
 from app.txn import TxnState
 
 PROGRESS_EVERY_SEC = 1.0
+_INSERT_ROWSETS = pg_insert(s.rowsets).on_conflict_do_nothing()
 FLUSH_EVERY_TASKS = 64
 FLUSH_EVERY_SEC = 1.0
 
@@ -227,8 +228,8 @@ def _flush(runner: TaskRunner, job: Any, applied: list[_Applied], out: BatchOutc
         if state != TxnState.PREPARE:
             raise LeaseLost(f"job {runner.job_id}'s transaction is {state}; dropping the apply")
         rows = [r for a in applied for r in a.rowsets]
-        if rows:
-            conn.execute(pg_insert(s.rowsets).values(rows).on_conflict_do_nothing())
+        if rows:  # executemany: one compiled statement, whatever the number of rows
+            conn.execute(_INSERT_ROWSETS, rows)
         out.done += taskrows.complete(
             conn,
             [

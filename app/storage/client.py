@@ -117,23 +117,28 @@ class LocalStorage:
 
     def __init__(self, root: str) -> None:
         self.root = root
+        self._real_root: str | None = None  # resolved once per client (clients are per task)
 
     def _abs(self, path: str) -> Path:
         """The absolute path of ``path``, refused (InvalidRequest) unless it is a clean
         relative path that, with symlinks resolved, lies inside the root: names reach here
         from other clusters' manifests, so this is checked before every open, rename and
         delete, whatever the caller already checked."""
-        if (
-            not path
-            or "\x00" in path
-            or path.startswith("/")
-            or any(part in ("", ".", "..") for part in path.split("/"))
-        ):
+        parts = path.split("/")
+        if not path or "\x00" in path or any(part in ("", ".", "..") for part in parts):
             raise InvalidRequest(
                 f"storage path {path[:80]!r} is not a clean relative path under {self.root}"
             )
-        real_root = os.path.realpath(self.root)
-        resolved = os.path.realpath(os.path.join(real_root, path))
+        if self._real_root is None:
+            self._real_root = os.path.realpath(self.root)
+        real_root = self._real_root
+        joined = os.path.join(real_root, path)
+        # A clean relative path leaves the root only through a symlink below it. Looking at
+        # its few components is enough when none is one; realpath (an lstat of every
+        # component from "/", twice) took a tenth of an apply's CPU, measured with cProfile.
+        if _no_links_below(real_root, parts):
+            return Path(joined)
+        resolved = os.path.realpath(joined)
         if not resolved.startswith(real_root.rstrip(os.sep) + os.sep):
             raise InvalidRequest(f"storage path {path[:80]!r} leaves the root {self.root}")
         return Path(resolved)
@@ -258,6 +263,24 @@ def _vanished_is_fine(
     """``shutil.rmtree``'s error handler: something removed meanwhile needs no removing."""
     if not isinstance(exc_info[1], FileNotFoundError):
         raise exc_info[1]
+
+
+def _no_links_below(real_root: str, parts: list[str]) -> bool:
+    """True when no component of ``parts`` under ``real_root`` is a symlink: each existing
+    one is a real directory or file (past the first missing one nothing exists to follow).
+    False when one is a link, or cannot be looked at: the caller resolves the path then."""
+    current = real_root
+    for part in parts:
+        current = f"{current}{os.sep}{part}"
+        try:
+            mode = os.lstat(current).st_mode
+        except FileNotFoundError:
+            return True
+        except OSError:
+            return False
+        if stat.S_ISLNK(mode):
+            return False
+    return True
 
 
 def storage_for(root: str) -> StorageClient:

@@ -72,6 +72,57 @@ def test_full_download_verified_on_a_kept_alive_connection(
     assert live.stats.opened == 2
 
 
+def test_a_body_is_read_straight_from_the_tls_object(
+    live: ThreadServer,
+    two_files: tuple[Source, Source],
+    pki: dict,  # type: ignore[type-arg]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """One call into the TLS object per record, not http.client's layers: SSLSocket.recv_into
+    (the layered path, once per 16 KiB record) runs only for what the buffered reader takes
+    first, about once per MiB, and the connection is still kept alive."""
+    layered: list[int] = []
+    recv_into = ssl.SSLSocket.recv_into
+
+    def counting(self: ssl.SSLSocket, *args: object, **kwargs: object) -> int:
+        layered.append(1)
+        return recv_into(self, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ssl.SSLSocket, "recv_into", counting)
+    source = two_files[0]  # 3 MiB + 17 bytes: about 190 records
+    downloader = client.Downloader(client_ssl(pki))
+    for i in range(2):
+        dst = tmp_path / f"got-{i}"
+        downloader.fetch_to(
+            live.base, "be1", source.tablet, source.rowset, source.meta, token_for(source), dst
+        )
+        assert checksum_file(dst) == (source.meta.size, source.meta.checksum)
+    assert 0 < len(layered) <= 2 * 8, len(layered)
+    assert downloader.pool.connection_from_url(live.base).num_connections == 1
+
+
+def test_plain_http_bodies_for_loopback_tests(
+    two_files: tuple[Source, Source], tmp_path: Path
+) -> None:
+    """Without TLS (transfer_mode = http, loopback tests only) the same reader uses recv_into."""
+    source = two_files[0]
+    plain = thread_server(source.root, None)
+    try:
+        base = f"http://127.0.0.1:{plain.port}"
+        downloader = client.Downloader(None)
+        for i in range(2):
+            dst = tmp_path / f"plain-{i}"
+            result = downloader.fetch_to(
+                base, "be1", source.tablet, source.rowset, source.meta, token_for(source), dst
+            )
+            assert checksum_file(dst) == (source.meta.size, source.meta.checksum)
+            assert result.transferred == source.meta.size
+        assert downloader.pool.connection_from_url(base).num_connections == 1
+    finally:
+        plain.stop()
+
+
 def test_a_partial_file_of_an_earlier_attempt_is_continued_not_fetched_again(
     live: ThreadServer, two_files: tuple[Source, Source], pki: dict, tmp_path: Path
 ) -> None:  # type: ignore[type-arg]

@@ -275,3 +275,37 @@ def test_a_symlink_that_leaves_the_root_is_refused(tmp_path: Path) -> None:
     with pytest.raises(InvalidRequest, match="leaves the root"):
         store.open_write("data/escape/x")
     assert list(outside.iterdir()) == []
+
+
+def test_a_file_symlink_that_leaves_the_root_is_refused_for_every_use(tmp_path: Path) -> None:
+    """The last component a link (the fast path looks at every component, not just dirs)."""
+    root = tmp_path / "root"
+    (root / "data" / "7").mkdir(parents=True)
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"not yours")
+    (root / "data" / "7" / "f").symlink_to(secret)
+    store = LocalStorage(str(root))
+    for call in (
+        lambda: store.open_read("data/7/f"),
+        lambda: store.open_write("data/7/f"),
+        lambda: store.size("data/7/f"),
+        lambda: store.local_path("data/7/f"),
+    ):
+        with pytest.raises(InvalidRequest, match="leaves the root"):
+            call()
+    assert secret.read_bytes() == b"not yours"
+
+
+def test_links_that_stay_inside_and_a_linked_root_are_allowed(tmp_path: Path) -> None:
+    real = tmp_path / "real"
+    (real / "data" / "7").mkdir(parents=True)
+    (real / "data" / "7" / "f").write_bytes(b"abc")
+    (real / "data" / "alias").symlink_to(real / "data" / "7")
+    linked_root = tmp_path / "root-link"
+    linked_root.symlink_to(real)
+    store = LocalStorage(str(linked_root))
+    assert store.size("data/alias/f") == 3
+    assert store.local_path("data/alias/f") == str(real / "data" / "7" / "f")
+    with store.open_write("data/8/new") as f:
+        f.write(b"x")
+    assert (real / "data" / "8" / "new").read_bytes() == b"x"

@@ -1,0 +1,54 @@
+"""workers.nudge.nudge_soon: snapshots that finish one after another wake the coordinator at
+most once per NUDGE_EVERY_SEC per job, through a key in the real broker; a broker that cannot
+be reached costs no error (the beat's tick covers)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from frontends.supervise import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+
+SCRIPT = textwrap.dedent(
+    """
+    import json, sys, time
+    import workers.nudge as n
+
+    sent = []
+    n.nudge = lambda cluster, job_id: sent.append([cluster, job_id])
+    job = int(sys.argv[1])
+    burst = [n.nudge_soon("c", job, every_sec=0.3) for _ in range(5)]
+    other = n.nudge_soon("c", job + 1, every_sec=0.3)
+    time.sleep(0.45)
+    later = n.nudge_soon("c", job, every_sec=0.3)
+    print(json.dumps({"burst": burst, "other": other, "later": later, "sent": sent}))
+    """
+)
+
+
+def _run(env: dict[str, str], job: int) -> dict[str, object]:
+    out = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(job)],
+        env=env, cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def test_one_nudge_per_window_per_job(test_env: dict[str, str]) -> None:
+    got = _run(test_env, 777001)
+    assert got["burst"] == [True, False, False, False, False]
+    assert got["other"] is True  # another job has its own window
+    assert got["later"] is True  # the window has passed
+    assert got["sent"] == [["c", 777001], ["c", 777002], ["c", 777001]]
+
+
+def test_an_unreachable_broker_is_no_error(test_env: dict[str, str]) -> None:
+    env = test_env | {"REPLICATOR_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    got = _run(env, 777100)
+    assert got["burst"] == [False] * 5 and got["sent"] == []
