@@ -105,9 +105,9 @@ def _compact_tablet(
     engine = cluster.engine
     txn, rowset_id = _begin(cluster, table, tablet)
     try:
-        writer, meta = _write_merged(table, tablet, rowset_id, inputs, replicas)
+        writer, metas = _write_merged(table, tablet, rowset_id, inputs, replicas)
         with engine.begin() as conn:
-            _publish(conn, txn.id, tablet, rowset_id, inputs, writer.num_rows, meta)
+            _publish(conn, txn.id, tablet, rowset_id, inputs, writer.num_rows, metas)
     except BaseException as exc:
         txns.abort(engine, txn.id, f"compaction failed: {exc}")
         raise
@@ -136,7 +136,7 @@ def _write_merged(
     rowset_id: str,
     inputs: list[model.RowsetInfo],
     replicas: list[model.Backend],
-) -> tuple[RowsetWriter, FileMeta]:
+) -> tuple[RowsetWriter, list[FileMeta]]:
     """Write the inputs' rows, in version order, as one rowset on every replica."""
     schema = table.arrow_schema
     writer = RowsetWriter(tablet.id, rowset_id, schema, replicas)
@@ -154,7 +154,7 @@ def _publish(
     rowset_id: str,
     inputs: list[model.RowsetInfo],
     num_rows: int,
-    meta: FileMeta,
+    metas: list[FileMeta],
 ) -> None:
     """In one catalog commit: the inputs become STALE, the merged rowset VISIBLE over their
     versions. TransactionConflict if an input is no longer visible."""
@@ -175,8 +175,8 @@ def _publish(
             start_version=inputs[0].start_version,
             end_version=inputs[-1].end_version,
             num_rows=num_rows,
-            data_size=meta.size,
-            files=[meta.to_json()],
+            data_size=sum(m.size for m in metas),
+            files=[m.to_json() for m in metas],
         )
     )
     txns.mark_visible(conn, txn_id)

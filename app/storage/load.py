@@ -1,7 +1,8 @@
 """Loads: stream rows into a table as one transaction.
 
-Rows are routed to partitions and hashed to buckets; every touched tablet gets one Parquet rowset
-written to each of its replicas, with size and checksum recorded; one Postgres commit then makes
+Rows are routed to partitions and hashed to buckets; every touched tablet gets one rowset (one
+Parquet file, or several when its file had to be closed to keep open files bounded) written to
+each of its replicas, with size and checksum recorded; one Postgres commit then makes
 version v visible on every touched partition. Before that commit nothing is visible, and a crash
 leaves only PENDING rows and files that garbage collection removes once the transaction expires.
 """
@@ -27,16 +28,14 @@ from app.cluster import Cluster, new_epoch
 from app.errors import InvalidRequest, LabelConflict, StorageUnavailable
 from app.rowhash import ContentChecksum, bucket_of
 from app.schema import conform
+from app.storage import sinks as sinks_module
 from app.storage.client import rowset_dir, storage_for
 from app.storage.inputs import LoadSource as LoadSource
 from app.storage.inputs import check_source
 from app.storage.inputs import read_batches as read_batches
 from app.storage.routing import PartitionRouter as PartitionRouter
 from app.storage.rowsets import RowsetState, RowsetWriter, new_rowset_id
-
-# Read at every flush decision (tests lower them with monkeypatch).
-FLUSH_TABLET_BYTES = 16 * 1024 * 1024
-FLUSH_TOTAL_BYTES = 256 * 1024 * 1024
+from app.storage.sinks import OpenFiles, TabletSink, shed
 
 
 @dataclass
@@ -51,30 +50,6 @@ class LoadResult:
 
 
 # -- the load ------------------------------------------------------------------------------
-
-
-class _TabletSink:
-    def __init__(self, writer: RowsetWriter) -> None:
-        self.writer = writer
-        self.pending: list[pa.RecordBatch] = []
-        self.pending_bytes = 0
-
-    def add(self, part: pa.RecordBatch) -> int:
-        """Queue ``part``; flush when this tablet holds enough. Returns the change in bytes
-        pending (negative after a flush)."""
-        self.pending.append(part)
-        self.pending_bytes += part.nbytes
-        if self.pending_bytes >= FLUSH_TABLET_BYTES:
-            flushed = self.pending_bytes
-            self.flush()
-            return part.nbytes - flushed
-        return part.nbytes
-
-    def flush(self) -> None:
-        if self.pending:
-            self.writer.write(pa.Table.from_batches(self.pending))
-            self.pending = []
-            self.pending_bytes = 0
 
 
 class Loader:
@@ -127,7 +102,8 @@ class Loader:
         router = PartitionRouter(table, partitions)
         by_key = {(t.partition_id, t.bucket): t for t in tablets}
         schema = table.arrow_schema
-        sinks: dict[int, _TabletSink] = {}
+        sinks: dict[int, TabletSink] = {}
+        files = OpenFiles(sinks_module.MAX_OPEN_FILES)
         checksum = ContentChecksum()
         total_pending = 0
         try:
@@ -136,37 +112,38 @@ class Loader:
                 if batch.num_rows == 0:
                     continue
                 checksum.add(batch)
-                for tablet, part in _split_by_tablet(batch, router, by_key):
-                    sink = sinks.get(tablet.id)
-                    if sink is None:
-                        sink = self._open_sink(txn_id, tablet, schema, backends)
-                        sinks[tablet.id] = sink
-                    total_pending += sink.add(part)
-                total_pending = _shed(sinks, total_pending)
+                parts = list(_split_by_tablet(batch, router, by_key))
+                new = [tablet for tablet, _ in parts if tablet.id not in sinks]
+                if new:
+                    sinks |= self._new_sinks(txn_id, new, schema, backends, files)
+                for tablet, part in parts:
+                    total_pending += sinks[tablet.id].add(part)
+                total_pending = shed(sinks, total_pending)
             if checksum.rows == 0:
                 raise InvalidRequest("nothing to load: the input has no rows")
-            return self._finish(sinks, _Staged(checksum))
+            return self._finish(sinks, files, _Staged(checksum))
         except BaseException:
             for sink in sinks.values():
                 with contextlib.suppress(Exception):
                     sink.writer.abandon()
             raise
 
-    def _finish(self, sinks: dict[int, _TabletSink], staged: _Staged) -> _Staged:
+    def _finish(self, sinks: dict[int, TabletSink], files: OpenFiles, staged: _Staged) -> _Staged:
         """Close every tablet's rowset (checksummed, copied to every replica) and record its
         size, rows and files on its PENDING row."""
         rows_update = []
         for sink in sinks.values():
             sink.flush()
-            meta = sink.writer.finish()
-            staged.bytes += meta.size
-            staged.files += 1
+            metas = files.finish(sink.writer)
+            size = sum(m.size for m in metas)
+            staged.bytes += size
+            staged.files += len(metas)
             rows_update.append(
                 {
                     "rid": sink.writer.rowset_id,
                     "num_rows": sink.writer.num_rows,
-                    "data_size": meta.size,
-                    "files": [meta.to_json()],
+                    "data_size": size,
+                    "files": [m.to_json() for m in metas],
                 }
             )
         with self.engine.begin() as conn:
@@ -182,17 +159,29 @@ class Loader:
             )
         return staged
 
-    def _open_sink(
-        self, txn_id: int, tablet: model.TabletInfo, schema: pa.Schema, backends: dict[int, Backend]
-    ) -> _TabletSink:
-        rowset_id = new_rowset_id()
-        # The row comes first, committed on its own, so GC always knows the files exist.
+    def _new_sinks(
+        self,
+        txn_id: int,
+        tablets: list[model.TabletInfo],
+        schema: pa.Schema,
+        backends: dict[int, Backend],
+        files: OpenFiles,
+    ) -> dict[int, TabletSink]:
+        """Sinks for tablets this load had not touched yet. Their rows come first, committed
+        on their own (one statement for the lot), so GC always knows the files exist."""
+        ids = {tablet.id: new_rowset_id() for tablet in tablets}
         with self.engine.begin() as conn:
             conn.execute(
-                sa.insert(s.rowsets).values(id=rowset_id, tablet_id=tablet.id, txn_id=txn_id)
+                sa.insert(s.rowsets),
+                [{"id": ids[t.id], "tablet_id": t.id, "txn_id": txn_id} for t in tablets],
             )
-        replicas = [backends[b] for b in tablet.backend_ids]
-        return _TabletSink(RowsetWriter(tablet.id, rowset_id, schema, replicas))
+        return {
+            t.id: TabletSink(
+                RowsetWriter(t.id, ids[t.id], schema, [backends[b] for b in t.backend_ids]),
+                files,
+            )
+            for t in tablets
+        }
 
     def _digest(self, table: TableInfo, overwrite: bool, checksum: ContentChecksum) -> str:
         mode = "overwrite" if overwrite else "append"
@@ -232,14 +221,16 @@ class Loader:
                     any_of(s.replicas.c.tablet_id, [r.tablet_id for r in rows])
                 )
             ).all()
+        holders: dict[int, list[int]] = {}  # tablet -> its backends (not a scan per rowset)
+        for rep in replica_rows:
+            holders.setdefault(rep.tablet_id, []).append(rep.backend_id)
         for r in rows:
-            for rep in replica_rows:
+            for backend_id in holders.get(r.tablet_id, []):
                 # An unreachable backend keeps the files; the orphan sweep of GC removes them.
-                if rep.tablet_id == r.tablet_id:
-                    with contextlib.suppress(StorageUnavailable):
-                        storage_for(backends[rep.backend_id].storage_root).delete_tree(
-                            rowset_dir(r.tablet_id, r.id)
-                        )
+                with contextlib.suppress(StorageUnavailable):
+                    storage_for(backends[backend_id].storage_root).delete_tree(
+                        rowset_dir(r.tablet_id, r.id)
+                    )
         with self.engine.begin() as conn:
             conn.execute(
                 sa.update(s.rowsets)
@@ -295,15 +286,6 @@ def _split_by_tablet(
         k = int(key[chunk[0]])
         tablet = by_key[(partitions[k // table.buckets].id, k % table.buckets)]
         yield tablet, batch.take(pa.array(chunk))
-
-
-def _shed(sinks: dict[int, _TabletSink], total_pending: int) -> int:
-    """Flush the biggest sinks while more than FLUSH_TOTAL_BYTES wait; returns what is left."""
-    while total_pending > FLUSH_TOTAL_BYTES:
-        biggest = max(sinks.values(), key=lambda x: x.pending_bytes)
-        total_pending -= biggest.pending_bytes
-        biggest.flush()
-    return total_pending
 
 
 def _touched_partitions(conn: sa.Connection, txn_id: int) -> set[int]:

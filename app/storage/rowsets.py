@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator, Sequence
 from enum import StrEnum
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -17,8 +17,6 @@ from app.storage.client import StorageClient, rowset_dir, storage_for
 if TYPE_CHECKING:
     # Annotations only: app.catalog.model imports RowsetState from here.
     from app.catalog.model import Backend, RowsetInfo
-
-DATA_FILE = "0.parquet"
 
 
 class RowsetState(StrEnum):
@@ -45,40 +43,78 @@ def new_rowset_id() -> str:
 
 
 class RowsetWriter:
-    """Streams row groups of one tablet into a Parquet file on the first replica's backend;
-    ``finish`` checksums it and copies it, verified, to the other replicas."""
+    """Streams row groups of one tablet into Parquet on the first replica's backend; each file,
+    once closed, is checksummed and copied, verified, to the other replicas.
+
+    The file is opened at the first ``write``, not before, and ``suspend`` closes it early:
+    a later ``write`` goes on in the rowset's next file (``1.parquet``, ...). That is how a
+    load into many tablets keeps a bounded number of files open (app/storage/load.py); a
+    rowset of several files is read, replicated and exported as one (its ``files`` list)."""
 
     def __init__(
         self, tablet_id: int, rowset_id: str, schema: pa.Schema, replicas: Sequence[Backend]
     ) -> None:
         self.tablet_id = tablet_id
         self.rowset_id = rowset_id
+        self.schema = schema
         self.replicas = list(replicas)
-        self.path = f"{rowset_dir(tablet_id, rowset_id)}/{DATA_FILE}"
         self.primary = storage_for(self.replicas[0].storage_root)
-        self._sink = self.primary.open_write(self.path)
-        self._writer = pq.ParquetWriter(self._sink, schema, compression="snappy")
+        self.files: list[FileMeta] = []  # closed, checksummed and copied
+        self._sink: BinaryIO | None = None
+        self._writer: pq.ParquetWriter | None = None
+        self._name = ""
         self.num_rows = 0
 
+    @property
+    def is_open(self) -> bool:
+        return self._writer is not None
+
+    def _open(self) -> pq.ParquetWriter:
+        self._name = f"{len(self.files)}.parquet"  # 0.parquet, then 1.parquet after a suspend
+        self._sink = self.primary.open_write(
+            f"{rowset_dir(self.tablet_id, self.rowset_id)}/{self._name}"
+        )
+        self._writer = pq.ParquetWriter(self._sink, self.schema, compression="snappy")
+        return self._writer
+
     def write(self, table: pa.Table) -> None:
-        self._writer.write_table(table, row_group_size=max(table.num_rows, 1))
+        writer = self._writer or self._open()
+        writer.write_table(table, row_group_size=max(table.num_rows, 1))
         self.num_rows += table.num_rows
 
-    def abandon(self) -> None:
+    def suspend(self) -> None:
+        """Close the open file (if any) for good: checksummed and on every replica."""
+        if self._writer is None or self._sink is None:
+            return
         try:
             self._writer.close()
         finally:
             self._sink.close()
-
-    def finish(self) -> FileMeta:
-        self._writer.close()
-        self._sink.close()
-        with self.primary.open_read(self.path) as f:
+            self._writer = self._sink = None
+        path = f"{rowset_dir(self.tablet_id, self.rowset_id)}/{self._name}"
+        with self.primary.open_read(path) as f:
             size, digest = checksum_stream(f)
-        meta = FileMeta(DATA_FILE, size, digest)
+        meta = FileMeta(self._name, size, digest)
         for backend in self.replicas[1:]:
-            copy_file(self.primary, storage_for(backend.storage_root), self.path, self.path, meta)
-        return meta
+            copy_file(self.primary, storage_for(backend.storage_root), path, path, meta)
+        self.files.append(meta)
+
+    def abandon(self) -> None:
+        if self._writer is None or self._sink is None:
+            return
+        try:
+            self._writer.close()
+        finally:
+            self._sink.close()
+            self._writer = self._sink = None
+
+    def finish(self) -> list[FileMeta]:
+        """Close the last file; the rowset's files, in order. A rowset that got no rows has
+        one file of no rows, as every rowset has at least one."""
+        if not self.files and self._writer is None:
+            self._open()
+        self.suspend()
+        return list(self.files)
 
 
 def copy_file(

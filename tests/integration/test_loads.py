@@ -29,7 +29,7 @@ from app.client import ClusterHandle
 from app.config import Settings
 from app.errors import LabelConflict, RowsOutsidePartitions
 from app.rowhash import ContentChecksum
-from app.storage import load as load_module
+from app.storage import sinks
 from app.storage.load import Loader
 from app.storage.rowsets import RowsetState
 from frontends.connect import replicator
@@ -497,7 +497,7 @@ def test_a_load_bigger_than_the_tablet_flush_threshold_streams_in_row_groups(
     handle.create_table("db.big", ["id:int64", "x:float64", "payload:string"], buckets=1)
     n = 300_000
     data = _big_table(n)
-    assert data.nbytes > load_module.FLUSH_TABLET_BYTES  # really above the threshold
+    assert data.nbytes > sinks.FLUSH_TABLET_BYTES  # really above the threshold
     pq.write_table(data, tmp_path / "big.parquet", row_group_size=50_000)
     assert pq.ParquetFile(tmp_path / "big.parquet").metadata.num_row_groups == 6
 
@@ -513,8 +513,8 @@ def test_a_load_bigger_than_the_total_flush_threshold_flushes_the_biggest_tablet
     make_cluster, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Shrink only the thresholds (not the data path) so a small file crosses the total limit.
-    monkeypatch.setattr(load_module, "FLUSH_TABLET_BYTES", 1 << 40)
-    monkeypatch.setattr(load_module, "FLUSH_TOTAL_BYTES", 2 * 1024 * 1024)
+    monkeypatch.setattr(sinks, "FLUSH_TABLET_BYTES", 1 << 40)
+    monkeypatch.setattr(sinks, "FLUSH_TOTAL_BYTES", 2 * 1024 * 1024)
     handle = make_cluster(backends=2)
     handle.create_table("db.big", ["id:int64", "x:float64", "payload:string"], buckets=4)
     n = 150_000
