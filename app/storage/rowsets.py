@@ -84,13 +84,8 @@ class RowsetWriter:
 
     def suspend(self) -> None:
         """Close the open file (if any) for good: checksummed and on every replica."""
-        if self._writer is None or self._sink is None:
+        if not self.abandon():
             return
-        try:
-            self._writer.close()
-        finally:
-            self._sink.close()
-            self._writer = self._sink = None
         path = f"{rowset_dir(self.tablet_id, self.rowset_id)}/{self._name}"
         with self.primary.open_read(path) as f:
             size, digest = checksum_stream(f)
@@ -99,14 +94,16 @@ class RowsetWriter:
             copy_file(self.primary, storage_for(backend.storage_root), path, path, meta)
         self.files.append(meta)
 
-    def abandon(self) -> None:
+    def abandon(self) -> bool:
+        """Close the open file as it is (a failed load: nothing records it); False if none."""
         if self._writer is None or self._sink is None:
-            return
+            return False
         try:
             self._writer.close()
         finally:
             self._sink.close()
             self._writer = self._sink = None
+        return True
 
     def finish(self) -> list[FileMeta]:
         """Close the last file; the rowset's files, in order. A rowset that got no rows has
