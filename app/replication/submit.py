@@ -192,20 +192,22 @@ def _refuse_if_busy(conn: sa.Connection, pair: TablePair) -> None:
 
 
 def _admit(conn: sa.Connection, settings: Settings, replicas: int, data_size: int) -> None:
-    active = (
-        conn.execute(
-            sa.select(s.jobs.c.options).where(s.jobs.c.state.in_([str(x) for x in ACTIVE_STATES]))
-        )
-        .scalars()
-        .all()
-    )
+    # One row, summed in Postgres: fetching every active job's options made each submit cost
+    # more with every job already running (1,000 jobs submitted at once: 35 ms a submit).
+    options = s.jobs.c.options
+    running, running_replicas, running_bytes = conn.execute(
+        sa.select(
+            sa.func.count(),
+            sa.func.coalesce(sa.func.sum(options["replicas"].as_integer()), 0),
+            sa.func.coalesce(sa.func.sum(options["data_size"].as_numeric(30, 0)), 0),
+        ).where(s.jobs.c.state.in_([str(x) for x in ACTIVE_STATES]))
+    ).one()
     limit = settings.replication_max_parallel_table_count
-    if len(active) >= limit:
+    if running >= limit:
         raise AdmissionRefused(
-            f"{len(active)} replication jobs are running, the limit is {limit} "
+            f"{running} replication jobs are running, the limit is {limit} "
             "(replication_max_parallel_table_count); submit again when one has finished"
         )
-    running_replicas = sum(int(o.get("replicas", 0)) for o in active)
     limit = settings.replication_max_parallel_replica_count
     if running_replicas + replicas > limit:
         raise AdmissionRefused(
@@ -213,7 +215,7 @@ def _admit(conn: sa.Connection, settings: Settings, replicas: int, data_size: in
             f"the limit is {limit} (replication_max_parallel_replica_count). Submit again later "
             "or replicate fewer partitions at a time"
         )
-    running_mb = sum(int(o.get("data_size", 0)) for o in active) / 2**20
+    running_mb = int(running_bytes) / 2**20
     limit_mb = settings.replication_max_parallel_data_size_mb
     if running_mb + data_size / 2**20 > limit_mb:
         raise AdmissionRefused(

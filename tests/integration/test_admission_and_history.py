@@ -10,6 +10,7 @@ from app.client import ClusterHandle, Replicator
 from app.config import Settings
 from app.errors import AdmissionRefused, TableBusy
 from app.replication import jobs
+from app.replication.coordinator import Coordinator
 from tests.conftest import ClusterFactory
 from tests.integration.rig import COLUMNS, PARTITIONS, rows
 
@@ -71,6 +72,35 @@ def test_the_table_count_limit_counts_running_jobs(
     assert first.cancel() is True
 
 
+def test_the_replica_and_size_limits_add_up_the_running_jobs(
+    settings: Settings, make_cluster: ClusterFactory
+) -> None:
+    """db.t and db.u need 32 replicas each: a limit of 40 admits one and refuses the other with
+    the running one's 32 counted. db.t holds a few MB, db.u well under one: a 1 MB limit admits
+    db.u alone but not beside the running db.t."""
+    src, dst = _pair(make_cluster)
+    src.load("db.t", rows(40_000, seed=5, wide=True), label="t-wide")
+    for handle in (src, dst):
+        handle.create_table(
+            "db.u", COLUMNS, partition_by="day", partitions=PARTITIONS, buckets=4, replication_num=2
+        )
+    src.load("db.u", rows(500, seed=2), label="u-one")
+    r = Replicator(settings.with_overrides(replication_max_parallel_replica_count=40), _no_nudge)
+    first = r.replicate(f"{src.name}:db.t", dst.name)
+    assert first.state == "INITIALIZING"
+    with pytest.raises(AdmissionRefused, match="needs 32 tablet replicas and running jobs hold 32"):
+        r.replicate(f"{src.name}:db.u", dst.name)
+    mb = first.record.options["data_size"] / 2**20
+    assert mb > 1.5
+    sized = Replicator(settings.with_overrides(replication_max_parallel_data_size_mb=1), _no_nudge)
+    with pytest.raises(AdmissionRefused, match=f"running jobs {mb:.1f} MB; the limit is 1 MB"):
+        sized.replicate(f"{src.name}:db.u", dst.name)
+    assert _job_count(dst) == 1
+    assert first.cancel() is True
+    Coordinator(settings, actor="test").tick(dst.name, first.id)  # ABORTED: no longer counted
+    assert sized.replicate(f"{src.name}:db.u", dst.name).state == "INITIALIZING"
+
+
 def test_a_second_job_on_a_table_with_a_running_job_is_refused(
     settings: Settings, make_cluster: ClusterFactory
 ) -> None:
@@ -105,8 +135,6 @@ def test_finished_jobs_are_purged_after_the_history_window(
 def test_a_job_cancelled_before_it_started_is_aborted_by_the_next_tick(
     settings: Settings, make_cluster: ClusterFactory
 ) -> None:
-    from app.replication.coordinator import Coordinator
-
     src, dst = _pair(make_cluster)
     job = Replicator(settings, _no_nudge).replicate(f"{src.name}:db.t", dst.name)
     assert job.state == "INITIALIZING"
