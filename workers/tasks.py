@@ -24,6 +24,12 @@ log = logging.getLogger(__name__)
 
 _clusters_cache: tuple[float, list[str]] = (0.0, [])
 
+# The beat ticks only the jobs with something to do (Coordinator.due_jobs, one query per
+# cluster), and every FULL_SWEEP_EVERY-th beat (the first one included) every active job, so
+# that a job whose need due_jobs does not foresee waits at most that many beats.
+FULL_SWEEP_EVERY = 10
+_beats = 0
+
 
 def clusters() -> list[str]:
     global _clusters_cache
@@ -60,9 +66,13 @@ def tick(self: Task, cluster: str | None = None, job_id: int | None = None) -> d
     if cluster is not None and job_id is not None:
         targets = [(cluster, job_id)]
     else:
+        global _beats
+        _beats += 1
+        full = _beats % FULL_SWEEP_EVERY == 1 or FULL_SWEEP_EVERY <= 1
         for name in clusters():
             try:
-                targets += [(name, j) for j in coordinator.active_jobs(name)]
+                found = coordinator.active_jobs(name) if full else coordinator.due_jobs(name)
+                targets += [(name, j) for j in found]
             except Exception as exc:
                 log.warning("cannot list jobs of cluster %s: %s", name, exc)
     for name, jid in targets:

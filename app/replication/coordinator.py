@@ -88,6 +88,39 @@ class Coordinator:
                 ).scalars()
             )
 
+    def due_jobs(self, cluster: str) -> list[int]:
+        """The active jobs a tick would move now, in one query (the beat's fast sweep): being
+        planned, cancelled, with a transaction that ended, expired or is missing, or with task
+        rows that need the coordinator (taskrows.needs_coordinator). A job waiting on its
+        workers is left alone: ticking 700 such jobs one after another took 20 s a beat. A
+        condition missed here only waits for the beat's full sweep (FULL_SWEEP_EVERY)."""
+        engine = scan_engine(self.settings.dsn(cluster))
+        j, t = s.jobs, s.transactions
+        phase_kind = sa.case(
+            (j.c.state == str(JobState.SNAPSHOTING), str(TaskKind.SNAPSHOT)),
+            else_=str(TaskKind.APPLY),
+        )
+        txn = sa.select(t.c.id).where(
+            t.c.id == j.c.txn_id, t.c.state == TxnState.PREPARE, t.c.deadline >= sa.func.now()
+        )
+        query = (
+            sa.select(j.c.id)
+            .where(
+                j.c.state.in_([str(x) for x in ACTIVE_STATES]),
+                sa.or_(
+                    j.c.state == str(JobState.INITIALIZING),
+                    j.c.cancel_requested.is_(True),
+                    ~txn.exists(),
+                    taskrows.needs_coordinator(
+                        j.c.id, phase_kind, self.settings.task_queued_timeout_sec
+                    ),
+                ),
+            )
+            .order_by(j.c.id)
+        )
+        with engine.connect() as conn:
+            return list(conn.execute(query).scalars())
+
     # -- one tick of one job -----------------------------------------------------------------
     def tick(self, cluster: str, job_id: int) -> TickResult:
         dst = Cluster(self.settings, cluster)

@@ -138,6 +138,45 @@ def give_up(conn: sa.Connection, job_id: int, kind: TaskKind, max_attempts: int)
     )
 
 
+def needs_coordinator(
+    job_id: sa.ColumnElement[Any], phase_kind: sa.ColumnElement[Any], queued_timeout_sec: float
+) -> sa.ColumnElement[bool]:
+    """True for a job whose task rows give its coordinator something to do now: a task
+    failed; one is due a message (the conditions of ``mark_due``); its phase (tasks of
+    ``phase_kind``) has no task left open; or a snapshot is taken whose tablet has no applies
+    yet. False means a tick would find nothing to decide from the tasks. For the beat's one
+    grouped query (Coordinator.due_jobs), with ``job_id`` and ``phase_kind`` from the outer
+    query."""
+    t = _t.alias("attention")
+    wants = sa.or_(
+        t.c.state == TaskState.FAILED,
+        sa.and_(t.c.state == TaskState.PENDING, t.c.next_attempt_at <= _now),
+        sa.and_(
+            t.c.state == TaskState.QUEUED, t.c.dispatched_at < _now - _secs(queued_timeout_sec)
+        ),
+        sa.and_(t.c.state == TaskState.RUNNING, t.c.lease_until < _now),
+    )
+    open_ = _t.alias("open_of_phase")
+    snap, app = _t.alias("taken"), _t.alias("applied")
+    ready = sa.and_(
+        snap.c.job_id == job_id,
+        snap.c.kind == TaskKind.SNAPSHOT,
+        snap.c.state == TaskState.DONE,
+        ~sa.exists().where(
+            app.c.job_id == job_id,
+            app.c.kind == TaskKind.APPLY,
+            app.c.dst_tablet_id == snap.c.dst_tablet_id,
+        ),
+    )
+    return sa.or_(
+        sa.exists().where(t.c.job_id == job_id, wants),
+        ~sa.exists().where(
+            open_.c.job_id == job_id, open_.c.kind == phase_kind, open_.c.state != TaskState.DONE
+        ),
+        sa.and_(phase_kind == TaskKind.SNAPSHOT, sa.exists().where(ready)),
+    )
+
+
 def mark_due(
     conn: sa.Connection, job_id: int, kind: TaskKind, queued_timeout_sec: float
 ) -> list[tuple[int, str]]:
