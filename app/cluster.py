@@ -16,7 +16,7 @@ from sqlalchemy.engine import Engine
 from app.catalog import model
 from app.catalog import names as catalog_names
 from app.catalog import schema as s
-from app.catalog.engine import database_exists, engine_for
+from app.catalog.engine import database_exists, engine_for, known_ready, mark_ready
 from app.catalog.migrate import current_revision, head_revision, upgrade
 from app.config import Settings, check_cluster_name
 from app.errors import AlreadyExists, InvalidRequest, NotFound
@@ -32,10 +32,6 @@ def new_epoch() -> int:
     return secrets.randbits(62) + 1
 
 
-# Catalog DSNs already found initialised and current in this process.
-_ready: set[str] = set()
-
-
 class Cluster:
     """Catalog operations of one cluster. Cheap to build; engines are shared per process."""
 
@@ -44,13 +40,13 @@ class Cluster:
         self.settings = settings
         self.name = name
         self.dsn = settings.dsn(name)
-        self._checked = self.dsn in _ready
+        self._checked = known_ready(self.dsn)
 
     # -- lifecycle -------------------------------------------------------------------------
     def init(self) -> tuple[bool, str | None, str]:
         created, before, after = upgrade(self.dsn)
         self._checked = True
-        _ready.add(self.dsn)
+        mark_ready(self.dsn)
         return created, before, after
 
     @property
@@ -60,6 +56,10 @@ class Cluster:
         return engine_for(self.dsn)
 
     def ensure_ready(self) -> None:
+        """NotFound unless the catalog exists at the head revision (as recently seen)."""
+        if known_ready(self.dsn):
+            self._checked = True
+            return
         if not database_exists(self.dsn):
             raise NotFound(
                 f"cluster {self.name!r} is not initialised: "
@@ -72,7 +72,7 @@ class Cluster:
                 f"{head_revision()}: run `replicator cluster init {self.name}` to migrate it"
             )
         self._checked = True
-        _ready.add(self.dsn)
+        mark_ready(self.dsn)
 
     # -- backends --------------------------------------------------------------------------
     def add_backend(

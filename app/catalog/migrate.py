@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from alembic import command
@@ -21,6 +22,7 @@ def alembic_config(dsn: str) -> Config:
     return cfg
 
 
+@functools.cache  # the migration scripts do not change while a process runs
 def head_revision() -> str:
     head = ScriptDirectory.from_config(alembic_config("postgresql://")).get_current_head()
     assert head is not None
