@@ -25,10 +25,10 @@ log = logging.getLogger(__name__)
 _clusters_cache: tuple[float, list[str]] = (0.0, [])
 
 # The beat ticks only the jobs with something to do (Coordinator.due_jobs, one query per
-# cluster), and every FULL_SWEEP_EVERY-th beat (the first one included) every active job, so
-# that a job whose need due_jobs does not foresee waits at most that many beats.
-FULL_SWEEP_EVERY = 10
-_beats = 0
+# cluster), and, when this process has not for FULL_SWEEP_SEC (its first beat included), every
+# active job: a job whose need due_jobs does not foresee waits at most that long.
+FULL_SWEEP_SEC = 10.0
+_last_full_sweep = -FULL_SWEEP_SEC
 
 
 def clusters() -> list[str]:
@@ -66,9 +66,10 @@ def tick(self: Task, cluster: str | None = None, job_id: int | None = None) -> d
     if cluster is not None and job_id is not None:
         targets = [(cluster, job_id)]
     else:
-        global _beats
-        _beats += 1
-        full = _beats % FULL_SWEEP_EVERY == 1 or FULL_SWEEP_EVERY <= 1
+        global _last_full_sweep
+        full = time.monotonic() - _last_full_sweep >= FULL_SWEEP_SEC
+        if full:
+            _last_full_sweep = time.monotonic()
         for name in clusters():
             try:
                 found = coordinator.active_jobs(name) if full else coordinator.due_jobs(name)

@@ -93,7 +93,7 @@ class Coordinator:
         planned, cancelled, with a transaction that ended, expired or is missing, or with task
         rows that need the coordinator (taskrows.needs_coordinator). A job waiting on its
         workers is left alone: ticking 700 such jobs one after another took 20 s a beat. A
-        condition missed here only waits for the beat's full sweep (FULL_SWEEP_EVERY)."""
+        condition missed here only waits for the beat's full sweep (FULL_SWEEP_SEC)."""
         engine = scan_engine(self.settings.dsn(cluster))
         j, t = s.jobs, s.transactions
         phase_kind = sa.case(
