@@ -28,7 +28,7 @@ from app.cluster import Cluster
 from app.config import Settings
 from app.errors import ReplicatorError, UserError, redact
 from app.queues import queue_name
-from app.replication import finish, taskrows
+from app.replication import due, finish, taskrows
 from app.replication.plan import Plan, TablePair, make_plan
 from app.replication.state import (
     ACTIVE_STATES,
@@ -89,37 +89,8 @@ class Coordinator:
             )
 
     def due_jobs(self, cluster: str) -> list[int]:
-        """The active jobs a tick would move now, in one query (the beat's fast sweep): being
-        planned, cancelled, with a transaction that ended, expired or is missing, or with task
-        rows that need the coordinator (taskrows.needs_coordinator). A job waiting on its
-        workers is left alone: ticking 700 such jobs one after another took 20 s a beat. A
-        condition missed here only waits for the beat's full sweep (FULL_SWEEP_SEC)."""
-        engine = scan_engine(self.settings.dsn(cluster))
-        j, t = s.jobs, s.transactions
-        phase_kind = sa.case(
-            (j.c.state == str(JobState.SNAPSHOTING), str(TaskKind.SNAPSHOT)),
-            else_=str(TaskKind.APPLY),
-        )
-        txn = sa.select(t.c.id).where(
-            t.c.id == j.c.txn_id, t.c.state == TxnState.PREPARE, t.c.deadline >= sa.func.now()
-        )
-        query = (
-            sa.select(j.c.id)
-            .where(
-                j.c.state.in_([str(x) for x in ACTIVE_STATES]),
-                sa.or_(
-                    j.c.state == str(JobState.INITIALIZING),
-                    j.c.cancel_requested.is_(True),
-                    ~txn.exists(),
-                    taskrows.needs_coordinator(
-                        j.c.id, phase_kind, self.settings.task_queued_timeout_sec
-                    ),
-                ),
-            )
-            .order_by(j.c.id)
-        )
-        with engine.connect() as conn:
-            return list(conn.execute(query).scalars())
+        """The active jobs a tick would move now, in one query (app/replication/due.py)."""
+        return due.due_jobs(scan_engine(self.settings.dsn(cluster)), self.settings)
 
     # -- one tick of one job -----------------------------------------------------------------
     def tick(self, cluster: str, job_id: int) -> TickResult:

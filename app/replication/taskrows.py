@@ -138,42 +138,14 @@ def give_up(conn: sa.Connection, job_id: int, kind: TaskKind, max_attempts: int)
     )
 
 
-def needs_coordinator(
-    job_id: sa.ColumnElement[Any], phase_kind: sa.ColumnElement[Any], queued_timeout_sec: float
-) -> sa.ColumnElement[bool]:
-    """True for a job whose task rows give its coordinator something to do now: a task
-    failed; one is due a message (the conditions of ``mark_due``); its phase (tasks of
-    ``phase_kind``) has no task left open; or a snapshot is taken whose tablet has no applies
-    yet. False means a tick would find nothing to decide from the tasks. For the beat's one
-    grouped query (Coordinator.due_jobs), with ``job_id`` and ``phase_kind`` from the outer
-    query."""
-    t = _t.alias("attention")
-    wants = sa.or_(
-        t.c.state == TaskState.FAILED,
+def due(t: Any, queued_timeout_sec: float) -> sa.ColumnElement[bool]:
+    """A row of ``t`` (job_tasks or an alias) that needs a message now (see mark_due)."""
+    return sa.or_(
         sa.and_(t.c.state == TaskState.PENDING, t.c.next_attempt_at <= _now),
         sa.and_(
             t.c.state == TaskState.QUEUED, t.c.dispatched_at < _now - _secs(queued_timeout_sec)
         ),
         sa.and_(t.c.state == TaskState.RUNNING, t.c.lease_until < _now),
-    )
-    open_ = _t.alias("open_of_phase")
-    snap, app = _t.alias("taken"), _t.alias("applied")
-    ready = sa.and_(
-        snap.c.job_id == job_id,
-        snap.c.kind == TaskKind.SNAPSHOT,
-        snap.c.state == TaskState.DONE,
-        ~sa.exists().where(
-            app.c.job_id == job_id,
-            app.c.kind == TaskKind.APPLY,
-            app.c.dst_tablet_id == snap.c.dst_tablet_id,
-        ),
-    )
-    return sa.or_(
-        sa.exists().where(t.c.job_id == job_id, wants),
-        ~sa.exists().where(
-            open_.c.job_id == job_id, open_.c.kind == phase_kind, open_.c.state != TaskState.DONE
-        ),
-        sa.and_(phase_kind == TaskKind.SNAPSHOT, sa.exists().where(ready)),
     )
 
 
@@ -185,18 +157,7 @@ def mark_due(
     with an expired lease (the worker died). Returns (task id, queue) to send."""
     rows = conn.execute(
         sa.update(_t)
-        .where(
-            _t.c.job_id == job_id,
-            _t.c.kind == kind,
-            sa.or_(
-                sa.and_(_t.c.state == TaskState.PENDING, _t.c.next_attempt_at <= _now),
-                sa.and_(
-                    _t.c.state == TaskState.QUEUED,
-                    _t.c.dispatched_at < _now - _secs(queued_timeout_sec),
-                ),
-                _lease_expired(),
-            ),
-        )
+        .where(_t.c.job_id == job_id, _t.c.kind == kind, due(_t, queued_timeout_sec))
         .values(state=TaskState.QUEUED, dispatched_at=_now, updated_at=_now)
         .returning(_t.c.id, _t.c.queue)
     ).all()

@@ -10,6 +10,7 @@ import pytest
 from app.client import Job
 from app.config import Settings
 from app.replication.state import JobState
+from app.replication.taskrows import TaskKind, TaskState
 from tests.conftest import ClusterFactory
 from tests.integration.driver import Driver
 
@@ -52,9 +53,10 @@ def test_due_jobs_names_exactly_the_jobs_a_tick_would_move(
     _idle_tick(d, job)
 
     # A worker took an apply and died: its lease expires, the task is due again.
-    d.sql(d.dst, "UPDATE job_tasks SET state = 'RUNNING', lease_until = now() - interval '1 s' "
-                 "WHERE id = (SELECT min(id) FROM job_tasks WHERE job_id = :j AND kind = 'APPLY' "
-                 "AND state = 'QUEUED')", j=job.id)  # fmt: skip
+    d.sql(d.dst, "UPDATE job_tasks SET state = :running, lease_until = now() - interval '1 s' "
+                 "WHERE id = (SELECT min(id) FROM job_tasks WHERE job_id = :j AND kind = :apply "
+                 "AND state = :queued)", j=job.id, running=TaskState.RUNNING, apply=TaskKind.APPLY,
+                 queued=TaskState.QUEUED)  # fmt: skip
     assert _due(d, job)
     again = d.tick(job)
     assert len(again) == 1
