@@ -94,21 +94,25 @@ class FaultRig:
         with handle.catalog.engine.connect() as conn:
             return int(conn.execute(sa.text(sql), params).scalar_one())
 
-    def running_apply(self, job: Job) -> sa.Row[tuple[object, ...]] | None:
+    def running_apply(self, job: Job, min_left: int = 0) -> sa.Row[tuple[object, ...]] | None:
+        """A RUNNING apply of ``job`` with at least ``min_left`` bytes still to copy (as its
+        last heartbeat recorded)."""
         with self.dst.catalog.engine.connect() as conn:
             return conn.execute(
                 sa.text(
                     "SELECT * FROM job_tasks WHERE job_id = :j AND kind = :k "
-                    "AND state = :s ORDER BY id LIMIT 1"
+                    "AND state = :s AND bytes_total - bytes_done >= :left ORDER BY id LIMIT 1"
                 ),
-                {"j": job.id, "k": TaskKind.APPLY, "s": TaskState.RUNNING},
+                {"j": job.id, "k": TaskKind.APPLY, "s": TaskState.RUNNING, "left": min_left},
             ).first()
 
-    def wait_for_transfer(self, job: Job, timeout: float = 60) -> sa.Row[tuple[object, ...]]:
+    def wait_for_transfer(
+        self, job: Job, timeout: float = 60, min_left: int = 0
+    ) -> sa.Row[tuple[object, ...]]:
         found: list[sa.Row[tuple[object, ...]]] = []
 
         def copying() -> bool:
-            row = self.running_apply(job)
+            row = self.running_apply(job, min_left)
             if row is not None:
                 found.append(row)
             return row is not None

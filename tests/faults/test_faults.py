@@ -38,8 +38,12 @@ def _dead(pid: int) -> bool:
 
 
 def test_a_killed_apply_child_process_is_retried_and_the_job_commits(rig: FaultRig) -> None:
-    table, before, job = _start(rig, "kill_child")
-    task = rig.wait_for_transfer(job)
+    # Applies of about 2 MB each (800,000 rows), one caught with at least 512 KiB still to copy
+    # (a sixteenth of a second or more at the rig's shared 8 MB/s link): it is still copying
+    # when its process is killed. With 200,000 rows and any RUNNING apply, every apply could
+    # finish between the moment one was seen and the kill (seen once, with a CPU hog beside).
+    table, before, job = _start(rig, "kill_child", n_rows=800_000)
+    task = rig.wait_for_transfer(job, min_left=512 * 1024)
     worker = str(task.worker).split("@")[0]
     children = rig.workers.procs[worker].child_pids()
     assert children, f"{worker} has no pool process"
