@@ -93,6 +93,20 @@ def shared_client(settings: Settings) -> redis.Redis:
     return _shared(s.broker_url, s.broker_ca_file, s.broker_cert_file, s.broker_key_file)
 
 
+def claim_key(settings: Settings, key: str, ttl_sec: float) -> bool:
+    """Set ``key`` in the broker's Redis if it is absent, expiring after ``ttl_sec``: True for
+    the one caller among all processes that set it. The dedupe behind "at most one of these per
+    interval" (early nudges, pending GC runs). A Redis error propagates: the caller decides
+    whether skipping is safe."""
+    ttl_ms = max(1, int(ttl_sec * 1000))
+    return bool(shared_client(settings).set(key, "1", nx=True, px=ttl_ms))
+
+
+def release_key(settings: Settings, key: str) -> None:
+    """Give up a claim early (the work it stood for has ended)."""
+    shared_client(settings).delete(key)
+
+
 def check(settings: Settings, timeout: float = 5.0) -> None:
     """PING the broker; a one-line error naming the cause (never the password) if that fails."""
     where = redact(settings.broker_url)

@@ -46,8 +46,7 @@ def nudge_soon(cluster: str, job_id: int, every_sec: float = NUDGE_EVERY_SEC) ->
     a broker error is not the caller's problem, the beat's tick covers for it."""
     key = f"replicator:nudged:{cluster}:{job_id}"
     try:  # redis-py, not kombu's connection: that one retries for seconds when Redis is down
-        client = broker.shared_client(own_settings)
-        if not client.set(key, "1", nx=True, px=max(1, int(every_sec * 1000))):
+        if not broker.claim_key(own_settings, key, every_sec):
             return False
     except redis.RedisError as exc:  # an optimisation only: the beat tick covers
         log.debug("no early nudge for %s:%s: %s", cluster, job_id, exc)

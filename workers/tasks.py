@@ -8,6 +8,7 @@ from typing import Any
 
 from celery import Task
 
+from app import broker
 from app.catalog.engine import discover_clusters
 from app.cluster import Cluster
 from app.queues import queue_name
@@ -181,9 +182,7 @@ def _gc_key(cluster: str, backend: str) -> str:
 
 
 def _gc_due(cluster: str, backend: str) -> bool:
-    with celery.connection_for_write() as conn:
-        client = conn.default_channel.client
-        return bool(client.set(_gc_key(cluster, backend), "1", nx=True, ex=GC_PENDING_SEC))
+    return broker.claim_key(settings, _gc_key(cluster, backend), GC_PENDING_SEC)
 
 
 @celery.task(name="maintenance.gc_backend", ignore_result=True)
@@ -192,5 +191,4 @@ def gc_backend(cluster: str, backend: str) -> dict[str, Any]:
     try:
         return storage_gc.collect(Cluster(settings, cluster), backend=backend).__dict__
     finally:
-        with celery.connection_for_write() as conn:
-            conn.default_channel.client.delete(_gc_key(cluster, backend))
+        broker.release_key(settings, _gc_key(cluster, backend))

@@ -52,3 +52,30 @@ def test_an_unreachable_broker_is_no_error(test_env: dict[str, str]) -> None:
     env = test_env | {"REPLICATOR_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
     got = _run(env, 777100)
     assert got["burst"] == [False] * 5 and got["sent"] == []
+
+
+GC_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import workers.tasks as t
+
+    sent = []
+    t.storage_gc.collect = lambda cluster, backend: type("R", (), {"__dict__": {}})()
+    backend = sys.argv[1]
+    first = [t._gc_due("c", backend) for _ in range(3)]
+    t.gc_backend.run("c", backend)  # the run ends: the claim is released
+    after = t._gc_due("c", backend)
+    t.gc_backend.run("c", backend)
+    print(json.dumps({"first": first, "after": after}))
+    """
+)
+
+
+def test_at_most_one_gc_run_pending_per_backend(test_env: dict[str, str]) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", GC_SCRIPT, f"be-{free_port()}"],
+        env=test_env, cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == {"first": [True, False, False], "after": True}
