@@ -29,6 +29,7 @@ from app.cluster import Cluster, PartitionSpec
 from app.config import Settings, load_settings
 from app.errors import JobTimeout
 from app.replication import jobs as _jobs
+from app.replication.dryrun import DryRun, dry_run
 from app.replication.state import JobState
 from app.schema import ColumnDef
 from app.storage import compaction, gc
@@ -278,6 +279,29 @@ class Replicator:
         if created and not job.state.final:
             self.nudge(cluster, job_id)
         return job
+
+    def dry_run(
+        self,
+        src: str,
+        dst: str,
+        *,
+        partitions: list[str] | None = None,
+        create_target: bool = False,
+        replication_num: int | None = None,
+        overwrite: bool = False,
+    ) -> DryRun:
+        """What ``replicate`` with these arguments would do now, per partition (skip,
+        incremental, full, create), with bytes, files and a time estimate; changes nothing.
+        Refuses what ``replicate`` would refuse, with the same errors."""
+        return dry_run(
+            self.settings,
+            src,
+            dst,
+            partitions=partitions,
+            create_target=create_target,
+            replication_num=replication_num,
+            overwrite=overwrite,
+        )
 
     def job(self, ref: str) -> Job:
         cluster, job_id = _jobs.parse_ref(ref)

@@ -68,6 +68,7 @@ from app.errors import JobTimeout
 from app.queues import cluster_pattern
 from app.replication.taskrows import TaskKind
 from app.units import MB
+from bench import plots
 from bench.common import (
     BENCH_DIR,
     OUT_DIR,
@@ -984,7 +985,25 @@ def scenario_concurrency(
     time.sleep(1.5)  # let the last ticks reach the log
     cpu = meter.read()
     profiles.summarize()
-    return _concurrency_result(n, seconds, submitted, states, cpu, window.text(), backend_window)
+    result = _concurrency_result(n, seconds, submitted, states, cpu, window.text(), backend_window)
+    return result | _job_timeline(jobs)
+
+
+def _job_timeline(jobs: Sequence[Job]) -> dict[str, list[float]]:
+    """When each job was created and finished, in seconds after the first was created (the
+    catalog's clock for both), for the concurrency plot."""
+    records = [j.record for j in jobs]
+    zero = min(r.created_at for r in records)
+    return {
+        "submitted_seconds": sorted(
+            round((r.created_at - zero).total_seconds(), 3) for r in records
+        ),
+        "commit_seconds": sorted(
+            round((r.finished_at - zero).total_seconds(), 3)
+            for r in records
+            if r.finished_at is not None and str(r.state) == "COMMITTED"
+        ),
+    }
 
 
 def _concurrency_result(
@@ -1362,14 +1381,10 @@ def write_results(run: Run, path: Path, total_seconds: float, argv: Sequence[str
     ]
     for row in summary_rows(run.results):
         lines.append("| " + " | ".join(row) + " |")
+    if charts := _plots(run, path):
+        lines += ["", "Drawn by this run (bench/plots.py):", "", *charts]
+    lines += ["", "## Machine", "", *[f"- {k}: {v}" for k, v in m.items()], "", "## How", ""]
     lines += [
-        "",
-        "## Machine",
-        "",
-        *[f"- {k}: {v}" for k, v in m.items()],
-        "",
-        "## How",
-        "",
         "- One private redis-server; Celery workers started as frontends/supervise.py starts "
         "them: one "
         "coordinator (2 processes + beat), and for each cluster one worker per backend with one "
@@ -1402,11 +1417,34 @@ def write_results(run: Run, path: Path, total_seconds: float, argv: Sequence[str
         "## Raw results",
         "",
         "```",
-        *[json.dumps(r, default=str) for r in run.results],
+        *[json.dumps(_raw(r), default=str) for r in run.results],
         "```",
         "",
     ]
     path.write_text("\n".join(lines) + _kept_sections(path))
+
+
+def _raw(result: dict[str, Any]) -> dict[str, Any]:
+    """A result as the raw section shows it: the per-job timelines (plotted) in brief."""
+    return {
+        k: f"[{len(v)} values, {min(v)} .. {max(v)}]" if k in _TIMELINES and v else v
+        for k, v in result.items()
+    }
+
+
+_TIMELINES = {"submitted_seconds", "commit_seconds"}
+
+
+def _plots(run: Run, path: Path) -> list[str]:
+    """Draw this run's charts next to the results file; markdown lines that show them."""
+    drawn = [
+        plots.time_against_baselines(run.results, path.with_name(f"{path.stem}-vs-cp.png")),
+        plots.concurrency_curve(
+            next((r for r in run.results if r["bench"] == "concurrency"), None),
+            path.with_name(f"{path.stem}-concurrency.png"),
+        ),
+    ]
+    return [f"![{p.stem}]({p.name})" for p in drawn if p is not None]
 
 
 def _kept_sections(path: Path) -> str:

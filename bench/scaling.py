@@ -19,7 +19,9 @@ from collections import Counter
 
 from app.replication.taskrows import TaskKind
 from app.units import MB
+from bench import plots
 from bench.common import (
+    BENCH_DIR,
     OUT_DIR,
     BenchTransfer,
     bench_cluster,
@@ -63,6 +65,9 @@ def main() -> int:
                 rows_out.append(_round(n, src, dst, settings, env))
     finally:
         redis.stop()
+    chart = plots.throughput_against_processes(rows_out, BENCH_DIR / "SCALING-throughput.png")
+    if chart is not None:
+        print(f"drew {chart} (bench/SCALING.md shows it)")
     print("\n| worker processes per target queue | seconds | MB/s | processes that applied |")
     print("|---|---|---|---|")
     for r in rows_out:

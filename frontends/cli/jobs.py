@@ -11,6 +11,7 @@ from rich.table import Table
 
 from app.client import Job, Replicator
 from app.errors import JobTimeout, ReplicatorError
+from app.replication.dryrun import DryRun
 from app.replication.taskrows import TaskKind, TaskState
 from frontends.cli.apps import cli, connect, err, job_cli, jobs_cli, out
 from frontends.cli.render import duration, safe, size
@@ -30,8 +31,24 @@ def replicate(
         bool,
         typer.Option(help="Replace target partitions written on the target since replicated"),
     ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(help="Print what would happen per partition; change nothing"),
+    ] = False,
 ) -> None:
     """Replicate a table's partitions at their current source versions, as one transaction."""
+    if dry_run:
+        _print_dry_run(
+            connect().dry_run(
+                src,
+                dst,
+                partitions=partition,
+                create_target=create_target,
+                replication_num=replication_num,
+                overwrite=overwrite,
+            )
+        )
+        return
     job = connect().replicate(
         src,
         dst,
@@ -53,6 +70,33 @@ def replicate(
     out.print(f"job {safe(job.ref)}: {job.state} - {safe(job.message)}")
     if job.state != "COMMITTED":
         sys.exit(1)
+
+
+def _print_dry_run(plan: DryRun) -> None:
+    table = Table(title=f"dry run: {safe(plan.src)} -> {safe(plan.dst)} (nothing changed)")
+    for col in ("partition", "action", "versions", "bytes", "files", "replicas", "note"):
+        table.add_column(col, justify="right" if col in ("bytes", "files", "replicas") else "left")
+    for p in plan.partitions:
+        target = "new" if p.dst_version is None else f"v{p.dst_version}"
+        table.add_row(
+            safe(p.name), p.action, f"{target} -> v{p.src_version}", size(p.bytes),
+            str(p.files), str(p.replicas), safe(p.note),
+        )  # fmt: skip
+    out.print(table)
+    if plan.create_table:
+        out.print(f"the target table {safe(plan.dst)} would be created")
+    est = plan.estimate_sec
+    took = (
+        "no estimate"
+        if est is None
+        else f"about {est:.1f} s"
+        if est < 60
+        else f"about {duration(est)}"
+    )
+    out.print(
+        f"would move {size(plan.bytes_moved)} in {plan.files} files to target replicas; "
+        f"{took} ({safe(plan.basis)})"
+    )
 
 
 def _wait_with_bar(job: Job, timeout: float) -> None:

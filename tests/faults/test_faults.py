@@ -235,6 +235,7 @@ def test_two_coordinators_and_two_beats_never_make_a_transition_twice(rig: Fault
     for _table, _before, job in started:
         job.wait(JOB_TIMEOUT)
     actors: list[str] = []
+    planners: list[str] = []
     for table, before, job in started:  # once all have ended: the checks see the whole cluster
         assert job.state is JobState.COMMITTED, job.message
         edges = [(e.from_state, e.to_state) for e in job.events]
@@ -245,9 +246,13 @@ def test_two_coordinators_and_two_beats_never_make_a_transition_twice(rig: Fault
             ("REPLICATING", "COMMITTED"),
         ]
         actors += [str(e.actor).split("@")[0] for e in job.events[1:]]
+        planners.append(str(job.events[1].actor).split("@")[0])
         rig.assert_clean_end(job, table, before)
-    # Every transition was made by one of the two coordinators, and each of them made some.
-    assert set(actors) == {"coordinator", "extra-coordinator"}, actors
+    # Planning is the coordinators' (the client nudges them); the task that ends a phase ticks
+    # the job itself (workers.tasks.advance_here), racing both coordinators' beats and nudges.
+    # Each transition happened once (the edges above) although several processes made them.
+    assert set(planners) <= {"coordinator", "extra-coordinator"}, planners
+    assert len(set(actors)) >= 2, actors
     job = started[-1][2]
     record(
         "h: two coordinators + two beats",

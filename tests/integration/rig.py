@@ -209,11 +209,13 @@ def start_rig(
     bandwidth: float,
     redis: RedisServer | None = None,
     overrides: dict[str, str] | None = None,
+    coordinator: bool = True,
 ) -> Iterator[Rig]:
     """A source and a target cluster of two backends each, on this host: a transfer server per
     cluster (mutual TLS), a worker per backend and a coordinator. ``bandwidth``: the link's
     budget in MB/s (0: unlimited). ``redis``: a broker of the caller's (default: a plain one);
-    ``overrides``: more settings, for this process and the workers alike."""
+    ``overrides``: more settings, for this process and the workers alike; ``coordinator``:
+    False starts none (the test ticks)."""
     redis = (redis or RedisServer(base / "redis")).start()
     workers: Workers | None = None
     overrides = overrides or {}
@@ -240,7 +242,8 @@ def start_rig(
             workers.transfer(handle.name, ["be1", "be2"], ports[handle.name])
             for b in ("be1", "be2"):
                 workers.backend(handle.name, b)
-        workers.coordinator()
+        if coordinator:
+            workers.coordinator()
         workers.wait_ready()
         yield Rig(settings, replicator, src, dst, redis, workers, base)
     finally:
