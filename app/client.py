@@ -22,8 +22,8 @@ from typing import Any
 
 import pyarrow as pa
 
+from app import evolve, read
 from app import export as _export
-from app import read
 from app.catalog import model
 from app.cluster import Cluster, PartitionSpec
 from app.config import Settings, load_settings
@@ -86,6 +86,14 @@ class ClusterHandle:
 
     def table(self, full_name: str) -> model.TableInfo:
         return self._cluster.table(full_name)
+
+    def alter(self, full_name: str, change: evolve.Change) -> model.TableInfo:
+        """One schema change (evolve.AddColumn, DropColumn, WidenColumn, RenameColumn): the
+        table's next schema version. Rows already written read as the new schema says."""
+        return evolve.alter_table(self._cluster, full_name, change)
+
+    def schema_history(self, full_name: str) -> list[evolve.SchemaVersion]:
+        return evolve.history(self._cluster, full_name)
 
     def tables(self) -> list[model.TableInfo]:
         return self._cluster.tables()

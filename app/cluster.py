@@ -190,6 +190,15 @@ class Cluster:
                 buckets=buckets,
                 replication_num=replication_num,
             )
+            conn.execute(
+                sa.insert(s.schema_versions).values(
+                    table_id=table_id,
+                    version=1,
+                    columns=[c.to_json() for c in cols],
+                    schema_hash=h,
+                    change="created",
+                )
+            )
             index_id = conn.execute(
                 sa.insert(s.indexes)
                 .values(table_id=table_id, name="base", is_base=True, schema_hash=h)

@@ -54,7 +54,7 @@ def iter_partition(cluster: Cluster, full_name: str, partition: str) -> Iterator
     for tablet in tablets:
         replicas = [backends[b] for b in tablet.backend_ids]
         for rowset in rowsets[tablet.id]:
-            yield from read_rowset(rowset, replicas)
+            yield from read_rowset(rowset, replicas, table.columns)
 
 
 def scan(cluster: Cluster, full_name: str, partitions: list[str] | None = None) -> pa.Table:

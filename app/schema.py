@@ -7,6 +7,7 @@ names, types and nullability, so two clusters can tell at once whether their tab
 from __future__ import annotations
 
 import datetime as dt
+import decimal
 import json
 import re
 from collections.abc import Sequence
@@ -79,13 +80,29 @@ class ColumnDef:
     name: str
     type: str
     nullable: bool = True
+    # A column's identity across renames: rowset files name their columns by it (Parquet field
+    # ids), so a file written before a rename, drop or widening still reads right. 0: never
+    # altered, the column's position + 1 (a table's columns get explicit ids at its first alter).
+    id: int = 0
+    # The value of this column in rows written before it was added (JSON: the type's text form).
+    default: Any = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "type": self.type, "nullable": self.nullable}
+        # id and default only when set: a table never altered keeps the schema hash it had.
+        extra = {"id": self.id} if self.id else {}
+        if self.default is not None:
+            extra["default"] = self.default
+        return {"name": self.name, "type": self.type, "nullable": self.nullable, **extra}
 
     @staticmethod
     def from_json(data: dict[str, Any]) -> ColumnDef:
-        return ColumnDef(data["name"], data["type"], bool(data.get("nullable", True)))
+        return ColumnDef(
+            data["name"],
+            data["type"],
+            bool(data.get("nullable", True)),
+            int(data.get("id", 0)),
+            data.get("default"),
+        )
 
     @staticmethod
     def parse(spec: str) -> ColumnDef:
@@ -105,7 +122,11 @@ def columns_from(specs: Sequence[ColumnDef | str | tuple[str, str]]) -> list[Col
     cols: list[ColumnDef] = []
     for spec in specs:
         if isinstance(spec, ColumnDef):
-            cols.append(ColumnDef(spec.name, normalize_type(spec.type), spec.nullable))
+            cols.append(
+                ColumnDef(
+                    spec.name, normalize_type(spec.type), spec.nullable, spec.id, spec.default
+                )
+            )
         elif isinstance(spec, str):
             cols.append(ColumnDef.parse(spec))
         else:
@@ -128,6 +149,63 @@ def schema_hash(columns: Sequence[ColumnDef]) -> int:
 
 def arrow_schema(columns: Sequence[ColumnDef]) -> pa.Schema:
     return pa.schema([pa.field(c.name, arrow_type(c.type), nullable=c.nullable) for c in columns])
+
+
+FIELD_ID = b"PARQUET:field_id"
+
+
+def column_ids(columns: Sequence[ColumnDef]) -> list[int]:
+    """Each column's identity: its id, or (a table never altered) its position + 1."""
+    return [c.id or i + 1 for i, c in enumerate(columns)]
+
+
+def file_schema(columns: Sequence[ColumnDef]) -> pa.Schema:
+    """The schema rowset files are written with: the table's, each field tagged with its
+    column id (Parquet keeps it as the field_id), so any later schema can read the file."""
+    return pa.schema(
+        [
+            pa.field(c.name, arrow_type(c.type), nullable=c.nullable, metadata={FIELD_ID: str(i)})
+            for c, i in zip(columns, column_ids(columns), strict=True)
+        ]
+    )
+
+
+def _from_json(type_name: str, value: Any) -> Any:
+    if value is None:
+        return None
+    if type_name.startswith("decimal("):
+        return decimal.Decimal(value)
+    if type_name == "date":
+        return dt.date.fromisoformat(value)
+    if type_name == "datetime":
+        return dt.datetime.fromisoformat(value)
+    return value
+
+
+def adapt(batch: pa.RecordBatch, columns: Sequence[ColumnDef]) -> pa.RecordBatch:
+    """A batch as read from a rowset file, as the table's ``columns`` are now (see the module's
+    comment). A batch already in that shape is returned as it is."""
+    target = arrow_schema(columns)
+    fields = batch.schema
+    have = [int((f.metadata or {}).get(FIELD_ID, i + 1)) for i, f in enumerate(fields)]
+    want = column_ids(columns)
+    if (
+        have == want
+        and fields.names == target.names
+        and all(f.type.equals(t.type) for f, t in zip(fields, target, strict=True))
+    ):
+        return pa.RecordBatch.from_arrays(batch.columns, schema=target)
+    at = {cid: k for k, cid in enumerate(have)}
+    arrays = []
+    for col, cid, field in zip(columns, want, target, strict=True):
+        k = at.get(cid)
+        if k is None:  # added after this file was written
+            value = pa.scalar(_from_json(col.type, col.default), field.type)
+            arrays.append(pa.repeat(value, batch.num_rows))
+            continue
+        array = batch.column(k)
+        arrays.append(array if array.type.equals(field.type) else array.cast(field.type))
+    return pa.RecordBatch.from_arrays(arrays, schema=target)
 
 
 def conform(batch: pa.RecordBatch, schema: pa.Schema) -> pa.RecordBatch:

@@ -59,8 +59,23 @@ tables = Table(
     Column("distribution_columns", JSONB, nullable=False),
     Column("buckets", Integer, nullable=False),
     Column("replication_num", Integer, nullable=False),
+    Column("schema_version", Integer, nullable=False, server_default="1"),
     _created(),
     UniqueConstraint("db_id", "name"),
+)
+
+# Every schema a table has had (app/evolve.py): version 1 at its creation, one more per alter.
+schema_versions = Table(
+    "schema_versions",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("table_id", Integer, ForeignKey("tables.id", ondelete="CASCADE"), nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("columns", JSONB, nullable=False),
+    Column("schema_hash", BigInteger, nullable=False),
+    Column("change", Text, nullable=False),  # what made it, in words: "created", "add column x"
+    _created(),
+    UniqueConstraint("table_id", "version"),
 )
 
 partitions = Table(

@@ -28,7 +28,7 @@ from app.cluster import Cluster
 from app.config import Settings
 from app.errors import ReplicatorError, UserError, redact
 from app.queues import queue_name
-from app.replication import due, finish, taskrows
+from app.replication import due, finish, placement, taskrows
 from app.replication.plan import Plan, TablePair, make_plan
 from app.replication.state import (
     ACTIVE_STATES,
@@ -268,10 +268,15 @@ class Coordinator:
         )
         with src.engine.connect() as sconn:
             src_backends = model.list_backends(sconn)
+
+        def queue_of(backend_id: int) -> str:
+            return queue_name(src.name, src_backends[backend_id].name)
+
+        depths = placement.queue_depths(conn, [queue_of(b) for b in src_backends])
         rows = []
-        for i, t in enumerate(plan.tablets):
-            # Spread snapshots over the source replicas whatever order placement left them in.
-            candidates = _rotate(sorted(t.src_backend_ids), i)
+        for t, candidates in zip(
+            plan.tablets, placement.place(plan.tablets, queue_of, depths), strict=True
+        ):
             rows.append(
                 {
                     "job_id": job_id,
@@ -280,7 +285,7 @@ class Coordinator:
                     "src_tablet_id": t.src_tablet_id,
                     "dst_tablet_id": t.dst_tablet_id,
                     "src_backend_ids": candidates,
-                    "queue": queue_name(src.name, src_backends[candidates[0]].name),
+                    "queue": queue_of(candidates[0]),
                 }
             )
         taskrows.insert(conn, TaskKind.SNAPSHOT, rows)
@@ -321,7 +326,7 @@ class Coordinator:
                         "dst_tablet_id": snap.dst_tablet_id,
                         "dst_backend_id": backend_id,
                         # Spread the replicas of one tablet over different source replicas.
-                        "src_backend_ids": _rotate(sources, i) + fallback,
+                        "src_backend_ids": placement.rotate(sources, i) + fallback,
                         "queue": queue_name(dst.name, backends[backend_id].name),
                         "manifest": manifest,
                         "incremental": snap.incremental,
@@ -388,10 +393,3 @@ def record_event(
             actor=actor,
         )
     )
-
-
-def _rotate(items: list[int], n: int) -> list[int]:
-    if not items:
-        return items
-    k = n % len(items)
-    return items[k:] + items[:k]

@@ -128,7 +128,8 @@ def _previews(src_c: Cluster, dst_c: Cluster, plan: Plan, copies: int) -> list[P
                 "up to date" if name in dst_parts else "nothing loaded on either side",
             )
         )  # fmt: skip
-    return out
+    order = {name: i for i, name in enumerate(src_parts)}
+    return sorted(out, key=lambda p: order[p.name])
 
 
 def _preview(
@@ -194,6 +195,7 @@ def link_rate(dst_c: Cluster, src_cluster: str) -> tuple[float | None, str]:
         )
     rate = int(total) / float(secs)
     return rate, (
-        f"{rate / 2**20:.1f} MB/s, from the last {n} committed jobs {src_cluster} -> "
+        f"{rate / 2**20:.1f} MB/s, from the last {n} committed job{'s' if n != 1 else ''} "
+        f"{src_cluster} -> "
         f"{dst_c.name} ({int(total) / 2**20:.1f} MB in {float(secs):.1f} s, fixed costs included)"
     )

@@ -18,6 +18,7 @@ from app.catalog import schema as s
 from app.catalog.arrays import any_of
 from app.cluster import Cluster
 from app.errors import InvalidRequest, TransactionConflict
+from app.schema import file_schema
 from app.storage.checksum import FileMeta
 from app.storage.rowsets import RowsetState, RowsetWriter, new_rowset_id, read_rowset
 
@@ -139,9 +140,9 @@ def _write_merged(
 ) -> tuple[RowsetWriter, list[FileMeta]]:
     """Write the inputs' rows, in version order, as one rowset on every replica."""
     schema = table.arrow_schema
-    writer = RowsetWriter(tablet.id, rowset_id, schema, replicas)
-    for rs in inputs:
-        batches = list(read_rowset(rs, replicas))
+    writer = RowsetWriter(tablet.id, rowset_id, file_schema(table.columns), replicas)
+    for rs in inputs:  # each read as the table is now, whatever schema wrote it
+        batches = list(read_rowset(rs, replicas, table.columns))
         if batches:
             writer.write(pa.Table.from_batches(batches, schema=schema))
     return writer, writer.finish()

@@ -27,7 +27,7 @@ from app.catalog.names import check_label
 from app.cluster import Cluster, new_epoch
 from app.errors import InvalidRequest, LabelConflict, StorageUnavailable
 from app.rowhash import ContentChecksum, bucket_of
-from app.schema import conform
+from app.schema import conform, file_schema
 from app.storage import sinks as sinks_module
 from app.storage.client import rowset_dir, storage_for
 from app.storage.inputs import LoadSource as LoadSource
@@ -115,7 +115,9 @@ class Loader:
                 parts = list(_split_by_tablet(batch, router, by_key))
                 new = [tablet for tablet, _ in parts if tablet.id not in sinks]
                 if new:
-                    sinks |= self._new_sinks(txn_id, new, schema, backends, files)
+                    sinks |= self._new_sinks(
+                        txn_id, new, file_schema(table.columns), backends, files
+                    )
                 for tablet, part in parts:
                     total_pending += sinks[tablet.id].add(part)
                 total_pending = shed(sinks, total_pending)

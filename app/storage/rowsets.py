@@ -11,6 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from app.errors import ChecksumMismatch, SourceDataGone, StorageUnavailable
+from app.schema import ColumnDef, adapt
 from app.storage.checksum import FileMeta, checksum_stream, copy_verified
 from app.storage.client import StorageClient, rowset_dir, storage_for
 
@@ -132,9 +133,10 @@ def verify_file(storage: StorageClient, path: str, meta: FileMeta) -> bool:
 
 
 def read_rowset(
-    rowset: RowsetInfo, replicas: Sequence[Backend], columns: list[str] | None = None
+    rowset: RowsetInfo, replicas: Sequence[Backend], columns: Sequence[ColumnDef] | None = None
 ) -> Iterator[pa.RecordBatch]:
-    """Batches of a rowset, read from the first replica that has its files."""
+    """Batches of a rowset, read from the first replica that has its files; with the table's
+    ``columns``, as the table is now whatever schema wrote them (app/evolve.py)."""
     last_error: Exception | None = None
     for backend in replicas:
         storage = storage_for(backend.storage_root)
@@ -146,7 +148,8 @@ def read_rowset(
                 continue
             for path in files:
                 with storage.open_read(path) as fh:
-                    yield from pq.ParquetFile(fh).iter_batches(batch_size=65536, columns=columns)
+                    for batch in pq.ParquetFile(fh).iter_batches(batch_size=65536):
+                        yield batch if columns is None else adapt(batch, columns)
             return
         except StorageUnavailable as exc:
             last_error = exc
