@@ -22,7 +22,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from app import evolve, read
+from app import evolve, partitions, read
 from app import export as _export
 from app.catalog import model
 from app.cluster import Cluster, PartitionSpec
@@ -34,6 +34,8 @@ from app.replication.state import JobState
 from app.schema import ColumnDef
 from app.storage import compaction, gc
 from app.storage.load import Loader, LoadResult, LoadSource
+from app.sync import policies as _sync_policies
+from app.sync.handle import SyncPolicy
 
 
 class ClusterHandle:
@@ -86,6 +88,12 @@ class ClusterHandle:
 
     def table(self, full_name: str) -> model.TableInfo:
         return self._cluster.table(full_name)
+
+    def add_partition(
+        self, full_name: str, name: str, lower: Any, upper: Any
+    ) -> model.PartitionInfo:
+        """A new, empty partition covering [lower, upper) (it must not overlap another)."""
+        return partitions.add_partition(self._cluster, full_name, name, lower, upper)
 
     def alter(self, full_name: str, change: evolve.Change) -> model.TableInfo:
         """One schema change (evolve.AddColumn, DropColumn, WidenColumn, RenameColumn): the
@@ -311,6 +319,31 @@ class Replicator:
             overwrite=overwrite,
         )
 
+    def sync_create(
+        self,
+        src: str,
+        dst: str,
+        *,
+        name: str | None = None,
+        include: list[str] | None = None,
+        exclude: list[str] | None = None,
+        renames: dict[str, str] | None = None,
+    ) -> SyncPolicy:
+        """Keep the tables of ``src`` (CLUSTER:DB) in sync with ``dst`` (CLUSTER[:DB]); globs
+        in ``include``/``exclude`` choose tables, ``renames`` maps source to target names. The
+        coordinator's beat follows it: jobs, new tables and partitions, schema changes."""
+        policy = _sync_policies.create(
+            self.settings, name or _default_sync_name(src), src, dst,
+            include=include, exclude=exclude, renames=renames,
+        )  # fmt: skip
+        return SyncPolicy(self.settings, policy.dst_cluster, policy.name)
+
+    def sync(self, cluster: str, name: str) -> SyncPolicy:
+        return SyncPolicy(self.settings, cluster, name)
+
+    def syncs(self, cluster: str) -> list[_sync_policies.Policy]:
+        return _sync_policies.list_policies(self.settings, cluster)
+
     def job(self, ref: str) -> Job:
         cluster, job_id = _jobs.parse_ref(ref)
         return Job(self, cluster, job_id)
@@ -322,3 +355,8 @@ class Replicator:
         return [
             Job(self, cluster, r.id) for r in _jobs.list_jobs(self.settings, cluster, states, limit)
         ]
+
+
+def _default_sync_name(src: str) -> str:
+    """``prod:sales`` -> ``prod_sales``: a policy name from its source."""
+    return src.replace(":", "_").replace(".", "_").replace("-", "_")

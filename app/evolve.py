@@ -26,12 +26,14 @@ from app.catalog.names import check_name
 from app.cluster import Cluster
 from app.errors import InvalidRequest
 from app.schema import ColumnDef, arrow_type, column_ids, normalize_type, schema_hash
+from app.sync import fence
 
 
 @dataclass(frozen=True)
 class AddColumn:
     column: str  # NAME:TYPE or NAME:TYPE:not null
     default: Any = None  # the value of the rows already written (required for NOT NULL)
+    id: int = 0  # 0: the table's next; a sync replays the source's, so that both sides agree
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,20 @@ class RenameColumn:
 
 
 Change = AddColumn | DropColumn | WidenColumn | RenameColumn
+_KINDS: dict[str, type[Change]] = {
+    "add": AddColumn, "drop": DropColumn, "widen": WidenColumn, "rename": RenameColumn,
+}  # fmt: skip
+
+
+def spec_of(change: Change) -> dict[str, Any]:
+    """The change as data, kept with its schema version (a sync replays it on its target)."""
+    kind = next(k for k, cls in _KINDS.items() if isinstance(change, cls))
+    return {"kind": kind, **change.__dict__}
+
+
+def change_from(spec: dict[str, Any]) -> Change:
+    args = {k: v for k, v in spec.items() if k != "kind"}
+    return _KINDS[spec["kind"]](**args)
 
 
 @dataclass(frozen=True)
@@ -87,7 +103,9 @@ def evolve(table: model.TableInfo, change: Change, next_id: int) -> Evolved:
         if col.name in {c.name for c in cols}:
             raise InvalidRequest(f"{where} already has a column {col.name!r}")
         default = parse_default(col, change.default)
-        cols.append(_with(col, id=next_id, default=default))
+        if change.id and change.id in ids:
+            raise InvalidRequest(f"{where} already has a column with id {change.id}")
+        cols.append(_with(col, id=change.id or next_id, default=default))
         return Evolved(cols, part, dist, f"add column {col.name} {col.type}")
     old = _find(cols, change.name, where)
     if isinstance(change, DropColumn):
@@ -201,9 +219,12 @@ def _json(value: Any) -> Any:
     return str(value) if isinstance(value, decimal.Decimal) else value
 
 
-def alter_table(cluster: Cluster, full_name: str, change: Change) -> model.TableInfo:
+def alter_table(
+    cluster: Cluster, full_name: str, change: Change, *, by_sync: str | None = None
+) -> model.TableInfo:
     """Apply ``change`` as the table's next schema version, in one catalog transaction. Refused
-    while a replication job has the table open as its target (its files are being installed)."""
+    while a replication job has the table open as its target (its files are being installed),
+    and on the target of a sync policy unless that policy (``by_sync``) makes it."""
     with cluster.engine.begin() as conn:
         table = model.get_table(conn, full_name, cluster.name)
         current = conn.execute(
@@ -211,6 +232,8 @@ def alter_table(cluster: Cluster, full_name: str, change: Change) -> model.Table
         ).scalar_one()
         table = model.table_by_id(conn, table.id)  # as it is under the lock
         txns.refuse_if_replicating(conn, table, "altering the schema")
+        if by_sync is None or fence.policy_of(conn, table) != by_sync:
+            fence.refuse_if_fenced(conn, table, "altering the schema")
         ever = conn.execute(
             sa.select(s.schema_versions.c.columns).where(s.schema_versions.c.table_id == table.id)
         ).scalars()
@@ -242,6 +265,8 @@ def alter_table(cluster: Cluster, full_name: str, change: Change) -> model.Table
                 columns=columns,
                 schema_hash=h,
                 change=result.description,
+                spec=spec_of(change)
+                | ({"id": next_id} if isinstance(change, AddColumn) and not change.id else {}),
             )
         )
         return model.table_by_id(conn, table.id)

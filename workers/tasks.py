@@ -18,6 +18,7 @@ from app.replication.runner import TaskRunner
 from app.replication.taskrows import TaskKind
 from app.replication.work import run_cleanup, run_message
 from app.storage import gc as storage_gc
+from app.sync import tick as sync
 from workers.celery_app import celery, settings
 from workers.nudge import nudge, nudge_soon
 
@@ -160,6 +161,23 @@ def cleanup(cluster: str, job_id: int, backend: str) -> dict[str, Any]:
         "job": f"{cluster}:{job_id}",
         "removed": run_cleanup(settings, cluster, backend, job_id),
     }
+
+
+@celery.task(name="sync.tick", ignore_result=True)
+def sync_tick() -> dict[str, Any]:
+    """The beat's look at every sync policy: jobs for what moved, started here at once."""
+    started: dict[str, list[int]] = {}
+    for name in clusters():
+        try:
+            ids = sync.tick_cluster(settings, name)
+        except Exception as exc:
+            log.warning("sync of cluster %s failed: %s", name, exc)
+            continue
+        for job_id in ids:
+            advance_here(name, job_id, actor="sync")
+        if ids:
+            started[name] = ids
+    return {"started": started}
 
 
 @celery.task(name="maintenance.gc", ignore_result=True)

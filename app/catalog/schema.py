@@ -74,6 +74,7 @@ schema_versions = Table(
     Column("columns", JSONB, nullable=False),
     Column("schema_hash", BigInteger, nullable=False),
     Column("change", Text, nullable=False),  # what made it, in words: "created", "add column x"
+    Column("spec", JSONB),  # the change as data (app.evolve.spec_of); NULL for "created"
     _created(),
     UniqueConstraint("table_id", "version"),
 )
@@ -269,3 +270,44 @@ job_events = Table(
     Column("actor", Text),  # which process made the change
 )
 Index("job_events_job", job_events.c.job_id, job_events.c.id)
+
+# Continuous sync (app/sync/): a policy keeps the tables of a source database in sync with a
+# database of this cluster; a row per table it follows, with its state and lag.
+sync_policies = Table(
+    "sync_policies",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", Text, nullable=False, unique=True),
+    Column("src_cluster", Text, nullable=False),
+    Column("src_db", Text, nullable=False),
+    Column("dst_db", Text, nullable=False),
+    Column("include", JSONB, nullable=False),  # globs over table names; [] = every table
+    Column("exclude", JSONB, nullable=False),
+    Column("renames", JSONB, nullable=False),  # {source table: target table}
+    Column("state", Text, nullable=False),  # ACTIVE | PAUSED
+    Column("drop_tables", Boolean, nullable=False, server_default=text("false")),
+    Column("last_tick_at", DateTime(timezone=True)),
+    _created(),
+)
+
+sync_tables = Table(
+    "sync_tables",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column(
+        "policy_id", Integer, ForeignKey("sync_policies.id", ondelete="CASCADE"), nullable=False
+    ),
+    Column("src_table", Text, nullable=False),  # names within the policy's databases
+    Column("dst_table", Text, nullable=False),
+    Column("state", Text, nullable=False),  # SYNCING | STOPPED | SOURCE_DROPPED
+    Column("reason", Text),
+    Column("job_id", BigInteger),  # the newest job the policy started for it
+    Column("versions_behind", BigInteger, nullable=False, server_default="0"),
+    # Commit time of the oldest source version not yet on the target (NULL: caught up), and the
+    # source versions seen but not yet on the target: {partition: [[version, committed at]]}.
+    Column("behind_since", DateTime(timezone=True)),
+    Column("pending", JSONB, nullable=False, server_default="{}"),
+    Column("synced_at", DateTime(timezone=True)),
+    _created(),
+    UniqueConstraint("policy_id", "src_table"),
+)

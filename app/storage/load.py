@@ -36,6 +36,7 @@ from app.storage.inputs import read_batches as read_batches
 from app.storage.routing import PartitionRouter as PartitionRouter
 from app.storage.rowsets import RowsetState, RowsetWriter, new_rowset_id
 from app.storage.sinks import OpenFiles, TabletSink, shed
+from app.sync import fence
 
 
 @dataclass
@@ -75,6 +76,7 @@ class Loader:
             return self._relabelled(table, existing, source, label, overwrite, fmt)
         with self.engine.begin() as conn:
             txns.refuse_if_replicating(conn, table, "load")
+            fence.refuse_if_fenced(conn, table, "load")
             kind = "OVERWRITE" if overwrite else "LOAD"
             txn = txns.begin(
                 conn,
@@ -195,6 +197,7 @@ class Loader:
         with self.engine.begin() as conn:
             txns.lock_open(conn, txn_id)
             txns.refuse_if_replicating(conn, table, "load")
+            fence.refuse_if_fenced(conn, table, "load")
             conn.execute(
                 sa.update(s.transactions)
                 .where(s.transactions.c.id == txn_id)

@@ -12,13 +12,14 @@ from typing import Any
 import typer
 
 from app.errors import ReplicatorError, UserError, redact
-from frontends.cli import clusters, export, jobs, processes, schema, transfer, watch
+from frontends.cli import clusters, export, jobs, processes, schema, sync, transfer, watch
 from frontends.cli.apps import cli, err
 from frontends.cli.failures import describe
 from frontends.cli.render import safe
 
 __all__ = [
-    "cli", "clusters", "export", "jobs", "main", "processes", "schema", "transfer", "watch",
+    "cli", "clusters", "export", "jobs", "main", "processes", "schema", "sync", "transfer",
+    "watch",
 ]  # fmt: skip
 
 

@@ -29,6 +29,10 @@ transfer_cli = typer.Typer(
     no_args_is_help=True, help="The transfer server of a backend host, and development certs."
 )
 cli.add_typer(transfer_cli, name="transfer")
+sync_cli = typer.Typer(
+    no_args_is_help=True, help="Keep a whole database in sync with another cluster's."
+)
+cli.add_typer(sync_cli, name="sync")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True)

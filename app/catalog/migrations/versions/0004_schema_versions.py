@@ -32,6 +32,8 @@ def upgrade() -> None:
         sa.Column('columns', JSONB(), nullable=False),
         sa.Column('schema_hash', sa.BigInteger(), nullable=False),
         sa.Column('change', sa.Text(), nullable=False),
+        # The change as data (app.evolve.spec_of): what a sync replays on its target.
+        sa.Column('spec', JSONB(), nullable=True),
         sa.Column(
             'created_at', sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
         ),

@@ -1,0 +1,216 @@
+"""app.sync: a policy's beat, driven here step by step against real catalogs and storage (the
+jobs run in this process through the real coordinator and task code): new tables, new
+partitions, schema changes replayed without recopying, lag, the fence, divergence, pause."""
+
+from __future__ import annotations
+
+import pyarrow as pa
+import pytest
+import sqlalchemy as sa
+
+from app.client import ClusterHandle, Replicator
+from app.config import Settings
+from app.errors import TableBusy
+from app.evolve import AddColumn, WidenColumn
+from app.replication.coordinator import Coordinator
+from app.replication.state import JobState
+from app.replication.taskrows import TaskKind
+from app.replication.work import deliver
+from app.sync import tick as sync
+from app.sync.policies import TableSyncState
+from tests.conftest import ClusterFactory
+from tests.integration.rig import create_test_table, rows
+
+
+class Sync:
+    def __init__(self, settings: Settings, make_cluster: ClusterFactory) -> None:
+        self.settings = settings.with_overrides(transfer_mode="shared")
+        self.src, self.dst = make_cluster(backends=2), make_cluster(backends=2)
+        self.r = Replicator(self.settings)
+        self.coordinator = Coordinator(self.settings, actor="test")
+
+    def beat(self) -> list[int]:
+        """One sync beat, then every job it started run to its end."""
+        started = sync.tick_cluster(self.settings, self.dst.name)
+        for job_id in started:
+            for _ in range(20):
+                for m in self.coordinator.tick(self.dst.name, job_id).messages:
+                    deliver(self.settings, m, "test-worker")
+                if self.r.job(f"{self.dst.name}:{job_id}").state.final:
+                    break
+            job = self.r.job(f"{self.dst.name}:{job_id}")
+            assert job.state is JobState.COMMITTED, job.message
+        return started
+
+    def table(self, name: str) -> object:
+        policy = self.r.sync(self.dst.name, "p").show()
+        return next(t for t in policy.tables if t.src_table == name)
+
+    def moved(self, job_ids: list[int]) -> int:
+        return sum(
+            t.bytes_done
+            for j in job_ids
+            for t in self.r.job(f"{self.dst.name}:{j}").tasks()
+            if t.kind == TaskKind.APPLY
+        )
+
+
+def _same(a: ClusterHandle, b: ClusterHandle, table: str) -> None:
+    assert [p.content() for p in a.checksum(table)] == [p.content() for p in b.checksum(table)]
+    assert a.table(table).schema_hash == b.table(table).schema_hash
+
+
+@pytest.fixture
+def s(settings: Settings, make_cluster: ClusterFactory) -> Sync:
+    return Sync(settings, make_cluster)
+
+
+def test_a_policy_follows_tables_partitions_and_schema_changes(s: Sync) -> None:
+    for name in ("db.a", "db.b", "db.skip_me"):
+        create_test_table(s.src, name, buckets=2, replication_num=1)
+        s.src.load(name, rows(500, seed=1), label=f"{name}-1")
+    s.r.sync_create(f"{s.src.name}:db", s.dst.name, name="p", exclude=["skip*"])
+
+    first = s.beat()  # both followed tables are created on the target and copied
+    assert len(first) == 2
+    for name in ("db.a", "db.b"):
+        _same(s.src, s.dst, name)
+    assert [t.src_table for t in s.r.sync(s.dst.name, "p").show().tables] == ["a", "b"]
+    assert s.beat() == []  # nothing moved: no job
+    assert s.table("a").versions_behind == 0 and s.table("a").synced_at is not None  # type: ignore[attr-defined]
+
+    # A load: one incremental job; the lag the beat saw is what the source's commits say.
+    s.src.load("db.a", rows(200, seed=2), label="a-2")
+    commits = [p.visible_at for p in s.src.partitions("db.a") if p.visible_version == 3]
+    assert len(s.beat()) == 1
+    assert s.table("a").behind_since == min(commits)  # type: ignore[attr-defined]
+    assert s.table("a").versions_behind == len(commits)  # type: ignore[attr-defined]
+    _same(s.src, s.dst, "db.a")
+    assert s.beat() == []
+    assert s.table("a").behind_since is None and s.table("a").versions_behind == 0  # type: ignore[attr-defined]
+
+    # Schema changes and a new partition on the source: replayed, not recopied.
+    s.src.alter("db.a", AddColumn("tag:string:not null", "x"))
+    s.src.alter("db.a", WidenColumn("qty", "int64"))
+    s.src.add_partition("db.a", "p2024q1", "2024-01-01", "2024-04-01")
+    late = rows(300, seed=3).append_column("tag", pa.array(["y"] * 300))
+    s.src.load("db.a", late, label="a-3")
+    new_rowsets = _rowset_bytes(s.src, "db.a", min_version=4)
+    jobs = s.beat()
+    _same(s.src, s.dst, "db.a")
+    assert [p.name for p in s.dst.partitions("db.a")][-1] == "p2024q1"
+    assert [v.change for v in s.dst.schema_history("db.a")][1:] == [
+        "add column tag string",
+        "widen column qty int32 -> int64",
+    ]
+    assert s.moved(jobs) == new_rowsets > 0  # only the load's rowsets crossed: no full copy
+    assert s.dst.scan("db.a").sort_by("id").equals(s.src.scan("db.a").sort_by("id"))
+
+
+def _rowset_bytes(c: ClusterHandle, table: str, min_version: int) -> int:
+    with c.catalog.engine.connect() as conn:
+        return int(
+            conn.execute(
+                sa.text(
+                    "SELECT coalesce(sum(r.data_size), 0) FROM rowsets r JOIN tablets t ON "
+                    "t.id = r.tablet_id JOIN partitions p ON p.id = t.partition_id JOIN tables "
+                    "tb ON tb.id = p.table_id WHERE tb.name = :t AND r.state = 'VISIBLE' AND "
+                    "r.start_version >= :v"
+                ),
+                {"t": table.split(".")[1], "v": min_version},
+            ).scalar_one()
+        )
+
+
+def test_the_target_is_fenced_and_a_write_behind_its_back_stops_the_table(s: Sync) -> None:
+    create_test_table(s.src, "db.a", buckets=1, replication_num=1)
+    s.src.load("db.a", rows(100, seed=1), label="a-1")
+    s.r.sync_create(f"{s.src.name}:db", s.dst.name, name="p")
+    s.beat()
+    with pytest.raises(TableBusy, match="sync policy 'p'"):
+        s.dst.load("db.a", rows(10, seed=9), label="x")
+    with pytest.raises(TableBusy, match="sync policy 'p'"):
+        s.dst.alter("db.a", AddColumn("n:int32"))
+    # Behind the project's back: a load's version written straight into the target's catalog.
+    with s.dst.catalog.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "UPDATE partitions SET visible_version = visible_version + 1, "
+                "version_txn_kind = 'LOAD' WHERE name = 'p2023q1'"
+            )
+        )
+    s.src.load("db.a", rows(100, seed=2), label="a-2")
+    assert s.beat() == []  # found at the next beat: no job, nothing overwritten
+    t = s.table("a")
+    assert t.state is TableSyncState.STOPPED and "written outside the policy" in t.reason  # type: ignore[attr-defined]
+    assert "p2023q1" in t.reason  # type: ignore[attr-defined]
+    assert s.beat() == []  # and it stays stopped
+    s.r.sync(s.dst.name, "p").drop()
+    s.dst.load("db.a", rows(10, seed=9), label="x")  # no policy, no fence
+
+
+def test_pause_measures_lag_and_starts_nothing_until_resumed(s: Sync) -> None:
+    create_test_table(s.src, "db.a", buckets=1, replication_num=1)
+    s.src.load("db.a", rows(100, seed=1), label="a-1")
+    s.r.sync_create(f"{s.src.name}:db", s.dst.name, name="p")
+    s.beat()
+    s.r.sync(s.dst.name, "p").pause()
+    s.src.load("db.a", rows(100, seed=2), label="a-2")
+    s.src.load("db.a", rows(100, seed=3), label="a-3")
+    assert s.beat() == []
+    t = s.table("a")
+    assert t.versions_behind == 8  # type: ignore[attr-defined]  # 4 partitions x 2 versions
+    # Both loads came between two beats: the oldest commit seen is the second's.
+    assert t.behind_since == min(p.visible_at for p in s.src.partitions("db.a"))  # type: ignore[attr-defined]
+    s.r.sync(s.dst.name, "p").resume()
+    assert len(s.beat()) == 1
+    assert s.beat() == []  # the beat after the job's commit sees the target caught up
+    assert s.table("a").versions_behind == 0 and s.table("a").behind_since is None  # type: ignore[attr-defined]
+    _same(s.src, s.dst, "db.a")
+
+
+def test_a_target_of_another_schema_history_stops_that_table_only(s: Sync) -> None:
+    for name in ("db.a", "db.b"):
+        create_test_table(s.src, name, buckets=1, replication_num=1)
+        s.src.load(name, rows(100, seed=1), label=f"{name}-1")
+    s.dst.create_table("db.b", ["id:int64", "other:string"], distributed_by=["id"])
+    s.r.sync_create(f"{s.src.name}:db", s.dst.name, name="p")
+    assert len(s.beat()) == 1  # a is created and copied; b is not touched
+    b = s.table("b")
+    assert b.state is TableSyncState.STOPPED and "incompatible schema change" in b.reason  # type: ignore[attr-defined]
+    assert s.dst.table("db.b").columns[1].name == "other"
+    _same(s.src, s.dst, "db.a")
+
+
+def test_the_cli_manages_policies_and_refuses_bad_input_in_one_line(
+    s: Sync, test_env: dict[str, str]
+) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "frontends.cli", "sync", *args],
+            env=test_env | {"COLUMNS": "200"}, cwd=Path(__file__).resolve().parents[2],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    create_test_table(s.src, "db.a", buckets=1, replication_num=1)
+    ok = cli("create", f"{s.src.name}:db", f"{s.dst.name}:mirror", "--name", "m", "--include", "a*")
+    assert ok.returncode == 0 and "sync policy m" in ok.stdout, ok.stderr
+    assert "m" in cli("list", s.dst.name).stdout
+    assert cli("pause", s.dst.name, "m").returncode == 0
+    assert s.r.sync(s.dst.name, "m").show().state == "PAUSED"
+    for args, message in [
+        (["create", f"{s.src.name}:db", s.dst.name, "--name", "m"], "already exists"),
+        (["create", s.src.name, s.dst.name], "CLUSTER:DATABASE"),
+        (["create", f"{s.src.name}:db", s.dst.name, "--rename", "a"], "SOURCE_TABLE=TARGET_TABLE"),
+        (["create", "nocluster:db", s.dst.name], "not initialised"),
+        (["show", s.dst.name, "nope"], "no sync policy 'nope'"),
+        (["resync", s.dst.name, "m", "zz"], "follows no table 'zz'"),
+    ]:
+        bad = cli(*args)
+        assert bad.returncode == 2, (args, bad.stdout, bad.stderr)
+        assert len(bad.stderr.strip().splitlines()) == 1 and message in bad.stderr, bad.stderr
+    assert cli("drop", s.dst.name, "m").returncode == 0 and s.r.syncs(s.dst.name) == []
