@@ -176,11 +176,7 @@ def _step(
         for part, v in theirs.parts.items():
             if part not in ours.parts:
                 ddl.add_partition(dst, policy.name, dst_full, part, v.lower, v.upper)
-        moved = [
-            p for p, v in theirs.parts.items()
-            if p not in ours.parts or (ours.parts[p].version, ours.parts[p].epoch)
-            != (v.version, v.epoch)
-        ]  # fmt: skip
+        moved = [p for p, v in theirs.parts.items() if _moved(v, ours.parts.get(p))]
         if not moved:
             return None
     label = f"sync-{policy.name}-{target}-{uuid.uuid4().hex[:8]}"
@@ -195,6 +191,14 @@ def _step(
     except UserError as exc:
         return f"replication refused: {exc}"
     return job_id
+
+
+def _moved(theirs: Part, ours: Part | None) -> bool:
+    """The target partition lacks what the source's holds. Two partitions never loaded (version
+    1) hold the same nothing whatever their epochs."""
+    if ours is None:
+        return theirs.version > 1
+    return (ours.version, ours.epoch) != (theirs.version, theirs.epoch) and theirs.version > 1
 
 
 def _running_jobs(dst: Cluster, src_cluster: str) -> set[str]:
