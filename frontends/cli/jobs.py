@@ -38,7 +38,7 @@ def replicate(
 ) -> None:
     """Replicate a table's partitions at their current source versions, as one transaction."""
     if dry_run:
-        _print_dry_run(
+        print_dry_run(
             connect().dry_run(
                 src,
                 dst,
@@ -72,7 +72,7 @@ def replicate(
         sys.exit(1)
 
 
-def _print_dry_run(plan: DryRun) -> None:
+def print_dry_run(plan: DryRun) -> None:
     table = Table(title=f"dry run: {safe(plan.src)} -> {safe(plan.dst)} (nothing changed)")
     for col in ("partition", "action", "versions", "bytes", "files", "replicas", "note"):
         table.add_column(col, justify="right" if col in ("bytes", "files", "replicas") else "left")

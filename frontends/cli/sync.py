@@ -71,6 +71,19 @@ def _print(p: Policy) -> None:
     out.print(t)
 
 
+@sync_cli.command("plan")
+def sync_plan(cluster: str, name: str) -> None:
+    """What the policy's next beat would copy, per table and partition; changes nothing."""
+    from app.sync.plan import plan
+    from frontends.cli.jobs import print_dry_run
+
+    for t in plan(connect().settings, cluster, name):
+        if t.preview is None:
+            out.print(f"{safe(t.table)}: a job would be refused: {safe(t.refused)}")
+        else:
+            print_dry_run(t.preview)
+
+
 @sync_cli.command("pause")
 def sync_pause(cluster: str, name: str) -> None:
     """Start no new jobs; the tables stay fenced and lag is still measured."""

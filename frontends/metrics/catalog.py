@@ -74,6 +74,14 @@ LAG_TABLES_SQL = sa.text(
     """
 )
 
+SYNC_SQL = sa.text(
+    """
+    SELECT p.name AS policy, t.dst_table, t.state, t.versions_behind,
+           coalesce(extract(epoch FROM now() - t.behind_since), 0) AS seconds
+    FROM sync_tables t JOIN sync_policies p ON p.id = t.policy_id
+    """
+)
+
 PARTITIONS_SQL = sa.text(
     """
     SELECT d.name || '.' || t.name AS full_name, p.name, p.visible_version,
@@ -100,6 +108,7 @@ class ClusterScrape:
     last_commit: dict[str, float] = field(default_factory=dict)
     lag_tables: list[tuple[str, str, str]] = field(default_factory=list)  # dst, src cluster, src
     dst_partitions: dict[str, dict[str, int]] = field(default_factory=dict)
+    sync: list[Any] = field(default_factory=list)  # rows of SYNC_SQL
 
 
 def _kind_agg(st: StateStats) -> KindAgg:
@@ -125,6 +134,7 @@ def scrape_cluster(engine: Engine, name: str, settled: Settled) -> ClusterScrape
             queue_name(name, b) for (b,) in conn.execute(sa.text("SELECT name FROM backends"))
         }
         jobs = conn.execute(JOBS_SQL).all()
+        sc.sync = list(conn.execute(SYNC_SQL))
         fresh = _job_aggs(conn, name, jobs, settled)
         sc.lag_tables = [
             (x.dst_table, x.src_cluster, x.src_table) for x in conn.execute(LAG_TABLES_SQL)

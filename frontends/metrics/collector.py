@@ -168,6 +168,10 @@ class ReplicatorCollector(Collector):
             active = sc.active_kind.get(kind, KindAgg())
             for state in TASK_STATES:
                 fam["replicator_tasks"].add_metric([c, kind, state], active.by_state.get(state, 0))
+        for r in sc.sync:
+            labels = [c, r.policy, r.dst_table, r.state]
+            fam["replicator_sync_versions_behind"].add_metric(labels, r.versions_behind)
+            fam["replicator_sync_seconds_behind"].add_metric(labels, float(r.seconds))
         for state in ("COMMITTED", "ABORTED"):
             jcounts, jn, jsum = sc.job_durations.get(
                 state, ([0] * len(JOB_DURATION_BUCKETS), 0, 0.0)

@@ -109,6 +109,17 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Unix time the last COMMITTED job of the target table finished.",
         ("cluster", "table"),
     ),
+    "replicator_sync_versions_behind": (
+        "gauge",
+        "Source versions a sync policy's table has not yet on the target (all partitions).",
+        ("cluster", "policy", "table", "state"),
+    ),
+    "replicator_sync_seconds_behind": (
+        "gauge",
+        "Age of the oldest source commit a synced table has not yet on the target (0: caught "
+        "up). Alert on it.",
+        ("cluster", "policy", "table", "state"),
+    ),
     "replicator_queue_length": (
         "gauge",
         "Messages waiting in a broker queue (LLEN, priority sub-lists included).",

@@ -18,6 +18,7 @@ from app.replication.taskrows import TaskKind
 from app.replication.work import deliver
 from app.sync import tick as sync
 from app.sync.policies import TableSyncState
+from frontends.metrics.server import render
 from tests.conftest import ClusterFactory
 from tests.integration.rig import create_test_table, rows
 
@@ -160,6 +161,11 @@ def test_pause_measures_lag_and_starts_nothing_until_resumed(s: Sync) -> None:
     assert s.beat() == []
     t = s.table("a")
     assert t.versions_behind == 8  # type: ignore[attr-defined]  # 4 partitions x 2 versions
+    metrics = render(s.settings, [s.dst.name])
+    assert (
+        f'replicator_sync_versions_behind{{cluster="{s.dst.name}",policy="p",state="SYNCING",'
+        'table="a"} 8.0'
+    ) in metrics, [ln for ln in metrics.splitlines() if "sync" in ln]
     # Both loads came between two beats: the oldest commit seen is the second's.
     assert t.behind_since == min(p.visible_at for p in s.src.partitions("db.a"))  # type: ignore[attr-defined]
     s.r.sync(s.dst.name, "p").resume()
@@ -214,3 +220,34 @@ def test_the_cli_manages_policies_and_refuses_bad_input_in_one_line(
         assert bad.returncode == 2, (args, bad.stdout, bad.stderr)
         assert len(bad.stderr.strip().splitlines()) == 1 and message in bad.stderr, bad.stderr
     assert cli("drop", s.dst.name, "m").returncode == 0 and s.r.syncs(s.dst.name) == []
+
+
+def test_sync_plan_previews_the_next_beat_per_table_and_changes_nothing(
+    s: Sync, test_env: dict[str, str]
+) -> None:
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from app.sync.plan import plan
+
+    for name in ("db.a", "db.b"):
+        create_test_table(s.src, name, buckets=1, replication_num=1)
+        s.src.load(name, rows(100, seed=1), label=f"{name}-1")
+    s.r.sync_create(f"{s.src.name}:db", s.dst.name, name="p")
+    first = plan(s.settings, s.dst.name, "p")
+    assert [(t.table, t.preview.create_table) for t in first] == [("a", True), ("b", True)]  # type: ignore[union-attr]
+    assert s.r.sync(s.dst.name, "p").show().tables == []  # the plan made no row, no table
+    assert [t.full_name for t in s.dst.tables()] == []
+    s.beat()
+    s.src.load("db.a", rows(100, seed=2), label="a-2")
+    a, b = plan(s.settings, s.dst.name, "p")
+    assert {p.action for p in a.preview.partitions} == {"INCREMENTAL"}  # type: ignore[union-attr]
+    assert {p.action for p in b.preview.partitions} == {"SKIP"}  # type: ignore[union-attr]
+    shown = subprocess.run(
+        [sys.executable, "-m", "frontends.cli", "sync", "plan", s.dst.name, "p"],
+        env=test_env | {"COLUMNS": "200"}, cwd=Path(__file__).resolve().parents[2],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.count("INCREMENTAL") == 4 and "db.b" in shown.stdout
