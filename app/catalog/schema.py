@@ -287,6 +287,8 @@ sync_policies = Table(
     Column("state", Text, nullable=False),  # ACTIVE | PAUSED
     Column("drop_tables", Boolean, nullable=False, server_default=text("false")),
     Column("last_tick_at", DateTime(timezone=True)),
+    # A failback policy's target as it was when promoted away: {table: {partition: [v, epoch]}}
+    Column("baseline", JSONB),
     _created(),
 )
 

@@ -4,6 +4,8 @@ write on the target would make it diverge and the next job would have to refuse 
 
 from __future__ import annotations
 
+import fnmatch
+
 import sqlalchemy as sa
 
 from app.catalog import schema as s
@@ -12,13 +14,27 @@ from app.errors import TableBusy
 
 
 def policy_of(conn: sa.Connection, table: TableInfo) -> str | None:
-    """The name of the policy that follows ``table`` as its target, if one does."""
+    """The name of the policy that follows ``table`` as its target, if one does: one that has
+    a row for it, or whose rules would follow it from its first beat on."""
     p, t = s.sync_policies.c, s.sync_tables.c
-    return conn.execute(
+    rowed = conn.execute(
         sa.select(p.name)
         .join(s.sync_tables, t.policy_id == p.id)
         .where(p.dst_db == table.db_name, t.dst_table == table.name)
     ).scalar()
+    if rowed is not None:
+        return str(rowed)
+    for name, include, exclude, renames in conn.execute(
+        sa.select(p.name, p.include, p.exclude, p.renames).where(p.dst_db == table.db_name)
+    ):
+        back = {dst: src for src, dst in renames.items()}
+        src = back.get(table.name, None if table.name in renames else table.name)
+        if src is None:
+            continue
+        included = not include or any(fnmatch.fnmatchcase(src, g) for g in include)
+        if included and not any(fnmatch.fnmatchcase(src, g) for g in exclude):
+            return str(name)
+    return None
 
 
 def refuse_if_fenced(conn: sa.Connection, table: TableInfo, what: str) -> None:

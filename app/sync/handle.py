@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from app.config import Settings
 from app.sync import policies as p
+from app.sync.promote import Promotion, promote
 
 
 class SyncPolicy:
@@ -27,6 +28,16 @@ class SyncPolicy:
     def resync(self, table: str) -> p.Policy:
         """Let a STOPPED table sync again once its cause is dealt with."""
         return p.resync(self.settings, self.cluster, self.name, table)
+
+    def promote(
+        self, *, now: bool = False, reverse: bool = False, timeout: float = 300.0
+    ) -> Promotion:
+        """Make the target the writable copy (app/sync/promote.py): once caught up, or at once
+        with ``now`` (reporting what was not copied); ``reverse`` leaves a paused policy the
+        other way round, for a failback that copies only what changed."""
+        return promote(
+            self.settings, self.cluster, self.name, now=now, reverse=reverse, timeout=timeout
+        )
 
     def drop(self) -> None:
         """Forget the policy; its tables are writable again and keep what they hold."""

@@ -60,6 +60,7 @@ class Policy:
     state: PolicyState
     last_tick_at: dt.datetime | None
     tables: list[SyncedTable] = field(default_factory=list)
+    baseline: dict[str, dict[str, list[int]]] | None = None  # a failback policy's (promote.py)
 
     def follows(self, table: str) -> bool:
         """Whether a source table (a name within src_db) is one this policy keeps in sync."""
@@ -92,6 +93,7 @@ def create(
     include: list[str] | None = None,
     exclude: list[str] | None = None,
     renames: dict[str, str] | None = None,
+    baseline: dict[str, dict[str, list[int]]] | None = None,
 ) -> Policy:
     """A policy keeping ``src`` (CLUSTER:DB) in sync with ``dst`` (CLUSTER[:DB], the same
     database name by default). It starts at the coordinator's next beat."""
@@ -112,7 +114,7 @@ def create(
             sa.insert(s.sync_policies).values(
                 name=name, src_cluster=src_cluster, src_db=src_db, dst_db=dst_db,
                 include=list(include or []), exclude=list(exclude or []),
-                renames=dict(renames or {}), state=PolicyState.ACTIVE,
+                renames=dict(renames or {}), state=PolicyState.ACTIVE, baseline=baseline,
             )
         )  # fmt: skip
     return show(settings, dst_cluster, name)
@@ -206,7 +208,8 @@ def resync(settings: Settings, cluster: str, name: str, table: str) -> Policy:
 def _policy(r: Any, cluster: str) -> Policy:
     return Policy(
         r.id, r.name, r.src_cluster, r.src_db, cluster, r.dst_db, tuple(r.include),
-        tuple(r.exclude), dict(r.renames), PolicyState(r.state), r.last_tick_at,
+        tuple(r.exclude), dict(r.renames), PolicyState(r.state), r.last_tick_at, [],
+        r.baseline,
     )  # fmt: skip
 
 

@@ -153,12 +153,19 @@ def _step(
 ) -> int | str | None:
     """What this table needs now: a job started (its id), a reason to stop, or nothing."""
     src_full, dst_full = f"{policy.src_db}.{name}", f"{policy.dst_db}.{target}"
+    overwrite, moved = False, None
     if ours is not None:
+        # A failback policy may replace what its target held when it was promoted away.
+        kept = (policy.baseline or {}).get(target, {})
+        as_left = {p for p, v in ours.parts.items() if kept.get(p) == [v.version, v.epoch]}
         diverged = [
             f"partition {p} is at version {v.version} after a {v.written_by.lower()} on the target"
             for p, v in ours.parts.items()
-            if (v.version > 1 and v.written_by != "REPLICATION")
-            or (p in theirs.parts and v.version > theirs.parts[p].version)
+            if p not in as_left
+            and (
+                (v.version > 1 and v.written_by != "REPLICATION")
+                or (p in theirs.parts and v.version > theirs.parts[p].version)
+            )
         ]
         if diverged:
             return (
@@ -179,11 +186,13 @@ def _step(
         moved = [p for p, v in theirs.parts.items() if _moved(v, ours.parts.get(p))]
         if not moved:
             return None
+        # Only the partitions that moved: an overwrite must not reach the others.
+        overwrite = any(ours.parts[p].written_by != "REPLICATION" for p in moved if p in as_left)
     label = f"sync-{policy.name}-{target}-{uuid.uuid4().hex[:8]}"
     try:
         _, job_id, _ = submit(
             settings, f"{src.name}:{src_full}", f"{dst.name}:{dst_full}",
-            create_target=ours is None, label=label,
+            create_target=ours is None, label=label, overwrite=overwrite, partitions=moved,
         )  # fmt: skip
     except (AdmissionRefused, TableBusy) as exc:
         log.info("sync %s: %s waits: %s", policy.name, name, exc)

@@ -101,6 +101,27 @@ def sync_resync(cluster: str, name: str, table: str) -> None:
     _print(connect().sync(cluster, name).resync(table))
 
 
+@sync_cli.command("promote")
+def sync_promote(
+    cluster: str,
+    name: str,
+    now: Annotated[bool, typer.Option(help="Stop at once; report what was not copied")] = False,
+    reverse: Annotated[
+        bool, typer.Option(help="Leave a paused policy the other way round, for failback")
+    ] = False,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the lag to reach 0")] = 300,
+) -> None:
+    """Make the target the writable copy: once it has caught up (or at once with --now)."""
+    done = connect().sync(cluster, name).promote(now=now, reverse=reverse, timeout=timeout)
+    missing = ", ".join(f"{t}: {n} versions" for t, n in sorted(done.not_copied.items()))
+    out.print(
+        f"promoted: {cluster}'s tables of policy {safe(name)} are writable; "
+        + ("caught up" if done.caught_up else f"not copied: {safe(missing)}")
+        + (f"; cancelled jobs {done.cancelled_jobs}" if done.cancelled_jobs else "")
+        + (f"; failback policy {safe(done.reverse)} (paused) made" if done.reverse else "")
+    )
+
+
 @sync_cli.command("drop")
 def sync_drop(cluster: str, name: str) -> None:
     """Forget the policy: its target tables become writable and keep what they hold."""

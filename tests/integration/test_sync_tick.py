@@ -10,7 +10,7 @@ import sqlalchemy as sa
 
 from app.client import ClusterHandle, Replicator
 from app.config import Settings
-from app.errors import TableBusy
+from app.errors import InvalidRequest, TableBusy
 from app.evolve import AddColumn, WidenColumn
 from app.replication.coordinator import Coordinator
 from app.replication.state import JobState
@@ -30,22 +30,32 @@ class Sync:
         self.r = Replicator(self.settings)
         self.coordinator = Coordinator(self.settings, actor="test")
 
-    def beat(self) -> list[int]:
-        """One sync beat, then every job it started run to its end."""
-        started = sync.tick_cluster(self.settings, self.dst.name)
+    def beat(self, cluster: str | None = None) -> list[int]:
+        """One sync beat of ``cluster`` (the target's), then every job it started run to its
+        end."""
+        where = cluster or self.dst.name
+        started = sync.tick_cluster(self.settings, where)
         for job_id in started:
             for _ in range(20):
-                for m in self.coordinator.tick(self.dst.name, job_id).messages:
+                for m in self.coordinator.tick(where, job_id).messages:
                     deliver(self.settings, m, "test-worker")
-                if self.r.job(f"{self.dst.name}:{job_id}").state.final:
+                if self.r.job(f"{where}:{job_id}").state.final:
                     break
-            job = self.r.job(f"{self.dst.name}:{job_id}")
+            job = self.r.job(f"{where}:{job_id}")
             assert job.state is JobState.COMMITTED, job.message
         return started
 
     def table(self, name: str) -> object:
         policy = self.r.sync(self.dst.name, "p").show()
         return next(t for t in policy.tables if t.src_table == name)
+
+    def moved_in(self, cluster: str, job_ids: list[int]) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for j in job_ids:
+            for t in self.r.job(f"{cluster}:{j}").tasks():
+                if t.kind == TaskKind.APPLY:
+                    out[t.partition_name] = out.get(t.partition_name, 0) + t.bytes_done
+        return out
 
     def moved(self, job_ids: list[int]) -> int:
         return sum(
@@ -108,7 +118,9 @@ def test_a_policy_follows_tables_partitions_and_schema_changes(s: Sync) -> None:
     assert s.dst.scan("db.a").sort_by("id").equals(s.src.scan("db.a").sort_by("id"))
 
 
-def _rowset_bytes(c: ClusterHandle, table: str, min_version: int) -> int:
+def _rowset_bytes(
+    c: ClusterHandle, table: str, min_version: int, partition: str | None = None
+) -> int:
     with c.catalog.engine.connect() as conn:
         return int(
             conn.execute(
@@ -116,9 +128,9 @@ def _rowset_bytes(c: ClusterHandle, table: str, min_version: int) -> int:
                     "SELECT coalesce(sum(r.data_size), 0) FROM rowsets r JOIN tablets t ON "
                     "t.id = r.tablet_id JOIN partitions p ON p.id = t.partition_id JOIN tables "
                     "tb ON tb.id = p.table_id WHERE tb.name = :t AND r.state = 'VISIBLE' AND "
-                    "r.start_version >= :v"
+                    "r.start_version >= :v AND (CAST(:p AS text) IS NULL OR p.name = :p)"
                 ),
-                {"t": table.split(".")[1], "v": min_version},
+                {"t": table.split(".")[1], "v": min_version, "p": partition},
             ).scalar_one()
         )
 
@@ -251,3 +263,46 @@ def test_sync_plan_previews_the_next_beat_per_table_and_changes_nothing(
     )  # fmt: skip
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.count("INCREMENTAL") == 4 and "db.b" in shown.stdout
+
+
+def test_promote_then_fail_back_copies_only_the_partitions_the_promoted_side_changed(
+    s: Sync,
+) -> None:
+    from tests.integration.test_dry_run import _quarter
+
+    create_test_table(s.src, "db.a", buckets=2, replication_num=1)
+    s.src.load("db.a", rows(2_000, seed=1), label="a-1")
+    s.r.sync_create(f"{s.src.name}:db", s.dst.name, name="p")
+    s.beat()
+    done = s.r.sync(s.dst.name, "p").promote(reverse=True)
+    assert done.caught_up and done.not_copied == {} and done.reverse == "p_back"
+    assert s.r.syncs(s.dst.name) == []  # the policy is gone: the promoted side is writable
+    back = s.r.sync(s.src.name, "p_back").show()
+    assert back.state == "PAUSED" and back.src_cluster == s.dst.name
+    with pytest.raises(TableBusy, match="p_back"):  # the old source waits for the failback
+        s.src.load("db.a", rows(10, seed=9), label="x")
+
+    s.dst.load("db.a", _quarter(3_000, 5, "2023-01-01", "2023-04-01"), label="promoted-1")
+    changed = _rowset_bytes(s.dst, "db.a", min_version=1, partition="p2023q1")
+    s.r.sync(s.src.name, "p_back").resume()
+    jobs = s.beat(s.src.name)
+    assert len(jobs) == 1
+    moved = s.moved_in(s.src.name, jobs)
+    assert moved == {"p2023q1": changed}  # one partition, in full; the other three stay
+    _same(s.dst, s.src, "db.a")
+    assert s.beat(s.src.name) == []
+
+
+def test_promote_now_stops_at_once_and_says_what_was_not_copied(s: Sync) -> None:
+    create_test_table(s.src, "db.a", buckets=1, replication_num=1)
+    s.src.load("db.a", rows(400, seed=1), label="a-1")
+    s.r.sync_create(f"{s.src.name}:db", s.dst.name, name="p")
+    s.beat()
+    s.r.sync(s.dst.name, "p").pause()
+    s.src.load("db.a", rows(400, seed=2), label="a-2")
+    with pytest.raises(InvalidRequest, match="still behind"):
+        s.r.sync(s.dst.name, "p").promote(timeout=0.5)  # nothing runs the beat here
+    assert [p.name for p in s.r.syncs(s.dst.name)] == ["p"]  # and nothing was promoted
+    done = s.r.sync(s.dst.name, "p").promote(now=True)
+    assert not done.caught_up and done.not_copied == {"a": 4}
+    s.dst.load("db.a", rows(10, seed=9), label="writable")

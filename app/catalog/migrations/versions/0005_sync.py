@@ -31,6 +31,10 @@ def upgrade() -> None:
         sa.Column('state', sa.Text(), nullable=False),
         sa.Column('drop_tables', sa.Boolean(), nullable=False, server_default=sa.text('false')),
         sa.Column('last_tick_at', sa.DateTime(timezone=True)),
+        # A failback policy (made by a promotion): the target's partitions as they were when
+        # it stopped being written, {table: {partition: [version, epoch]}}. Those partitions
+        # may be overwritten; any other write found on the target stops the table.
+        sa.Column('baseline', JSONB(), nullable=True),
         sa.Column(
             'created_at', sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
         ),
