@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import Any
@@ -19,6 +20,7 @@ from app.replication.taskrows import TaskKind
 from app.replication.work import run_cleanup, run_message
 from app.storage import gc as storage_gc
 from app.sync import tick as sync
+from app.sync.verify import CheckRequest, check_files
 from workers.celery_app import celery, settings
 from workers.nudge import nudge, nudge_soon
 
@@ -165,19 +167,31 @@ def cleanup(cluster: str, job_id: int, backend: str) -> dict[str, Any]:
 
 @celery.task(name="sync.tick", ignore_result=True)
 def sync_tick() -> dict[str, Any]:
-    """The beat's look at every sync policy: jobs for what moved, started here at once."""
+    """The beat's look at every sync policy: jobs for what moved (started here at once), and
+    file checks after commits, sent to the target backends that hold the files."""
     started: dict[str, list[int]] = {}
     for name in clusters():
         try:
-            ids = sync.tick_cluster(settings, name)
+            beat = sync.tick_cluster(settings, name)
         except Exception as exc:
             log.warning("sync of cluster %s failed: %s", name, exc)
             continue
-        for job_id in ids:
+        for job_id in beat.started:
             advance_here(name, job_id, actor="sync")
-        if ids:
-            started[name] = ids
+        for check in beat.checks:
+            queue = queue_name(check.cluster, check.backend)
+            celery.send_task(
+                "sync.check", kwargs=dataclasses.asdict(check), queue=queue, routing_key=queue
+            )
+        if beat.started:
+            started[name] = beat.started
     return {"started": started}
+
+
+@celery.task(name="sync.check", ignore_result=True)
+def sync_check(**request: Any) -> dict[str, Any]:
+    """Re-hash a synced table's files on this backend's host (app/sync/verify.py)."""
+    return check_files(settings, CheckRequest(**request))
 
 
 @celery.task(name="maintenance.gc", ignore_result=True)

@@ -310,6 +310,27 @@ sync_tables = Table(
     Column("behind_since", DateTime(timezone=True)),
     Column("pending", JSONB, nullable=False, server_default="{}"),
     Column("synced_at", DateTime(timezone=True)),
+    Column("verified_job_id", BigInteger),  # the newest job whose result was verified
+    Column("mismatches", BigInteger, nullable=False, server_default="0"),  # checks that failed
+    Column("last_check", Text),  # what the last verification found, in words
     _created(),
     UniqueConstraint("policy_id", "src_table"),
+)
+
+# A target backend's re-hash of one synced table's files after one job (app/sync/verify.py).
+sync_checks = Table(
+    "sync_checks",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column(
+        "policy_id", Integer, ForeignKey("sync_policies.id", ondelete="CASCADE"), nullable=False
+    ),
+    Column("src_table", Text, nullable=False),
+    Column("job_id", BigInteger, nullable=False),
+    Column("backend", Text, nullable=False),
+    Column("files", Integer, nullable=False),
+    Column("bytes", BigInteger, nullable=False),
+    Column("bad", JSONB, nullable=False),  # {partition: [file path, ...]}
+    _created(),
+    UniqueConstraint("policy_id", "src_table", "job_id", "backend"),
 )

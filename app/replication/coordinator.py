@@ -207,6 +207,7 @@ class Coordinator:
                 pair,
                 partitions=job.options.get("partitions"),
                 overwrite=bool(job.options.get("overwrite")),
+                repair=job.options.get("repair"),
             )
         except UserError as exc:
             return Result(Action.PLAN, Outcome.REFUSED, f"planning failed: {exc}")

@@ -99,6 +99,7 @@ def make_plan(
     partitions: list[str] | None = None,
     create_target: bool = False,
     overwrite: bool = False,
+    repair: list[str] | None = None,
 ) -> Plan:
     """What replicating ``pair`` would do now: per partition skip, incremental or full, and the
     tablet pairs. Raises a UserError naming what is wrong; changes nothing."""
@@ -137,7 +138,10 @@ def make_plan(
     plan.overwritten = [d.split(" ", 2)[1] for d in diverged]
     for sp in wanted:
         dp = dst_by_name.get(sp.name)
-        pp = _plan_partition(pair, sp, dp, dst_table is not None, _diverged(dp) and overwrite)
+        # A repair copies a partition in full although the versions say it is up to date (a
+        # verification found the target's files damaged).
+        forced = (_diverged(dp) and overwrite) or sp.name in (repair or [])
+        pp = _plan_partition(pair, sp, dp, dst_table is not None, forced)
         if pp is None:
             plan.skipped.append(sp.name)
             continue

@@ -47,24 +47,23 @@ def submit(
     replication_num: int | None = None,
     timeout_sec: int | None = None,
     overwrite: bool = False,
+    repair: list[str] | None = None,
 ) -> tuple[str, int, bool]:
-    """Validate, plan and record a job. Returns (cluster, job id, created).
-
-    Bad input raises a UserError and leaves nothing behind: a target table is created only once
-    every check has passed, in the same critical section as the job's insert. An up-to-date
-    table gives a job that is COMMITTED at once, saying so.
-    """
+    """Validate, plan and record a job; returns (cluster, job id, created). Bad input raises a
+    UserError and leaves nothing behind (see the module's comment). An up-to-date table gives a
+    job that is COMMITTED at once, saying so. ``repair``: partitions to copy in full although
+    their versions match (app/sync/verify.py found them damaged)."""
     pair = TablePair.parse(src, dst)
     _check_arguments(label, replication_num, timeout_sec)
     src_c, dst_c = Cluster(settings, pair.src_cluster), Cluster(settings, pair.dst_cluster)
     src_c.ensure_ready()
     dst_c.ensure_ready()
-    options: dict[str, Any] = {
+    options = {
         "partitions": sorted(partitions) if partitions is not None else None,
         "create_target": create_target,
         "replication_num": replication_num,
         "timeout_sec": timeout_sec,
-    } | ({"overwrite": True} if overwrite else {})  # so earlier jobs' labels keep their digest
+    } | _flags(overwrite, repair)
     digest = _digest(pair, options)
     label = label or f"job-{uuid.uuid4().hex[:12]}"
     with dst_c.engine.begin() as conn:
@@ -87,6 +86,7 @@ def submit(
             partitions=partitions,
             create_target=create_target,
             overwrite=overwrite,
+            repair=repair,
         )
         if plan.dst is None:
             plan = _create_target(
@@ -96,6 +96,13 @@ def submit(
             _admit_and_refuse_busy(conn, settings, pair, plan, _replicas(plan))
         job_id = _insert_job(conn, pair, plan, label, digest, options)
     return pair.dst_cluster, job_id, True
+
+
+def _flags(overwrite: bool, repair: list[str] | None) -> dict[str, Any]:
+    """Options present only when asked for, so that earlier jobs' labels keep their digest."""
+    return ({"overwrite": True} if overwrite else {}) | (
+        {"repair": sorted(repair)} if repair else {}
+    )
 
 
 def _check_arguments(label: str | None, replication_num: int | None, timeout: int | None) -> None:

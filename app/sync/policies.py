@@ -41,6 +41,9 @@ class SyncedTable:
     behind_since: dt.datetime | None
     synced_at: dt.datetime | None
     pending: dict[str, list[list[Any]]] = field(default_factory=dict)
+    verified_job_id: int | None = None
+    mismatches: int = 0
+    last_check: str | None = None
 
     def seconds_behind(self, now: dt.datetime) -> float:
         return 0.0 if self.behind_since is None else (now - self.behind_since).total_seconds()
@@ -217,4 +220,5 @@ def _table(r: Any) -> SyncedTable:
     return SyncedTable(
         r.src_table, r.dst_table, TableSyncState(r.state), r.reason, r.job_id,
         int(r.versions_behind), r.behind_since, r.synced_at, dict(r.pending or {}),
+        r.verified_job_id, int(r.mismatches), r.last_check,
     )  # fmt: skip

@@ -32,8 +32,9 @@ from app.config import Settings
 from app.errors import AdmissionRefused, ReplicatorError, TableBusy, UserError
 from app.replication.state import ACTIVE_STATES
 from app.replication.submit import submit
-from app.sync import ddl
+from app.sync import checking, ddl
 from app.sync.policies import Policy, PolicyState, SyncedTable, TableSyncState, load_policies
+from app.sync.verify import CheckRequest
 
 log = logging.getLogger(__name__)
 
@@ -75,10 +76,16 @@ def tables_of(cluster: Cluster, db: str) -> dict[str, TableView]:
     return out
 
 
-def tick_cluster(settings: Settings, cluster: str) -> list[int]:
-    """Every policy of ``cluster`` (the target); returns the ids of the jobs it started."""
+@dataclass
+class Beat:
+    started: list[int] = field(default_factory=list)  # jobs: tick them at once
+    checks: list[CheckRequest] = field(default_factory=list)  # send to the backends' queues
+
+
+def tick_cluster(settings: Settings, cluster: str) -> Beat:
+    """Every policy of ``cluster`` (the target): the jobs it started, the checks it asks for."""
     dst = Cluster(settings, cluster)
-    started: list[int] = []
+    started = Beat()
     with dst.engine.connect() as lock:
         # One beat at a time per cluster: two coordinators' beats would otherwise both see a
         # table move (the second submit is refused as busy, but the work is done twice).
@@ -89,7 +96,7 @@ def tick_cluster(settings: Settings, cluster: str) -> list[int]:
             lock.commit()
             for policy in policies:
                 try:
-                    started += tick_policy(settings, dst, policy)
+                    tick_policy(settings, dst, policy, started)
                 except ReplicatorError as exc:  # e.g. the source is down: next beat
                     log.warning("sync policy %s: %s", policy.name, exc)
         finally:
@@ -101,13 +108,13 @@ def tick_cluster(settings: Settings, cluster: str) -> list[int]:
 _LOCK = 727274003  # the sync beat's advisory lock (727274002 is the submit lock)
 
 
-def tick_policy(settings: Settings, dst: Cluster, policy: Policy) -> list[int]:
+def tick_policy(settings: Settings, dst: Cluster, policy: Policy, beat: Beat) -> None:
     src = Cluster(settings, policy.src_cluster)
     theirs = tables_of(src, policy.src_db)
     ours = tables_of(dst, policy.dst_db)
     running = _running_jobs(dst, policy.src_cluster)
     rows = {t.src_table: t for t in policy.tables}
-    started: list[int] = []
+    started = beat.started
     now = dt.datetime.now(dt.UTC)
     for name in sorted(n for n in theirs if policy.follows(n)):
         target = policy.target_of(name)
@@ -119,6 +126,12 @@ def tick_policy(settings: Settings, dst: Cluster, policy: Policy) -> list[int]:
             _update(dst, policy, name, **changes)
             continue
         if policy.state is PolicyState.ACTIVE and f"{policy.dst_db}.{target}" not in running:
+            if row is not None:
+                found = checking.after_job(settings, src, dst, policy, row, beat)
+                changes |= found
+                if "job_id" in found:  # a repair started: nothing else for it this beat
+                    _update(dst, policy, name, **changes)
+                    continue
             verdict = _step(
                 settings, src, dst, policy, name, target, theirs[name], ours.get(target)
             )
@@ -138,7 +151,6 @@ def tick_policy(settings: Settings, dst: Cluster, policy: Policy) -> list[int]:
             .where(s.sync_policies.c.id == policy.id)
             .values(last_tick_at=sa.func.now())
         )
-    return started
 
 
 def _step(

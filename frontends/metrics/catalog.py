@@ -76,7 +76,7 @@ LAG_TABLES_SQL = sa.text(
 
 SYNC_SQL = sa.text(
     """
-    SELECT p.name AS policy, t.dst_table, t.state, t.versions_behind,
+    SELECT p.name AS policy, t.dst_table, t.state, t.versions_behind, t.mismatches,
            coalesce(extract(epoch FROM now() - t.behind_since), 0) AS seconds
     FROM sync_tables t JOIN sync_policies p ON p.id = t.policy_id
     """

@@ -172,6 +172,9 @@ class ReplicatorCollector(Collector):
             labels = [c, r.policy, r.dst_table, r.state]
             fam["replicator_sync_versions_behind"].add_metric(labels, r.versions_behind)
             fam["replicator_sync_seconds_behind"].add_metric(labels, float(r.seconds))
+            fam["replicator_sync_verify_failures"].add_metric(
+                [c, r.policy, r.dst_table], r.mismatches
+            )
         for state in ("COMMITTED", "ABORTED"):
             jcounts, jn, jsum = sc.job_durations.get(
                 state, ([0] * len(JOB_DURATION_BUCKETS), 0, 0.0)

@@ -120,6 +120,12 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "up). Alert on it.",
         ("cluster", "policy", "table", "state"),
     ),
+    "replicator_sync_verify_failures": (
+        "counter",
+        "Verifications after a commit that found a synced table's target different (each "
+        "starts a repair of the partitions concerned).",
+        ("cluster", "policy", "table"),
+    ),
     "replicator_queue_length": (
         "gauge",
         "Messages waiting in a broker queue (LLEN, priority sub-lists included).",

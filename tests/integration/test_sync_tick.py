@@ -18,6 +18,7 @@ from app.replication.taskrows import TaskKind
 from app.replication.work import deliver
 from app.sync import tick as sync
 from app.sync.policies import TableSyncState
+from app.sync.verify import check_files
 from frontends.metrics.server import render
 from tests.conftest import ClusterFactory
 from tests.integration.rig import create_test_table, rows
@@ -34,7 +35,10 @@ class Sync:
         """One sync beat of ``cluster`` (the target's), then every job it started run to its
         end."""
         where = cluster or self.dst.name
-        started = sync.tick_cluster(self.settings, where)
+        beat = sync.tick_cluster(self.settings, where)
+        for check in beat.checks:  # as the target backends' workers would
+            check_files(self.settings, check)
+        started = beat.started
         for job_id in started:
             for _ in range(20):
                 for m in self.coordinator.tick(where, job_id).messages:
@@ -306,3 +310,49 @@ def test_promote_now_stops_at_once_and_says_what_was_not_copied(s: Sync) -> None
     done = s.r.sync(s.dst.name, "p").promote(now=True)
     assert not done.caught_up and done.not_copied == {"a": 4}
     s.dst.load("db.a", rows(10, seed=9), label="writable")
+
+
+def test_a_flipped_target_byte_is_found_after_the_next_commit_and_its_partition_repaired(
+    s: Sync,
+) -> None:
+    from pathlib import Path
+
+    from app.catalog import model
+    from app.storage.client import rowset_dir
+    from tests.integration.test_dry_run import _quarter
+
+    create_test_table(s.src, "db.a", buckets=2, replication_num=2)
+    s.src.load("db.a", rows(4_000, seed=1), label="a-1")
+    s.r.sync_create(f"{s.src.name}:db", s.dst.name, name="p")
+    s.beat()
+    s.beat()  # the first job's files are checked
+    assert s.beat() == []
+    assert "and rows equal" in s.table("a").last_check  # type: ignore[attr-defined]
+    # Damage one file of partition p2023q2 on one target replica.
+    with s.dst.catalog.engine.connect() as conn:
+        table = model.get_table(conn, "db.a")
+        q2 = next(p.id for p in model.list_partitions(conn, table.id) if p.name == "p2023q2")
+        tablet = next(t for t in model.list_tablets(conn, table.id) if t.partition_id == q2)
+        rowset = model.visible_rowsets(conn, [tablet.id])[tablet.id][0]
+        backend = model.list_backends(conn)[tablet.backend_ids[0]]
+    path = Path(backend.storage_root, rowset_dir(tablet.id, rowset.id), rowset.files[0]["name"])
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+    s.src.load("db.a", _quarter(2_000, 7, "2023-01-01", "2023-04-01"), label="a-2")  # q1 only
+    assert len(s.beat()) == 1  # the next commit (p2023q1)
+    assert s.beat() == []  # its checks are asked for (and answered)
+    (repair,) = s.beat()  # found: a repair of p2023q2 alone
+    t = s.table("a")
+    assert t.mismatches == 1 and "partitions p2023q2 differ (1 damaged files)" in t.last_check  # type: ignore[attr-defined]
+    parts = {p.partition_name: p.mode for p in s.r.job(f"{s.dst.name}:{repair}").partitions()}
+    assert parts == {"p2023q2": "FULL"}
+    moved = s.moved_in(s.dst.name, [repair])
+    assert set(moved) == {"p2023q2"}
+    _same(s.src, s.dst, "db.a")
+    s.beat()
+    assert s.beat() == [] and "and rows equal" in s.table("a").last_check  # type: ignore[attr-defined]
+    metrics = render(s.settings, [s.dst.name])
+    line = f'replicator_sync_verify_failures_total{{cluster="{s.dst.name}",policy="p",table="a"}}'
+    assert f"{line} 1.0" in metrics, [ln for ln in metrics.splitlines() if "verify" in ln]

@@ -55,6 +55,11 @@ def upgrade() -> None:
         sa.Column('behind_since', sa.DateTime(timezone=True)),
         sa.Column('pending', JSONB(), nullable=False, server_default='{}'),
         sa.Column('synced_at', sa.DateTime(timezone=True)),
+        # Verification after each commit (app/sync/verify.py): the newest job checked, how many
+        # checks found damage, and what the last one found.
+        sa.Column('verified_job_id', sa.BigInteger()),
+        sa.Column('mismatches', sa.BigInteger(), nullable=False, server_default='0'),
+        sa.Column('last_check', sa.Text()),
         sa.Column(
             'created_at', sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
         ),
@@ -62,6 +67,28 @@ def upgrade() -> None:
     )
 
 
+    # A target backend's check of the files of one synced table after one job.
+    op.create_table(
+        'sync_checks',
+        sa.Column('id', sa.Integer(), primary_key=True),
+        sa.Column(
+            'policy_id', sa.Integer(), sa.ForeignKey('sync_policies.id', ondelete='CASCADE'),
+            nullable=False,
+        ),
+        sa.Column('src_table', sa.Text(), nullable=False),
+        sa.Column('job_id', sa.BigInteger(), nullable=False),
+        sa.Column('backend', sa.Text(), nullable=False),
+        sa.Column('files', sa.Integer(), nullable=False),
+        sa.Column('bytes', sa.BigInteger(), nullable=False),
+        sa.Column('bad', JSONB(), nullable=False),  # {partition: [file path, ...]}
+        sa.Column(
+            'created_at', sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()
+        ),
+        sa.UniqueConstraint('policy_id', 'src_table', 'job_id', 'backend'),
+    )
+
+
 def downgrade() -> None:
+    op.drop_table('sync_checks')
     op.drop_table('sync_tables')
     op.drop_table('sync_policies')
