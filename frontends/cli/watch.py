@@ -37,6 +37,14 @@ class _Running:
     retries: int
     running: int
     failed: int
+    sync: str = ""  # for a table a sync policy follows: how far behind it is
+
+
+_SYNC_LAG = """
+    SELECT s.dst_db || '.' || t.dst_table AS dst, s.name, t.versions_behind,
+           coalesce(extract(epoch FROM now() - t.behind_since), 0) AS seconds
+    FROM sync_tables t JOIN sync_policies s ON s.id = t.policy_id
+"""
 
 
 def _active_jobs(r: Replicator, name: str) -> list[_Running]:
@@ -56,6 +64,10 @@ def _active_jobs(r: Replicator, name: str) -> list[_Running]:
             .order_by(s.jobs.c.id)
         ).all()
         tasks = progress(conn, [j.id for j in jobs])
+        lag = {
+            r.dst: f"sync {r.name}: {r.versions_behind} versions, {float(r.seconds):.1f} s behind"
+            for r in conn.execute(sa.text(_SYNC_LAG))
+        }
     out = []
     for j in jobs:
         snap = tasks.get((j.id, TaskKind.SNAPSHOT), KindProgress())
@@ -78,6 +90,7 @@ def _active_jobs(r: Replicator, name: str) -> list[_Running]:
                 snap.retries + apply.retries,
                 snap.running + apply.running,
                 snap.failed + apply.failed,
+                lag.get(j.dst_table, ""),
             )
         )
     return out
@@ -102,6 +115,8 @@ def _bar_values(row: Any) -> tuple[float, float, str]:
         detail += f"  [yellow]retries {row.retries}[/]"
     if row.failed:
         detail += f"  [red]failed {row.failed}[/]"
+    if row.sync:
+        detail += f"  [cyan]{safe(row.sync)}[/]"
     return done, total, detail
 
 

@@ -19,6 +19,7 @@ from app.replication.work import deliver
 from app.sync import tick as sync
 from app.sync.policies import TableSyncState
 from app.sync.verify import check_files
+from frontends.cli.watch import _active_jobs, _bar_values
 from frontends.metrics.server import render
 from tests.conftest import ClusterFactory
 from tests.integration.rig import create_test_table, rows
@@ -38,7 +39,11 @@ class Sync:
         beat = sync.tick_cluster(self.settings, where)
         for check in beat.checks:  # as the target backends' workers would
             check_files(self.settings, check)
-        started = beat.started
+        self.finish(beat.started, where)
+        return beat.started
+
+    def finish(self, started: list[int], cluster: str | None = None) -> None:
+        where = cluster or self.dst.name
         for job_id in started:
             for _ in range(20):
                 for m in self.coordinator.tick(where, job_id).messages:
@@ -47,7 +52,6 @@ class Sync:
                     break
             job = self.r.job(f"{where}:{job_id}")
             assert job.state is JobState.COMMITTED, job.message
-        return started
 
     def table(self, name: str) -> object:
         policy = self.r.sync(self.dst.name, "p").show()
@@ -185,7 +189,14 @@ def test_pause_measures_lag_and_starts_nothing_until_resumed(s: Sync) -> None:
     # Both loads came between two beats: the oldest commit seen is the second's.
     assert t.behind_since == min(p.visible_at for p in s.src.partitions("db.a"))  # type: ignore[attr-defined]
     s.r.sync(s.dst.name, "p").resume()
-    assert len(s.beat()) == 1
+    started = sync.tick_cluster(s.settings, s.dst.name).started
+    (running,) = _active_jobs(s.r, s.dst.name)  # as `jobs watch` shows it
+    assert (
+        running.id == started[0]
+        and running.sync == "sync p: 8 versions, " + (running.sync.split(", ")[1])
+    )
+    assert _bar_values(running)[2].endswith(f"[cyan]{running.sync}[/]")
+    s.finish(started)
     assert s.beat() == []  # the beat after the job's commit sees the target caught up
     assert s.table("a").versions_behind == 0 and s.table("a").behind_since is None  # type: ignore[attr-defined]
     _same(s.src, s.dst, "db.a")
