@@ -11,6 +11,7 @@ dropped and added again under the same name is a new column whose old rows hold 
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import decimal
 from dataclasses import dataclass
@@ -227,49 +228,74 @@ def alter_table(
     and on the target of a sync policy unless that policy (``by_sync``) makes it."""
     with cluster.engine.begin() as conn:
         table = model.get_table(conn, full_name, cluster.name)
-        current = conn.execute(
-            sa.select(s.tables.c.schema_version).where(s.tables.c.id == table.id).with_for_update()
-        ).scalar_one()
-        table = model.table_by_id(conn, table.id)  # as it is under the lock
         txns.refuse_if_replicating(conn, table, "altering the schema")
         if by_sync is None or fence.policy_of(conn, table) != by_sync:
             fence.refuse_if_fenced(conn, table, "altering the schema")
-        ever = conn.execute(
-            sa.select(s.schema_versions.c.columns).where(s.schema_versions.c.table_id == table.id)
-        ).scalars()
-        next_id = 1 + max(
-            [len(table.columns)]
-            + [i for cols in ever for i in column_ids([ColumnDef.from_json(c) for c in cols])]
+        return apply_change(conn, table.id, change)
+
+
+def apply_change(conn: sa.Connection, table_id: int, change: Change) -> model.TableInfo:
+    """The schema change itself, in the caller's transaction (a sync job's commit replays the
+    source's changes in the transaction that makes the data needing them visible)."""
+    current = conn.execute(
+        sa.select(s.tables.c.schema_version).where(s.tables.c.id == table_id).with_for_update()
+    ).scalar_one()
+    table = model.table_by_id(conn, table_id)  # as it is under the lock
+    ever = conn.execute(
+        sa.select(s.schema_versions.c.columns).where(s.schema_versions.c.table_id == table.id)
+    ).scalars()
+    next_id = 1 + max(
+        [len(table.columns)]
+        + [i for cols in ever for i in column_ids([ColumnDef.from_json(c) for c in cols])]
+    )
+    result = evolve(table, change, next_id)
+    columns = [c.to_json() for c in result.columns]
+    h = schema_hash(result.columns)
+    conn.execute(
+        sa.update(s.tables)
+        .where(s.tables.c.id == table.id, s.tables.c.schema_version == current)
+        .values(
+            columns=columns,
+            schema_hash=h,
+            schema_version=current + 1,
+            partition_column=result.partition_column,
+            distribution_columns=result.distribution_columns,
         )
-        result = evolve(table, change, next_id)
-        columns = [c.to_json() for c in result.columns]
-        h = schema_hash(result.columns)
-        conn.execute(
-            sa.update(s.tables)
-            .where(s.tables.c.id == table.id, s.tables.c.schema_version == current)
-            .values(
-                columns=columns,
-                schema_hash=h,
-                schema_version=current + 1,
-                partition_column=result.partition_column,
-                distribution_columns=result.distribution_columns,
-            )
+    )
+    conn.execute(sa.update(s.indexes).where(s.indexes.c.table_id == table.id).values(schema_hash=h))
+    spec = spec_of(change)
+    if isinstance(change, AddColumn) and not change.id:
+        spec["id"] = next_id  # what a replay on another cluster must give the column
+    conn.execute(
+        sa.insert(s.schema_versions).values(
+            table_id=table.id,
+            version=current + 1,
+            columns=columns,
+            schema_hash=h,
+            change=result.description,
+            spec=spec,
         )
-        conn.execute(
-            sa.update(s.indexes).where(s.indexes.c.table_id == table.id).values(schema_hash=h)
+    )
+    return model.table_by_id(conn, table.id)
+
+
+def replayed(table: model.TableInfo, specs: list[dict[str, Any]]) -> model.TableInfo:
+    """``table`` as it would be after the changes ``specs`` (the source's, ids included), in
+    memory: what a job that replays them must find equal to its source."""
+    for spec in specs:
+        change = change_from(spec)
+        if isinstance(change, AddColumn) and not change.id:
+            raise InvalidRequest("a replayed column addition must carry the column's id")
+        got = evolve(table, change, next_id=0)
+        cols = tuple(got.columns)
+        table = dataclasses.replace(
+            table,
+            columns=cols,
+            schema_hash=schema_hash(cols),
+            partition_column=got.partition_column,
+            distribution_columns=tuple(got.distribution_columns),
         )
-        conn.execute(
-            sa.insert(s.schema_versions).values(
-                table_id=table.id,
-                version=current + 1,
-                columns=columns,
-                schema_hash=h,
-                change=result.description,
-                spec=spec_of(change)
-                | ({"id": next_id} if isinstance(change, AddColumn) and not change.id else {}),
-            )
-        )
-        return model.table_by_id(conn, table.id)
+    return table
 
 
 def history(cluster: Cluster, full_name: str) -> list[SchemaVersion]:

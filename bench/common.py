@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -404,3 +405,18 @@ class BenchTransfer:
             yield
         finally:
             servers.stop_all()
+
+
+def write_section(path: Path, section: str, text: str) -> None:
+    """Replace the section headed ``section`` of ``path`` with ``text`` (or add it at the
+    end): each benchmark owns its section of bench/RESULTS.md."""
+    old = path.read_text() if path.exists() else ""
+    start = old.find(section)
+    if start < 0:
+        new = old.rstrip("\n") + "\n\n" + text
+    else:
+        rest = old[start + len(section) :]
+        nxt = re.search(r"^## ", rest, re.M)
+        tail = rest[nxt.start() :] if nxt else ""
+        new = old[:start] + text + ("\n" + tail if tail else "")
+    path.write_text(new)

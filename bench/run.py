@@ -1448,11 +1448,11 @@ def _plots(run: Run, path: Path) -> list[str]:
 
 
 def _kept_sections(path: Path) -> str:
-    """Sections other benchmarks write into the same file (``bench.transfer``'s "Across hosts"):
-    this run replaces only its own part."""
+    """Sections other benchmarks write into the same file (``bench.transfer``'s "Across hosts",
+    ``bench.sync``'s "Continuous sync"): this run replaces only its own part."""
     old = path.read_text() if path.exists() else ""
-    at = old.find("\n## Across hosts")
-    return "\n" + old[at:] if at >= 0 else ""
+    found = [at for h in ("\n## Across hosts", "\n## Continuous sync") if (at := old.find(h)) >= 0]
+    return "\n" + old[min(found) :] if found else ""
 
 
 # -- main --------------------------------------------------------------------------------------

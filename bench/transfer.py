@@ -39,7 +39,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import resource
 import secrets
 import shutil
@@ -69,6 +68,7 @@ from bench.common import (
     lineitem_files,
     machine_info,
     parquet_rows,
+    write_section,
 )
 from bench.run import CpuMeter, GiB, _proc_tree, apply_bytes, log, phases, proc_cpu, wait_jobs
 from frontends.connect import replicator
@@ -595,20 +595,6 @@ def section(results: Sequence[dict[str, Any]], info: dict[str, Any], machine: di
     return "\n".join(lines)
 
 
-def write_section(path: Path, text: str) -> None:
-    """Replace this bench's section of ``path`` (or add it at the end)."""
-    old = path.read_text() if path.exists() else ""
-    start = old.find(SECTION)
-    if start < 0:
-        new = old.rstrip("\n") + "\n\n" + text
-    else:
-        rest = old[start + len(SECTION) :]
-        nxt = re.search(r"^## ", rest, re.M)
-        tail = rest[nxt.start() :] if nxt else ""
-        new = old[:start] + text + ("\n" + tail if tail else "")
-    path.write_text(new)
-
-
 # -- main -----------------------------------------------------------------------------------------
 
 
@@ -696,7 +682,7 @@ def main(argv: list[str] | None = None) -> int:
                 "total_seconds": time.perf_counter() - started}  # fmt: skip
     text = section(results, info, machine, argv)
     print(text)
-    write_section(results_path, text)
+    write_section(results_path, SECTION, text)
     with open(OUT_DIR / "transfer.jsonl", "a") as f:
         for x in results:
             f.write(json.dumps({"run": info["run_id"], **x}, default=str) + "\n")

@@ -208,6 +208,7 @@ class Coordinator:
                 partitions=job.options.get("partitions"),
                 overwrite=bool(job.options.get("overwrite")),
                 repair=job.options.get("repair"),
+                schema_changes=job.options.get("schema_changes"),
             )
         except UserError as exc:
             return Result(Action.PLAN, Outcome.REFUSED, f"planning failed: {exc}")
@@ -294,6 +295,7 @@ class Coordinator:
     def _commit(self, conn: sa.Connection, job: Any) -> Result:
         try:
             with conn.begin_nested():  # a refused commit leaves no trace
+                finish.replay_schema(conn, job.txn_id, job.options.get("schema_changes"))
                 versions = finish.commit(conn, job.id, job.txn_id)
         except ReplicatorError as exc:
             return Result(Action.COMMIT, Outcome.REFUSED, str(exc))

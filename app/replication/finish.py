@@ -8,6 +8,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from app import evolve
 from app import txn as txns
 from app.catalog import model
 from app.catalog import schema as s
@@ -95,6 +96,19 @@ def commit(conn: sa.Connection, job_id: int, txn_id: int) -> dict[str, int]:
         versions[p.partition_name] = p.src_version
     txns.mark_visible(conn, txn_id)
     return versions
+
+
+def replay_schema(conn: sa.Connection, txn_id: int, specs: list[dict[str, Any]] | None) -> None:
+    """A sync job's schema changes (the source's alters since the target's schema), made in the
+    commit's transaction: the target's new schema and the rows that need it become visible
+    together."""
+    if not specs:
+        return
+    table_id = conn.execute(
+        sa.select(s.transactions.c.table_id).where(s.transactions.c.id == txn_id)
+    ).scalar_one()
+    for spec in specs:
+        evolve.apply_change(conn, table_id, evolve.change_from(spec))
 
 
 def abort_txn(conn: sa.Connection, txn_id: int | None, reason: str) -> None:

@@ -22,6 +22,7 @@ from app.errors import (
     TargetDiverged,
     VersionConflict,
 )
+from app.evolve import replayed
 from app.storage.rowsets import RowsetState
 
 
@@ -100,6 +101,7 @@ def make_plan(
     create_target: bool = False,
     overwrite: bool = False,
     repair: list[str] | None = None,
+    schema_changes: list[dict[str, Any]] | None = None,
 ) -> Plan:
     """What replicating ``pair`` would do now: per partition skip, incremental or full, and the
     tablet pairs. Raises a UserError naming what is wrong; changes nothing."""
@@ -117,25 +119,13 @@ def make_plan(
         dst_parts = model.list_partitions(conn, dst_table.id) if dst_table else []
         dst_tablets = model.list_tablets(conn, dst_table.id) if dst_table else []
         dst_backends = model.list_backends(conn)
-    _check_target(pair, src_table, dst_table, dst_backends, create_target)
+    # Changes the job replays on the target at its commit: the target must then match.
+    evolved = replayed(dst_table, schema_changes) if dst_table and schema_changes else dst_table
+    _check_target(pair, src_table, evolved, dst_backends, create_target)
     plan = Plan(src_table, dst_table)
     dst_by_name = _dst_by_name(src_table, src_parts, dst_table, dst_parts)
     wanted = _wanted(pair, src_parts, partitions)
-    diverged = [
-        _divergence(sp, dst_by_name[sp.name])
-        for sp in wanted
-        if sp.name in dst_by_name
-        and _diverged(dst_by_name[sp.name])
-        # A target ahead of its source is refused on its own (VersionConflict), as before.
-        and (overwrite or dst_by_name[sp.name].visible_version <= sp.visible_version)
-    ]
-    if diverged and not overwrite:
-        raise TargetDiverged(
-            f"target {pair.dst_cluster}:{pair.dst_table} was written on its own since it was "
-            f"last replicated: {'; '.join(diverged)}. Replicating would replace its rows: ask "
-            "for that explicitly (overwrite=True, --overwrite), or replicate other partitions"
-        )
-    plan.overwritten = [d.split(" ", 2)[1] for d in diverged]
+    plan.overwritten = _overwritten(pair, wanted, dst_by_name, overwrite)
     for sp in wanted:
         dp = dst_by_name.get(sp.name)
         # A repair copies a partition in full although the versions say it is up to date (a
@@ -150,6 +140,27 @@ def make_plan(
     if dst_table is not None:
         plan.tablets = _pair_tablets(plan.partitions, src_table.buckets, src_tablets, dst_tablets)
     return plan
+
+
+def _overwritten(
+    pair: TablePair, wanted: list[Any], dst_by_name: dict[str, Any], overwrite: bool
+) -> list[str]:
+    """The diverged target partitions an overwrite replaces; TargetDiverged without one."""
+    diverged = [
+        _divergence(sp, dst_by_name[sp.name])
+        for sp in wanted
+        if sp.name in dst_by_name
+        and _diverged(dst_by_name[sp.name])
+        # A target ahead of its source is refused on its own (VersionConflict), as before.
+        and (overwrite or dst_by_name[sp.name].visible_version <= sp.visible_version)
+    ]
+    if diverged and not overwrite:
+        raise TargetDiverged(
+            f"target {pair.dst_cluster}:{pair.dst_table} was written on its own since it was "
+            f"last replicated: {'; '.join(diverged)}. Replicating would replace its rows: ask "
+            "for that explicitly (overwrite=True, --overwrite), or replicate other partitions"
+        )
+    return [d.split(" ", 2)[1] for d in diverged]
 
 
 def _dst_by_name(

@@ -48,11 +48,10 @@ def submit(
     timeout_sec: int | None = None,
     overwrite: bool = False,
     repair: list[str] | None = None,
+    schema_changes: list[dict[str, Any]] | None = None,
 ) -> tuple[str, int, bool]:
-    """Validate, plan and record a job; returns (cluster, job id, created). Bad input raises a
-    UserError and leaves nothing behind (see the module's comment). An up-to-date table gives a
-    job that is COMMITTED at once, saying so. ``repair``: partitions to copy in full although
-    their versions match (app/sync/verify.py found them damaged)."""
+    """Validate, plan and record a job; returns (cluster, job id, created). Bad input: a
+    UserError, nothing left behind (see above). ``repair``, ``schema_changes``: app/sync."""
     pair = TablePair.parse(src, dst)
     _check_arguments(label, replication_num, timeout_sec)
     src_c, dst_c = Cluster(settings, pair.src_cluster), Cluster(settings, pair.dst_cluster)
@@ -63,7 +62,7 @@ def submit(
         "create_target": create_target,
         "replication_num": replication_num,
         "timeout_sec": timeout_sec,
-    } | _flags(overwrite, repair)
+    } | _flags(overwrite, repair, schema_changes)
     digest = _digest(pair, options)
     label = label or f"job-{uuid.uuid4().hex[:12]}"
     with dst_c.engine.begin() as conn:
@@ -87,6 +86,7 @@ def submit(
             create_target=create_target,
             overwrite=overwrite,
             repair=repair,
+            schema_changes=schema_changes,
         )
         if plan.dst is None:
             plan = _create_target(
@@ -98,10 +98,15 @@ def submit(
     return pair.dst_cluster, job_id, True
 
 
-def _flags(overwrite: bool, repair: list[str] | None) -> dict[str, Any]:
-    """Options present only when asked for, so that earlier jobs' labels keep their digest."""
-    return ({"overwrite": True} if overwrite else {}) | (
-        {"repair": sorted(repair)} if repair else {}
+def _flags(
+    overwrite: bool, repair: list[str] | None, schema_changes: list[dict[str, Any]] | None
+) -> dict[str, Any]:
+    """Options present only when asked for, so that earlier jobs' labels keep their digest.
+    ``schema_changes``: the source's alters the job replays on the target at its commit."""
+    return (
+        ({"overwrite": True} if overwrite else {})
+        | ({"repair": sorted(repair)} if repair else {})
+        | ({"schema_changes": schema_changes} if schema_changes else {})
     )
 
 

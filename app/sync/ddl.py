@@ -1,5 +1,5 @@
-"""The DDL a sync policy makes on its target: a partition the source table gained, and the
-source's schema changes replayed in order (app.evolve, each a version on both sides)."""
+"""The DDL a sync policy prepares for its target: a partition the source table gained, and the
+source's schema changes since the target's schema (which the job replays at its commit)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from app.catalog import model
 from app.catalog import schema as s
 from app.cluster import Cluster
 from app.errors import AlreadyExists
-from app.evolve import alter_table, change_from
 
 
 def add_partition(dst: Cluster, policy: str, table: str, name: str, lower: Any, upper: Any) -> None:
@@ -38,8 +37,3 @@ def schema_path(src: Cluster, src_table: str, dst_hash: int) -> list[dict[str, A
     at = len(hashes) - 1 - hashes[::-1].index(dst_hash)  # the newest time it had that schema
     specs = [r.spec for r in rows[at + 1 :]]
     return None if any(spec is None for spec in specs) else specs
-
-
-def replay(dst: Cluster, dst_table: str, specs: list[dict[str, Any]], policy: str) -> None:
-    for spec in specs:
-        alter_table(dst, dst_table, change_from(spec), by_sync=policy)

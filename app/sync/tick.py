@@ -165,7 +165,7 @@ def _step(
 ) -> int | str | None:
     """What this table needs now: a job started (its id), a reason to stop, or nothing."""
     src_full, dst_full = f"{policy.src_db}.{name}", f"{policy.dst_db}.{target}"
-    overwrite, moved = False, None
+    overwrite, moved, changes = False, None, None
     if ours is not None:
         # A failback policy may replace what its target held when it was promoted away.
         kept = (policy.baseline or {}).get(target, {})
@@ -191,7 +191,7 @@ def _step(
                     "incompatible schema change: the target's schema is not one the source "
                     "had; a full resync needs the target table dropped (then `sync resync`)"
                 )
-            ddl.replay(dst, dst_full, path, policy.name)
+            changes = path  # replayed by the job, in its commit's transaction
         for part, v in theirs.parts.items():
             if part not in ours.parts:
                 ddl.add_partition(dst, policy.name, dst_full, part, v.lower, v.upper)
@@ -205,6 +205,7 @@ def _step(
         _, job_id, _ = submit(
             settings, f"{src.name}:{src_full}", f"{dst.name}:{dst_full}",
             create_target=ours is None, label=label, overwrite=overwrite, partitions=moved,
+            schema_changes=changes,
         )  # fmt: skip
     except (AdmissionRefused, TableBusy) as exc:
         log.info("sync %s: %s waits: %s", policy.name, name, exc)
