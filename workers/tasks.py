@@ -172,26 +172,38 @@ def sync_tick() -> dict[str, Any]:
     started: dict[str, list[int]] = {}
     for name in clusters():
         try:
-            beat = sync.tick_cluster(settings, name)
+            ids = _sync_beat(name)
         except Exception as exc:
             log.warning("sync of cluster %s failed: %s", name, exc)
             continue
-        for job_id in beat.started:
-            advance_here(name, job_id, actor="sync")
-        for check in beat.checks:
-            queue = queue_name(check.cluster, check.backend)
-            celery.send_task(
-                "sync.check", kwargs=dataclasses.asdict(check), queue=queue, routing_key=queue
-            )
-        if beat.started:
-            started[name] = beat.started
+        if ids:
+            started[name] = ids
     return {"started": started}
+
+
+def _sync_beat(cluster: str) -> list[int]:
+    beat = sync.tick_cluster(settings, cluster)
+    for job_id in beat.started:
+        advance_here(cluster, job_id, actor="sync")
+    for check in beat.checks:
+        queue = queue_name(check.cluster, check.backend)
+        celery.send_task(
+            "sync.check", kwargs=dataclasses.asdict(check), queue=queue, routing_key=queue
+        )
+    return beat.started
 
 
 @celery.task(name="sync.check", ignore_result=True)
 def sync_check(**request: Any) -> dict[str, Any]:
-    """Re-hash a synced table's files on this backend's host (app/sync/verify.py)."""
-    return check_files(settings, CheckRequest(**request))
+    """Re-hash a synced table's files on this backend's host (app/sync/verify.py); the answer
+    that completes a check acts on it here at once (a repair starts) rather than at the next
+    beat. A beat running meanwhile holds the sync lock: then the next beat acts."""
+    found = check_files(settings, CheckRequest(**request))
+    try:
+        _sync_beat(request["cluster"])
+    except Exception as exc:  # the beat covers for it
+        log.warning("sync beat after a check of %s failed: %s", request["cluster"], exc)
+    return found
 
 
 @celery.task(name="maintenance.gc", ignore_result=True)

@@ -119,9 +119,9 @@ def tick_policy(settings: Settings, dst: Cluster, policy: Policy, beat: Beat) ->
     for name in sorted(n for n in theirs if policy.follows(n)):
         target = policy.target_of(name)
         row = rows.get(name)
-        if row is None:
-            _insert_row(dst, policy, name, target)
         changes = _lag(theirs[name], ours.get(target), now, row)
+        if row is None:  # with its lag: never seen as caught up before it is
+            _insert_row(dst, policy, name, target, changes)
         if row is not None and row.state is not TableSyncState.SYNCING:
             _update(dst, policy, name, **changes)
             continue
@@ -268,12 +268,13 @@ def _lag(
     return out
 
 
-def _insert_row(dst: Cluster, policy: Policy, name: str, target: str) -> None:
+def _insert_row(dst: Cluster, policy: Policy, name: str, target: str, lag: dict[str, Any]) -> None:
     with dst.engine.begin() as conn:
         conn.execute(
             pg_insert(s.sync_tables).values(
                 policy_id=policy.id, src_table=name, dst_table=target,
                 state=TableSyncState.SYNCING,
+                **{k: v for k, v in lag.items() if k != "synced_at"},
             ).on_conflict_do_nothing()
         )  # fmt: skip
 
