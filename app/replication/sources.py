@@ -11,6 +11,7 @@ from the source is validated before it is used.
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -94,8 +95,7 @@ def sources_for(
     settings: Settings, src_cluster: str, backend_ids: list[int], token: str | None
 ) -> list[Source]:
     """The task's source replicas, in the order to try, as this host reaches them."""
-    with Cluster(settings, src_cluster).engine.connect() as conn:
-        backends = model.list_backends(conn)
+    backends = _backends(Cluster(settings, src_cluster))
     out: list[Source] = []
     for b in backend_ids:
         backend = backends.get(int(b))
@@ -115,6 +115,24 @@ def sources_for(
         out.append(Download(backend.id, backend.name, backend.transfer_url, token,
                             downloader(settings)))  # fmt: skip
     return out
+
+
+# The source cluster's backends, read once per BACKENDS_TTL_SEC in a process rather than once
+# per file: an apply of 10,000 small tablets made 10,000 catalog queries for the same rows
+# (bench small, cProfile). A backend added or decommissioned meanwhile is seen that much later;
+# a replica that is gone fails over as an unreachable one does.
+BACKENDS_TTL_SEC = 5.0
+_backends_seen: dict[str, tuple[float, dict[int, model.Backend]]] = {}
+
+
+def _backends(cluster: Cluster) -> dict[int, model.Backend]:
+    seen = _backends_seen.get(cluster.dsn)
+    if seen is not None and time.monotonic() - seen[0] < BACKENDS_TTL_SEC:
+        return seen[1]
+    with cluster.engine.connect() as conn:
+        backends = model.list_backends(conn)
+    _backends_seen[cluster.dsn] = (time.monotonic(), backends)
+    return backends
 
 
 @functools.cache
