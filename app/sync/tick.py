@@ -120,6 +120,9 @@ def tick_policy(settings: Settings, dst: Cluster, policy: Policy, beat: Beat) ->
         target = policy.target_of(name)
         row = rows.get(name)
         changes = _lag(theirs[name], ours.get(target), now, row)
+        kept = _kept_partitions(theirs[name], ours.get(target))
+        if row is not None and row.state is TableSyncState.SYNCING and row.reason != kept:
+            changes["reason"] = kept
         if row is None:  # with its lag: never seen as caught up before it is
             _insert_row(dst, policy, name, target, changes)
         if row is not None and row.state is not TableSyncState.SYNCING:
@@ -213,6 +216,14 @@ def _step(
     except UserError as exc:
         return f"replication refused: {exc}"
     return job_id
+
+
+def _kept_partitions(theirs: TableView, ours: TableView | None) -> str | None:
+    """A report of the target partitions the source no longer has: kept, never dropped."""
+    gone = sorted(set(ours.parts) - set(theirs.parts)) if ours is not None else []
+    if not gone:
+        return None
+    return f"partition(s) {', '.join(gone)} dropped on the source; the target keeps them"
 
 
 def _moved(theirs: Part, ours: Part | None) -> bool:

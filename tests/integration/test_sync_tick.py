@@ -4,7 +4,10 @@ partitions, schema changes replayed without recopying, lag, the fence, divergenc
 
 from __future__ import annotations
 
+import datetime as dt
+
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 import sqlalchemy as sa
 
@@ -372,3 +375,24 @@ def test_a_flipped_target_byte_is_found_after_the_next_commit_and_its_partition_
     metrics = render(s.settings, [s.dst.name])
     line = f'replicator_sync_verify_failures_total{{cluster="{s.dst.name}",policy="p",table="a"}}'
     assert f"{line} 1.0" in metrics, [ln for ln in metrics.splitlines() if "verify" in ln]
+
+
+def test_a_partition_dropped_on_the_source_is_kept_on_the_target_and_reported(s: Sync) -> None:
+    create_test_table(s.src, "db.a", buckets=1, replication_num=1)
+    s.src.load("db.a", rows(400, seed=1), label="a-1")
+    s.r.sync_create(f"{s.src.name}:db", s.dst.name, name="p")
+    s.beat()
+    with s.src.catalog.engine.begin() as conn:  # no DROP PARTITION yet: as the catalog would
+        conn.execute(sa.text("DELETE FROM partitions WHERE name = 'p2023q4'"))
+    before = [p.content() for p in s.dst.checksum("db.a")]
+    assert s.beat() == []
+    t = s.table("a")
+    assert t.state is TableSyncState.SYNCING  # type: ignore[attr-defined]
+    assert t.reason == "partition(s) p2023q4 dropped on the source; the target keeps them"  # type: ignore[attr-defined]
+    assert [p.content() for p in s.dst.checksum("db.a")] == before
+    s.src.load(
+        "db.a",
+        rows(400, seed=2).filter(pc.less(rows(400, seed=2)["day"], dt.date(2023, 10, 1))),
+        label="a-2",
+    )
+    assert len(s.beat()) == 1  # the other partitions go on syncing
