@@ -5,6 +5,7 @@ write on the target would make it diverge and the next job would have to refuse 
 from __future__ import annotations
 
 import fnmatch
+from collections.abc import Sequence
 
 import sqlalchemy as sa
 
@@ -31,10 +32,16 @@ def policy_of(conn: sa.Connection, table: TableInfo) -> str | None:
         src = back.get(table.name, None if table.name in renames else table.name)
         if src is None:
             continue
-        included = not include or any(fnmatch.fnmatchcase(src, g) for g in include)
-        if included and not any(fnmatch.fnmatchcase(src, g) for g in exclude):
+        if follows(include, exclude, src):
             return str(name)
     return None
+
+
+def follows(include: Sequence[str], exclude: Sequence[str], table: str) -> bool:
+    """A policy's rules: a source table is followed if a glob of ``include`` (or none given)
+    and no glob of ``exclude`` matches its name."""
+    included = not include or any(fnmatch.fnmatchcase(table, g) for g in include)
+    return included and not any(fnmatch.fnmatchcase(table, g) for g in exclude)
 
 
 def refuse_if_fenced(conn: sa.Connection, table: TableInfo, what: str) -> None:

@@ -5,7 +5,6 @@ coordinator's beat (app/sync/tick.py) does the following."""
 from __future__ import annotations
 
 import datetime as dt
-import fnmatch
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -17,6 +16,7 @@ from app.catalog.names import check_name
 from app.cluster import Cluster
 from app.config import Settings
 from app.errors import AlreadyExists, InvalidRequest, NotFound
+from app.sync import fence
 
 
 class PolicyState(StrEnum):
@@ -67,8 +67,7 @@ class Policy:
 
     def follows(self, table: str) -> bool:
         """Whether a source table (a name within src_db) is one this policy keeps in sync."""
-        included = not self.include or any(fnmatch.fnmatchcase(table, g) for g in self.include)
-        return included and not any(fnmatch.fnmatchcase(table, g) for g in self.exclude)
+        return fence.follows(self.include, self.exclude, table)
 
     def target_of(self, table: str) -> str:
         return self.renames.get(table, table)
