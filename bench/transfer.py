@@ -22,6 +22,10 @@ host in ``--parts`` transactions). Each round measures, on the same files:
          first, released after): the link's limit for this service.
   rsync  ``rsync -a`` from the dst host pulling the same tablet directories from the daemon
          (one client per backend module, in parallel; no TLS).
+  rsync-tls  the same through mutual TLS (when socat is installed): socat on src terminates
+         TLS in front of the daemon with the source's server certificate, socat on dst carries
+         the clients' connections with the target's client certificate. The job must encrypt;
+         plain rsync does not, so this is the like-for-like "faster than rsync".
   bulk   a full replication job src -> dst, submit -> COMMITTED, into a fresh target table;
          then the target's per-partition checksums and the (size, xxh3) of every file are
          compared with the source's, each computed on its own host.
@@ -82,6 +86,7 @@ SRC, DST = "xbsrc", "xbdst"
 BACKENDS = ("be1", "be2")
 SRC_PORTS = {"be1": 8471, "be2": 8472}
 RSYNC_PORT = 8873
+RSYNC_TLS_PORT = 8874  # the daemon behind socat's mutual TLS (_tls_tunnel)
 TABLE = "tpch.lineitem"
 WARM = "tpch.warmup"
 BUCKETS = 16
@@ -247,7 +252,28 @@ def start_processes(r: Rig) -> None:
             f"--port={RSYNC_PORT}", f"--log-file={r.base / 'logs' / 'rsyncd.log'}"]  # fmt: skip
     address = r.src.address
     r.procs.on(r.src, "rsyncd", args, r.env("src"), lambda _p: tcp_answers(address, RSYNC_PORT))
+    if shutil.which("socat"):
+        _tls_tunnel(r)
     r.procs.wait_ready(120)
+
+
+def _tls_tunnel(r: Rig) -> None:
+    """The rsync daemon behind mutual TLS, as the transfer servers are: socat on src terminates
+    TLS (the source's server certificate, the target's CA) in front of the daemon; socat on dst
+    offers plain rsync on the dst host's address and carries it over TLS (the target's client
+    certificate, the source's CA). The fair baseline for "faster than rsync" with TLS on."""
+    src_cert, dst_cert = r.pki[SRC].backends["be1"], r.pki[DST].backends["be1"]
+    listen = (f"OPENSSL-LISTEN:{RSYNC_TLS_PORT},bind={r.src.address},reuseaddr,fork,"
+              f"cert={src_cert.server_cert},key={src_cert.server_key},"
+              f"cafile={r.pki[DST].ca_cert},verify=1")  # fmt: skip
+    r.procs.on(r.src, "rsync-tls.src", ["socat", listen, f"TCP:{r.src.address}:{RSYNC_PORT}"],
+               r.env("src"), lambda _p: tcp_answers(r.src.address, RSYNC_TLS_PORT))  # fmt: skip
+    connect = (f"OPENSSL:{r.src.address}:{RSYNC_TLS_PORT},cert={dst_cert.client_cert},"
+               f"key={dst_cert.client_key},cafile={r.pki[SRC].ca_cert},verify=1,"
+               f"commonname={r.src.address}")  # fmt: skip
+    local = f"TCP-LISTEN:{RSYNC_TLS_PORT},bind={r.dst.address},reuseaddr,fork"
+    r.procs.on(r.dst, "rsync-tls.dst", ["socat", local, connect], r.env("dst"),
+               lambda _p: tcp_answers(r.dst.address, RSYNC_TLS_PORT))  # fmt: skip
 
 
 def setup_clusters(r: Rig, files: Sequence[Path], warm_files: Sequence[Path]) -> dict[str, Any]:
@@ -421,17 +447,21 @@ def run_curl(r: Rig, files: Sequence[SrcFile], parallel: int, tag: str) -> dict[
             "cpu_source": cpu_source, "cpu_target": cpu_target}  # fmt: skip
 
 
-def run_rsync(r: Rig, files: Sequence[SrcFile], tag: str) -> dict[str, Any]:
+def run_rsync(r: Rig, files: Sequence[SrcFile], tag: str, tls: bool = False) -> dict[str, Any]:
+    """rsync -a of the tablet directories from the daemon; with ``tls``, through the tunnel
+    (its socat processes count as the source's and the target's CPU)."""
     out_dir = f"{r.net.mount_dir}/dst/rsync-{tag}"
+    where = f"{r.dst.address}:{RSYNC_TLS_PORT}" if tls else f"{r.src.address}:{RSYNC_PORT}"
     argvs = []
     for b in BACKENDS:
         tablets = sorted({f.tablet for f in files if f.backend == b})
         if not tablets:
             continue
-        sources = [f"rsync://{r.src.address}:{RSYNC_PORT}/{b}/data/{t}" for t in tablets]
+        sources = [f"rsync://{where}/{b}/data/{t}" for t in tablets]
         r.dst.run(["mkdir", "-p", f"{out_dir}/{b}"])
         argvs.append(r.dst.argv(["rsync", "-a", *sources, f"{out_dir}/{b}/"]))
-    daemon = _tree_delta(r.group("rsyncd"))
+    daemon = _tree_delta(r.group("rsyncd") + (r.group("rsync-tls.src") if tls else []))
+    tunnel = _tree_delta(r.group("rsync-tls.dst") if tls else [])
     clients0 = children_cpu()
     try:
         t0 = time.perf_counter()
@@ -441,6 +471,7 @@ def run_rsync(r: Rig, files: Sequence[SrcFile], tag: str) -> dict[str, Any]:
         cpu_target = children_cpu() - clients0
         time.sleep(0.2)  # the daemon reaps its connection children
         cpu_source = daemon()
+        cpu_target += tunnel()
         bad = [
             (p.returncode, e[-500:]) for p, e in zip(popens, errors, strict=True) if p.returncode
         ]
@@ -452,7 +483,8 @@ def run_rsync(r: Rig, files: Sequence[SrcFile], tag: str) -> dict[str, Any]:
     want = sum(f.size for f in files)
     if got != want:
         raise RuntimeError(f"rsync wrote {got} bytes, expected {want}")
-    return {"way": "rsync", "seconds": seconds, "bytes": got, "processes": len(argvs),
+    way = "rsync-tls" if tls else "rsync"
+    return {"way": way, "seconds": seconds, "bytes": got, "processes": len(argvs),
             "cpu_source": cpu_source, "cpu_target": cpu_target}  # fmt: skip
 
 
@@ -504,6 +536,21 @@ def run_bulk(r: Rig, target: str, want_bytes: int) -> dict[str, Any]:
 # -- the report -----------------------------------------------------------------------------------
 
 
+def _ways(r: Rig) -> tuple[str, ...]:
+    tls = ("rsync-tls",) if r.group("rsync-tls") else ()  # socat present: rsync through TLS
+    return ("curl", "rsync", *tls, "bulk")
+
+
+def _run_way(
+    r: Rig, way: str, files: Sequence[SrcFile], parallel: int, tag: str, nbytes: int
+) -> dict[str, Any]:
+    if way == "curl":
+        return run_curl(r, files, parallel, tag)
+    if way.startswith("rsync"):
+        return run_rsync(r, files, tag, tls=way == "rsync-tls")
+    return run_bulk(r, f"tpch.lineitem_{tag}", nbytes)
+
+
 def per_gib(cpu: float, nbytes: int) -> float:
     return cpu / (nbytes / GiB)
 
@@ -523,8 +570,13 @@ def table(results: Sequence[dict[str, Any]], info: dict[str, Any]) -> list[str]:
         f"messages of {info.get('tpm', '?')} tablets, xxh3 of every byte)",
         "curl": f"curl, {curl['processes']} in parallel (HTTPS, mutual TLS, same servers)",
         "rsync": f"rsync -a from rsync daemon, {rsync['processes']} in parallel (no TLS)",
+        "rsync-tls": f"the same rsync through mutual TLS (socat at both ends), "
+        f"{rsync['processes']} in parallel",
     }
-    for x in (bulk, curl, rsync):
+    tunnelled = (
+        [best(results, "rsync-tls")] if any(x["way"] == "rsync-tls" for x in results) else []
+    )
+    for x in (bulk, curl, rsync, *tunnelled):
         runs = " ".join(f"{y['seconds']:.2f}" for y in results if y["way"] == x["way"])
         rows.append(
             f"| {labels[x['way']]} | {x['seconds']:.2f} s | {x['bytes'] / MB / x['seconds']:.0f} "
@@ -546,6 +598,12 @@ def table(results: Sequence[dict[str, Any]], info: dict[str, Any]) -> list[str]:
         "| --- | --- | --- |",
         f"| bulk ≤ 1.2x curl | {r_curl:.2f}x curl | {met(r_curl <= 1.2)} |",
         f"| bulk faster than rsync | {r_rsync:.2f}x rsync | {met(r_rsync < 1)} |",
+        *(
+            f"| bulk faster than rsync with TLS on too | "
+            f"{bulk['seconds'] / t['seconds']:.2f}x rsync through TLS | "
+            f"{met(bulk['seconds'] < t['seconds'])} |"
+            for t in tunnelled
+        ),
         f"| (where the bulk time goes) | submit → last snapshot taken (REPLICATING; the beat's "
         f"tick may start applies before) {start:.2f} s, REPLICATING → COMMITTED {moving:.2f} s"
         f" | — |",
@@ -574,9 +632,10 @@ def section(results: Sequence[dict[str, Any]], info: dict[str, Any], machine: di
         "(aiohttp, HTTPS, mutual TLS: a CA per cluster); the target's apply tasks download with "
         "a per-task token. curl fetches the same files from the same servers with the target's "
         "client certificate; rsync pulls the same tablet directories from an rsync daemon on "
-        "`src`. CPU: source = transfer servers + source workers (rsync: its daemon), target = "
-        "target workers (curl, rsync: the clients); utime+stime from /proc, children included. "
-        "MB = 2^20 bytes.",
+        "`src`, once in the clear and once through mutual TLS (socat at both ends, the same "
+        "certificates). CPU: source = transfer servers + source workers (rsync: its daemon and "
+        "the src socat), target = target workers (curl, rsync: the clients and the dst socat); "
+        "utime+stime from /proc, children included. MB = 2^20 bytes.",
         "",
         *table(results, info),
         "",
@@ -663,13 +722,8 @@ def main(argv: list[str] | None = None) -> int:
         parallel = len(BACKENDS) * args.apply
         for i in range(1, args.rounds + 1):
             tag = f"r{i}"
-            for way in ("curl", "rsync", "bulk"):
-                if way == "curl":
-                    res = run_curl(r, sfiles, parallel, tag)
-                elif way == "rsync":
-                    res = run_rsync(r, sfiles, tag)
-                else:
-                    res = run_bulk(r, f"tpch.lineitem_{tag}", nbytes)
+            for way in _ways(r):
+                res = _run_way(r, way, sfiles, parallel, tag, nbytes)
                 res["round"] = i
                 res["loadavg_1m_after"] = round(os.getloadavg()[0], 2)
                 results.append(res)
