@@ -53,11 +53,6 @@ celery.conf.update(
             # A tick that waited longer than one period is useless: drop it, the next one comes.
             "options": {"queue": BEAT_QUEUE, "expires": max(settings.coordinator_tick_sec, 5.0)},
         },
-        "sync-tick": {
-            "task": "sync.tick",
-            "schedule": settings.coordinator_tick_sec,
-            "options": {"queue": BEAT_QUEUE, "expires": max(settings.coordinator_tick_sec, 5.0)},
-        },
         "maintenance-gc": {
             "task": "maintenance.gc",
             "schedule": 300.0,

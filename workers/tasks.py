@@ -80,6 +80,12 @@ def tick(self: Task, cluster: str | None = None, job_id: int | None = None) -> d
                 targets += [(name, j) for j in found]
             except Exception as exc:
                 log.warning("cannot list jobs of cluster %s: %s", name, exc)
+    if cluster is None:
+        # The beat's look at the sync policies rides on this tick rather than a beat message of
+        # its own: a second message a second made the coordinator twice as likely to hold an
+        # unacknowledged one when the broker goes away, which kombu's Redis transport can fail
+        # to restore (AttributeError on the torn-down connection: the worker exits).
+        sync_all()
     for name, jid in targets:
         try:
             result = coordinator.tick(name, jid)
@@ -165,8 +171,7 @@ def cleanup(cluster: str, job_id: int, backend: str) -> dict[str, Any]:
     }
 
 
-@celery.task(name="sync.tick", ignore_result=True)
-def sync_tick() -> dict[str, Any]:
+def sync_all() -> dict[str, Any]:
     """The beat's look at every sync policy: jobs for what moved (started here at once), and
     file checks after commits, sent to the target backends that hold the files."""
     started: dict[str, list[int]] = {}
