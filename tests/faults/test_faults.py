@@ -264,10 +264,20 @@ def test_two_coordinators_and_two_beats_never_make_a_transition_twice(rig: Fault
 
 
 def test_a_transaction_timeout_aborts_the_job_and_cleans_up(rig: FaultRig) -> None:
-    table, before, job = _start(rig, "txn_timeout", timeout_sec=2)
+    # The target's workers stop while an apply is copying, so the job certainly outlives its
+    # 2-second transaction, however fast the machine (with 200,000 rows and the workers left
+    # running, a job finished within the 2 s once the product got faster); they come back once
+    # the job has aborted, to remove what it staged.
+    table, before, job = _start(rig, "txn_timeout", n_rows=800_000, timeout_sec=2)
+    rig.wait_for_transfer(job, min_left=512 * 1024)
+    targets = [queue_name(rig.dst.name, b) for b in ("be1", "be2")]
+    for name in targets:
+        rig.workers.kill(name)
     struck = time.time()
 
     job.wait(JOB_TIMEOUT)
+    for name in targets:
+        rig.workers.restart(name)
 
     assert job.state is JobState.ABORTED
     assert job.message == "transaction timeout reached"
