@@ -172,6 +172,16 @@ class TransferRefused(FatalError):
         self.status = status
 
 
+class RequestRefused(FatalError):
+    """The transfer server's side of a refusal: ``status`` is its HTTP answer (400, 401, 403,
+    404) and ``why`` is safe to log and to send (never a token)."""
+
+    def __init__(self, status: int, why: str) -> None:
+        super().__init__(why)
+        self.status = status
+        self.why = why
+
+
 class LeaseLost(FatalError):
     """Another attempt owns the task now, or its job ended: stop without touching the task."""
 

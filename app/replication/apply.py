@@ -19,7 +19,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from app.catalog import model
 from app.catalog import schema as s
 from app.errors import LeaseLost, SetupError, StorageFull
-from app.replication import taskrows
+from app.replication import prefetch, taskrows
 from app.replication.fetch import fetch
 from app.replication.finish import installed_dirs, target_rowset_id
 from app.replication.runner import BatchOutcome, ProgressFn, TaskRunner
@@ -63,6 +63,10 @@ class Heartbeat:
     def __call__(self, n: int) -> None:
         self.throttle(n)
         self.current += n
+        self.ahead(n)
+
+    def ahead(self, n: int) -> None:
+        """``n`` bytes crossed (for a file in flight, or fetched ahead of its task)."""
         self.received += n
         now = time.monotonic()
         if now - self.last >= PROGRESS_EVERY_SEC:
@@ -104,22 +108,27 @@ def apply_batch(
         return
     beat = Heartbeat(runner, job, claims, progress)
     applied: list[_Applied] = []
-    last_flush = time.monotonic()
     try:
-        for claim in claims:
-            beat.start(claim)
-            try:
-                applied.append(_apply_one(runner, job, claim, backends, beat, out))
-            except LeaseLost:
-                raise
-            except Exception as exc:  # recorded on that task's row
-                runner.fail_all([claim], exc, out)
-            if (
-                len(applied) >= FLUSH_EVERY_TASKS
-                or time.monotonic() - last_flush >= FLUSH_EVERY_SEC
-            ):
-                _flush(runner, job, applied, out)
-                applied, last_flush = [], time.monotonic()
+        last_flush = time.monotonic()
+        # A window's small files come first, in a request or so; then its tasks one by one.
+        for window in prefetch.windows(claims):
+            prefetch.prefetch(
+                runner.settings, job, runner.job_id, window, backends, beat.throttle, beat.ahead
+            )
+            for claim in window:
+                beat.start(claim)
+                try:
+                    applied.append(_apply_one(runner, job, claim, backends, beat, out))
+                except LeaseLost:
+                    raise
+                except Exception as exc:  # recorded on that task's row
+                    runner.fail_all([claim], exc, out)
+                if (
+                    len(applied) >= FLUSH_EVERY_TASKS
+                    or time.monotonic() - last_flush >= FLUSH_EVERY_SEC
+                ):
+                    _flush(runner, job, applied, out)
+                    applied, last_flush = [], time.monotonic()
         _flush(runner, job, applied, out)
     except LeaseLost:
         _drop_if_ended(runner, job, backends, claims)

@@ -29,9 +29,8 @@ from __future__ import annotations
 import http.client
 import logging
 import os
-import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -47,7 +46,8 @@ from app.errors import (
     TransferRefused,
 )
 from app.storage.checksum import FileMeta
-from app.transfer import names, tokens
+from app.transfer import batch, names, tokens
+from app.transfer.body import BodyReader
 
 log = logging.getLogger("app.transfer.client")
 
@@ -113,14 +113,17 @@ class Downloader:
         self.pool.clear()
 
     def url(self, url_base: str, backend: str, tablet: int, rowset: str, name: str) -> str:
+        path = names.rowset_file(tablet, rowset, name).removeprefix("data/")
+        return f"{self._base(url_base)}/v1/{names.backend_name(backend)}/{path}"
+
+    def _base(self, url_base: str) -> str:
         parts = urlsplit(url_base)
         scheme_ok = parts.scheme == "https" or (parts.scheme == "http" and self.plain_allowed)
         if not scheme_ok or not parts.hostname or parts.path not in ("", "/") or parts.query:
             raise InvalidRequest(
                 f"transfer address {names.show(url_base)} is not https://HOST:PORT"
             )
-        path = names.rowset_file(tablet, rowset, name).removeprefix("data/")
-        return f"{url_base.rstrip('/')}/v1/{names.backend_name(backend)}/{path}"
+        return url_base.rstrip("/")
 
     def fetch_to(
         self,
@@ -179,6 +182,55 @@ class Downloader:
                 f"{meta.checksum}, got {result.size} bytes with checksum {digest.hexdigest()}"
             )
         return result
+
+    def fetch_many(
+        self,
+        url_base: str,
+        backend: str,
+        wanted: Sequence[tuple[str, int, str, FileMeta]],
+        corrupt: Callable[[], bool] | None = None,
+    ) -> tuple[list[bytes | None], int]:
+        """The bytes of each ``(token, tablet, rowset, meta)`` in one batch request, each
+        verified (size and xxh3): None for a file this backend lacks or that arrived damaged;
+        and the bytes received. The caller bounds the count and sizes (the response is held in
+        memory; see ``batch.MAX_FILES`` and ``batch.MAX_BODY``). TransferRefused on 401/403,
+        StorageUnavailable when the request or its response fails: either way nothing is
+        returned, and the files' own requests take over. ``corrupt()``, asked per file, flips
+        its middle byte (the ``transfer.corrupt`` failpoint)."""
+        url = f"{self._base(url_base)}/v1/{names.backend_name(backend)}/files"
+        expected = sum(batch.FRAME.size + m.size for *_, m in wanted)
+        index: dict[str, int] = {}
+        refs = [(index.setdefault(tok, len(index)), t, r, m.name) for tok, t, r, m in wanted]
+        body = batch.request_body(list(index), refs)
+        try:
+            response = self.pool.request(
+                "POST",
+                url,
+                body=body,
+                headers={"Content-Type": "application/json"},
+                preload_content=False,
+                decode_content=False,
+            )
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise StorageUnavailable(f"batch from {url_base}: {_why(exc)}") from None
+        try:
+            if response.status != 200:
+                reason = tokens.redact(response.data[:300].decode("utf-8", "replace")).strip()
+                message = f"batch from {url_base}: HTTP {response.status}: {names.show(reason)}"
+                if response.status in (401, 403):
+                    raise TransferRefused(response.status, message)
+                raise StorageUnavailable(message)
+            length = int(response.headers.get("Content-Length", -1))
+            if not 0 <= length <= expected:  # bounded before a byte is read
+                raise StorageUnavailable(f"batch from {url_base}: {length} bytes announced")
+            data = response.read(length)
+            if len(data) != length:
+                raise StorageUnavailable(f"batch from {url_base}: cut off")
+        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as exc:
+            response.close()
+            raise StorageUnavailable(f"batch from {url_base}: {_why(exc)}") from None
+        response.release_conn()
+        return _unframe(memoryview(data), wanted, corrupt), len(data)
 
     def _get_into(
         self,
@@ -262,11 +314,11 @@ class Downloader:
 
         Reads into one buffer, which the TLS layer decrypts into (``response.read(n)``
         allocates and copies every chunk twice more, measured at about 15% of the apply's
-        CPU), through :class:`_BodyReader`."""
+        CPU), through :class:`BodyReader`."""
         raw = getattr(response, "_fp", None)
         if raw is None or not hasattr(raw, "readinto"):
             raise _Transient("the HTTP library gave no readable body")
-        reader = _BodyReader(raw)
+        reader = BodyReader(raw)
         buffer = bytearray(self.chunk)
         view = memoryview(buffer)
         write = out.write  # type: ignore[attr-defined]
@@ -293,54 +345,31 @@ class Downloader:
                 return False  # longer than the manifest: the checksum check reports it
 
 
-class _BodyReader:
-    """``readinto`` for a response body with a Content-Length, straight from the socket.
-
-    http.client reads a body through five Python layers (HTTPResponse, BufferedReader,
-    SocketIO, SSLSocket.recv_into, SSLSocket.read) for every TLS record of 16 KiB; measured
-    with cProfile in bench.transfer they cost about as much CPU as the decryption itself.
-    Here each record is one call into the TLS object (or ``recv_into`` without TLS), after
-    whatever the buffered reader already holds. http.client's own bookkeeping is kept:
-    ``length`` counts down, and at the end the response is closed as its ``readinto`` would,
-    so that urllib3 reuses the connection. The socket's timeout applies to every read as
-    before (the TLS object waits on its socket's timeout). A body of another shape (chunked,
-    no length) is read through http.client."""
-
-    def __init__(self, raw: Any) -> None:
-        self.raw = raw
-        fp: Any = getattr(raw, "fp", None)
-        sock = getattr(getattr(fp, "raw", None), "_sock", None)
-        self.fp = fp
-        self.read: Callable[[int, memoryview], int] | None = None
-        if getattr(raw, "chunked", True) or getattr(raw, "length", None) is None:
-            return
-        if not hasattr(fp, "readinto1") or sock is None:
-            return
-        sslobj = getattr(sock, "_sslobj", None)
-        if isinstance(sock, ssl.SSLSocket) and sslobj is not None:
-            self.read = sslobj.read
-        elif not isinstance(sock, ssl.SSLSocket):
-            self.read = lambda n, view: sock.recv_into(view, n)
-
-    def readinto(self, view: memoryview) -> int:
-        if self.read is None:
-            return int(self.raw.readinto(view))
-        want = min(len(view), self.raw.length)
-        if not want:
-            return 0
-        n = self.fp.readinto1(view[:want])  # what is buffered already, or one read
-        while 0 < n < want:
-            try:
-                got = self.read(want - n, view[n:want])
-            except (ssl.SSLEOFError, ssl.SSLZeroReturnError):
-                got = 0  # closed: the caller sees the length left and says so
-            if not got:
-                break
-            n += got
-        self.raw.length -= n
-        if not self.raw.length:
-            self.raw._close_conn()  # as http.client does at the end of a body
-        return n
+def _unframe(
+    data: memoryview,
+    wanted: Sequence[tuple[str, int, str, FileMeta]],
+    corrupt: Callable[[], bool] | None,
+) -> list[bytes | None]:
+    out: list[bytes | None] = []
+    at = 0
+    for *_, meta in wanted:
+        if at + batch.FRAME.size > len(data):
+            out.append(None)
+            continue
+        (size,) = batch.FRAME.unpack_from(data, at)
+        at += batch.FRAME.size
+        if size < 0 or at + size > len(data):
+            out.append(None)
+            at = len(data) if size > 0 else at  # a size past the end: the rest is unframed
+            continue
+        piece: memoryview | bytearray = data[at : at + size]
+        at += size
+        if corrupt is not None and size and corrupt():
+            piece = bytearray(piece)
+            piece[size // 2] ^= 0xFF  # mid-file: a data page, as in the single-file path
+        ok = size == meta.size and xxhash.xxh3_64_hexdigest(piece) == meta.checksum
+        out.append(bytes(piece) if ok else None)
+    return out
 
 
 def _continue_partial(out: Any, meta: FileMeta, digest: xxhash.xxh3_64, chunk: int) -> int:

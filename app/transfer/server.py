@@ -1,16 +1,12 @@
 """The transfer server of one host: serves its backends' rowset files over HTTPS.
 
-``GET /v1/{backend}/{tablet}/{rowset}/{file}`` with ``Authorization: Bearer <token>``:
+``GET /v1/{backend}/{tablet}/{rowset}/{file}`` with ``Authorization: Bearer <token>``: after the
+checks of :mod:`app.transfer.access` (steps 1-6), served with HTTP Range: by ``web.FileResponse``
+(zero-copy sendfile) on plain HTTP; under TLS or a bandwidth cap, streamed in chunks (through a
+token bucket shared by every connection when capped).
 
-1. every path part is validated (:mod:`app.transfer.names`)            -> 400
-2. the backend must be one this server was configured with              -> 404
-3. the token must verify, for this backend's cluster                    -> 401 (403: wrong cluster)
-4. the token must name exactly (tablet, rowset, file)                   -> 403
-5. ``revocation_check(grant)`` must say the job's holds still exist     -> 403
-6. the path is resolved under the backend's configured root             -> 404 if absent
-7. served with HTTP Range: by ``web.FileResponse`` (zero-copy sendfile) on plain HTTP; under TLS
-   or a bandwidth cap, streamed in chunks (through a token bucket shared by every connection
-   when capped).
+``POST /v1/{backend}/files`` (:mod:`app.transfer.batch`), tokens in the body: the same checks for
+every file the body names, then the files one after another.
 
 Why not FileResponse under TLS: sendfile cannot encrypt (kernel TLS is not used), and asyncio's
 sendfile fallback for SSL transports, which FileResponse then takes, measured 35-55 MB/s here
@@ -35,50 +31,38 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
 
 from aiohttp import web
 
-from app.errors import InvalidRequest, SetupError, TokenRejected
+from app.errors import RequestRefused, SetupError
 from app.storage.marker import check_marker
-from app.transfer import names, tokens
+from app.transfer import batch, names
+from app.transfer.access import (  # re-exported: the server's configuration
+    Access,
+    BackendRoot,
+    InMemoryRevocations,
+    RevocationCheck,
+)
 from app.transfer.tlsgate import GatedSite
-from app.transfer.tokens import Grant
 from app.units import MB
 
 log = logging.getLogger("app.transfer.server")
+
+__all__ = [
+    "STATS",
+    "BackendRoot",
+    "InMemoryRevocations",
+    "RevocationCheck",
+    "ServerStats",
+    "make_app",
+    "run",
+    "start",
+]
 
 # Tokens travel in a header; aiohttp's default field limit (8190) fits ~250 files.
 MAX_TOKEN_BYTES = 256 * 1024
 # Chunks of the streamed path (TLS, or a bandwidth cap).
 CHUNK = 512 * 1024
-
-
-@dataclass(frozen=True)
-class BackendRoot:
-    cluster: str
-    backend: str
-    root: Path
-
-
-class RevocationCheck(Protocol):
-    """``True`` while the grant is still good (its job's holds exist). The server calls it in a
-    worker thread, so it may block (e.g. a catalog query cached for <= 1 s)."""
-
-    def __call__(self, grant: Grant) -> bool: ...
-
-
-class InMemoryRevocations:
-    """A revocation check for tests and single-process use: revoke by hold owner."""
-
-    def __init__(self) -> None:
-        self.revoked: set[str] = set()
-
-    def revoke(self, hold_owner: str) -> None:
-        self.revoked.add(hold_owner)
-
-    def __call__(self, grant: Grant) -> bool:
-        return grant.hold_owner not in self.revoked
 
 
 @dataclass
@@ -112,13 +96,6 @@ class AsyncTokenBucket:
                 await asyncio.sleep(-self.tokens / self.rate)
 
 
-class _Refusal(Exception):
-    def __init__(self, status: int, why: str) -> None:
-        super().__init__(why)
-        self.status = status
-        self.why = why
-
-
 _REFUSALS: dict[int, type[web.HTTPException]] = {
     400: web.HTTPBadRequest,
     401: web.HTTPUnauthorized,
@@ -128,35 +105,29 @@ _REFUSALS: dict[int, type[web.HTTPException]] = {
 
 
 class _Handler:
-    def __init__(
-        self,
-        backends: Mapping[str, BackendRoot],
-        secrets: Mapping[str, bytes],
-        revocation_check: RevocationCheck,
-        bucket: AsyncTokenBucket | None,
-        stats: ServerStats,
-        clock: Callable[[], float],
-    ) -> None:
-        self.backends = dict(backends)
-        self.secrets = dict(secrets)
-        self.revocation_check = revocation_check
+    def __init__(self, access: Access, bucket: AsyncTokenBucket | None, stats: ServerStats) -> None:
+        self.access = access
         self.bucket = bucket
         self.stats = stats
-        self.clock = clock
+
+    def _refused(self, request: web.Request, refusal: RequestRefused) -> web.HTTPException:
+        """Count and log (one line, never a token) a refusal; the HTTP answer to raise."""
+        self.stats.refused[refusal.status] += 1
+        log.warning(
+            "transfer refused %d %s %s from %s: %s",
+            refusal.status,
+            request.method,
+            names.show(request.rel_url.raw_path),
+            request.remote,
+            refusal.why,
+        )
+        return _REFUSALS[refusal.status](text=f"{refusal.status}: {refusal.why}\n")
 
     async def get(self, request: web.Request) -> web.StreamResponse:
         try:
-            path, grant = await self._authorize(request)
-        except _Refusal as refusal:
-            self.stats.refused[refusal.status] += 1
-            log.warning(
-                "transfer refused %d %s from %s: %s",
-                refusal.status,
-                names.show(request.rel_url.raw_path),
-                request.remote,
-                refusal.why,
-            )
-            raise _REFUSALS[refusal.status](text=f"{refusal.status}: {refusal.why}\n") from None
+            path, grant = await self.access.file(request)
+        except RequestRefused as refusal:
+            raise self._refused(request, refusal) from None
         size = path.stat().st_size
         self.stats.opened += 1
         log.debug("serving %s for job %d", path, grant.job_id)
@@ -167,42 +138,45 @@ class _Handler:
             return web.FileResponse(path, headers={"Content-Type": "application/octet-stream"})
         return await self._stream(request, path, size, self.bucket)
 
-    async def _authorize(self, request: web.Request) -> tuple[Path, Grant]:
-        info = request.match_info
+    async def batch(self, request: web.Request) -> web.StreamResponse:
+        """The files a JSON body names, framed one after another (see the module's text)."""
         try:
-            backend_name = names.backend_name(info["backend"])
-            tablet = names.tablet_id(info["tablet"])
-            rowset = names.rowset_id(info["rowset"])
-            name = names.file_name(info["file"])
-        except InvalidRequest as exc:
-            raise _Refusal(400, str(exc)) from None
-        backend = self.backends.get(backend_name)
-        if backend is None:
-            raise _Refusal(404, f"no backend {backend_name!r} here")
-        grant = self._verify(request, backend)
-        if not grant.allows(tablet, rowset, name):
-            raise _Refusal(403, f"job {grant.job_id}'s token does not name this file")
-        if not await asyncio.to_thread(self.revocation_check, grant):
-            raise _Refusal(403, f"job {grant.job_id}'s token is revoked (its holds are gone)")
-        try:
-            path = names.resolve_under(backend.root, names.rowset_file(tablet, rowset, name))
-        except InvalidRequest as exc:  # a symlink out of the root
-            raise _Refusal(404, str(exc)) from None
-        if not path.is_file():
-            raise _Refusal(404, f"job {grant.job_id}: no such file on {backend_name}")
-        return path, grant
-
-    def _verify(self, request: web.Request, backend: BackendRoot) -> Grant:
-        header = request.headers.get("Authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme != "Bearer" or not token:
-            raise _Refusal(401, "no bearer token")
-        try:
-            return tokens.verify(
-                self.secrets, token.strip(), now=self.clock(), source_cluster=backend.cluster
-            )
-        except TokenRejected as exc:
-            raise _Refusal(403 if exc.reason == "wrong_cluster" else 401, str(exc)) from None
+            paths, grant = await self.access.files(request)
+        except RequestRefused as refusal:
+            raise self._refused(request, refusal) from None
+        sizes = [p.stat().st_size if p is not None and p.is_file() else -1 for p in paths]
+        response = web.StreamResponse(status=200)
+        response.content_type = "application/octet-stream"
+        response.content_length = sum(batch.FRAME.size + max(n, 0) for n in sizes)
+        await response.prepare(request)
+        # One line a request (up to batch.MAX_FILES files): what a job's small files cost.
+        log.info(
+            "batch for job %d: %d of %d files, %d bytes",
+            grant.job_id,
+            sum(n >= 0 for n in sizes),
+            len(sizes),
+            sum(max(n, 0) for n in sizes),
+        )
+        loop = asyncio.get_running_loop()
+        for path, size in zip(paths, sizes, strict=True):
+            await response.write(batch.FRAME.pack(size))
+            if path is None or size < 0:
+                continue
+            self.stats.opened += 1
+            self.stats.served_bytes += size
+            with open(path, "rb") as f:
+                remaining = size
+                while remaining > 0:
+                    n = min(CHUNK, remaining)
+                    if self.bucket is not None:
+                        await self.bucket.take(n)
+                    data = await loop.run_in_executor(None, f.read, n)
+                    if not data:  # shrank since its size was sent: cut the response short
+                        raise ConnectionResetError(f"{path} shrank while being served")
+                    await response.write(data)
+                    remaining -= len(data)
+        await response.write_eof()
+        return response
 
     async def _stream(
         self, request: web.Request, path: Path, size: int, bucket: AsyncTokenBucket | None
@@ -294,9 +268,10 @@ def make_app(
         bucket = AsyncTokenBucket(serving_cap_mb_per_sec * MB)
     app = web.Application()
     app[STATS] = ServerStats()
-    handler = _Handler(backends, secrets, revocation_check, bucket, app[STATS], clock)
+    handler = _Handler(Access(backends, secrets, revocation_check, clock), bucket, app[STATS])
     app.router.add_get("/healthz", _healthz)
     app.router.add_get("/v1/{backend}/{tablet}/{rowset}/{file}", handler.get)
+    app.router.add_post("/v1/{backend}/files", handler.batch)
     app.router.add_route("*", "/{tail:.*}", _unknown)
     return app
 

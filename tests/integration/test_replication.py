@@ -4,6 +4,7 @@ source backends, two target backends and the coordinator."""
 from __future__ import annotations
 
 import itertools
+import re
 import subprocess
 import sys
 import time
@@ -65,6 +66,12 @@ def test_a_full_replication_makes_the_target_equal_to_the_source(rig: Rig) -> No
     applies = _job_rows(rig, job.id, TaskKind.APPLY)
     assert len(applies) == 4 * 8 * 2  # every tablet, on both target replicas
     assert all(not a.incremental for a in applies)
+    # The files are small: they crossed in batch requests, each file once per target replica.
+    files = sum(len(r["files"]) for a in applies for r in a.manifest["rowsets"])
+    log = rig.workers.procs[f"transfer.{rig.src.name}"].log.read_text()
+    batched = re.findall(rf"batch for job {job.id}: (\d+) of (\d+) files", log)
+    assert sum(int(n) for n, _ in batched) == files == 4 * 8 * 2 * 2
+    assert 4 * len(batched) <= files  # a request per apply message and source, not per file
     assert rig.staged_files(rig.dst) == []
     owner = f"job:{rig.dst.name}:{job.id}"
     assert rig.count(rig.src, "SELECT count(*) FROM holds WHERE owner = :o", o=owner) == 0
