@@ -166,7 +166,15 @@ class Run:
 
 
 @contextlib.contextmanager
-def start_run(sizes: Sizes, quick: bool, private_pg: bool, profile: bool) -> Iterator[Run]:
+def start_run(
+    sizes: Sizes,
+    quick: bool,
+    private_pg: bool,
+    profile: bool,
+    extra: dict[str, int] | None = None,
+) -> Iterator[Run]:
+    """The run's Redis, coordinator and transfer PKI (and Postgres if private); ``extra``:
+    more settings, for this process and the workers alike."""
     run_id = f"{time.strftime('%m%d%H%M%S')}_{secrets.token_hex(2)}"
     logdir = OUT_DIR / "logs" / run_id
     logdir.mkdir(parents=True, exist_ok=True)
@@ -177,14 +185,20 @@ def start_run(sizes: Sizes, quick: bool, private_pg: bool, profile: bool) -> Ite
             stack.callback(pg.stop)
             pg_url = pg.url
             log(f"private Postgres on port {pg.port}")
-        for run in _start_run(run_id, logdir, sizes, quick, pg_url, profile):
+        for run in _start_run(run_id, logdir, sizes, quick, pg_url, profile, extra or {}):
             if private_pg:
                 run.pg_pid = pg.postmaster_pid()
             yield run
 
 
 def _start_run(
-    run_id: str, logdir: Path, sizes: Sizes, quick: bool, pg_url: str | None, profile: bool
+    run_id: str,
+    logdir: Path,
+    sizes: Sizes,
+    quick: bool,
+    pg_url: str | None,
+    profile: bool,
+    extra: dict[str, int],
 ) -> Iterator[Run]:
     redis = RedisServer(OUT_DIR / "redis" / run_id).start()
     tag = secrets.token_hex(3)
@@ -193,8 +207,9 @@ def _start_run(
         "broker_url": redis.url,
         "replication_max_parallel_table_count": max(100, sizes.concurrent_jobs + 10),
     }
-    settings = bench_settings(tag, pg_url, **overrides)
+    settings = bench_settings(tag, pg_url, **overrides, **extra)
     env = dict(os.environ)
+    env |= {f"REPLICATOR_{k.upper()}": str(v) for k, v in extra.items()}
     env.pop("REPLICATOR_CONFIG", None)
     env["REPLICATOR_DSN_TEMPLATE"] = settings.dsn_template
     env["REPLICATOR_BROKER_URL"] = redis.url
@@ -598,7 +613,7 @@ class ProfileWindow:
 # -- memory of worker processes ----------------------------------------------------------------
 
 
-def _status_kb(pid: int, key: str) -> int:
+def status_kb(pid: int, key: str) -> int:
     try:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
             if line.startswith(key + ":"):
@@ -629,7 +644,7 @@ class RssSampler(threading.Thread):
     def run(self) -> None:
         while not self.stop.is_set():
             for pid in self.pids:
-                self.peak[pid] = max(self.peak[pid], _status_kb(pid, "VmRSS"))
+                self.peak[pid] = max(self.peak[pid], status_kb(pid, "VmRSS"))
             self.stop.wait(0.02)
 
     def __enter__(self) -> RssSampler:
@@ -775,7 +790,7 @@ def scenario_bulk(
     window = LogWindow([workers.procs[n] for n in dst_workers])
     with RssSampler(list(children)) as sampler:
         rep = replicate_timed(run, src, dst, LINEITEM, workers=workers, label="bulk")
-    hwm = {pid: _status_kb(pid, "VmHWM") for pid in children}
+    hwm = {pid: status_kb(pid, "VmHWM") for pid in children}
     job_id = int(rep["job"].split(":")[1])
     done, total = apply_bytes(dst.handle, job_id)
     verified = verify_copy(src, dst, LINEITEM)
@@ -826,11 +841,11 @@ def scenario_memory(
     pids = [*children, proc.popen.pid]
     for pid in pids:
         reset_peak(pid)
-    before = {pid: _status_kb(pid, "VmRSS") for pid in pids}
+    before = {pid: status_kb(pid, "VmRSS") for pid in pids}
     log(f"memory: one apply process ({name}) copies {nbytes / MB:.0f} MB")
     with RssSampler(pids) as sampler:
         rep = replicate_timed(run, src, mem, LINEITEM, workers=workers, label="memory")
-    hwm = {pid: max(_status_kb(pid, "VmHWM"), sampler.peak[pid]) for pid in pids}
+    hwm = {pid: max(status_kb(pid, "VmHWM"), sampler.peak[pid]) for pid in pids}
     job_id = int(rep["job"].split(":")[1])
     done, _total = apply_bytes(mem.handle, job_id)
     verify_copy(src, mem, LINEITEM)

@@ -16,6 +16,7 @@ from app.queues import queue_name
 from app.replication import jobs
 from app.replication.coordinator import Coordinator, Message
 from app.replication.runner import TaskRunner
+from app.replication.sweep import Sweep
 from app.replication.taskrows import TaskKind
 from app.replication.work import run_cleanup, run_message
 from app.storage import gc as storage_gc
@@ -28,11 +29,12 @@ log = logging.getLogger(__name__)
 
 _clusters_cache: tuple[float, list[str]] = (0.0, [])
 
-# The beat ticks only the jobs with something to do (Coordinator.due_jobs, one query per
-# cluster), and, when this process has not for FULL_SWEEP_SEC (its first beat included), every
-# active job: a job whose need due_jobs does not foresee waits at most that long.
+# The beat ticks the jobs with something to do (Coordinator.due_jobs, one query per cluster),
+# and a slice of the other active jobs in turn (sweep.py), so that a job whose need due_jobs
+# does not foresee waits about FULL_SWEEP_SEC at most, and no beat ticks more than
+# sweep.MAX_SLICE of them: a beat that ticked all of 1,000 waiting jobs took 4.8 s.
 FULL_SWEEP_SEC = 10.0
-_last_full_sweep = -FULL_SWEEP_SEC
+_sweeps: dict[str, Sweep] = {}
 
 
 def clusters() -> list[str]:
@@ -70,14 +72,12 @@ def tick(self: Task, cluster: str | None = None, job_id: int | None = None) -> d
     if cluster is not None and job_id is not None:
         targets = [(cluster, job_id)]
     else:
-        global _last_full_sweep
-        full = time.monotonic() - _last_full_sweep >= FULL_SWEEP_SEC
-        if full:
-            _last_full_sweep = time.monotonic()
         for name in clusters():
             try:
-                found = coordinator.active_jobs(name) if full else coordinator.due_jobs(name)
-                targets += [(name, j) for j in found]
+                due = coordinator.due_jobs(name)
+                swept = _sweeps.setdefault(name, Sweep(FULL_SWEEP_SEC))
+                more = swept.slice(coordinator.active_jobs(name), time.monotonic())
+                targets += [(name, j) for j in dict.fromkeys([*due, *more])]
             except Exception as exc:
                 log.warning("cannot list jobs of cluster %s: %s", name, exc)
     if cluster is None:

@@ -1,10 +1,10 @@
 """Which active jobs the beat ticks: one query per cluster names those a tick would move now.
 
 Ticking every open job one after another cost 28 ms a job (700 jobs: 20 s a beat) though most
-were only waiting on their workers. The beat asks this query instead, and ticks every open job
-only now and then (workers/tasks.py, FULL_SWEEP_SEC), so a need not foreseen here waits at most
-that long. The conditions follow the state machine (app/replication/state.py): what makes
-``step`` decide something other than "wait".
+were only waiting on their workers. The beat asks this query instead, and ticks the other open
+jobs a slice a beat in turn (sweep.py), so a need not foreseen here waits about a round. The
+conditions follow the state machine (app/replication/state.py): what makes ``step`` decide
+something other than "wait".
 """
 
 from __future__ import annotations

@@ -7,6 +7,7 @@ cluster, so a racing submit finds the other's job rather than a table it did not
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import uuid
@@ -65,6 +66,17 @@ def submit(
     } | _flags(overwrite, repair, schema_changes)
     digest = _digest(pair, options)
     label = label or f"job-{uuid.uuid4().hex[:12]}"
+
+    plan_now = functools.partial(
+        make_plan, src_c, dst_c, pair, partitions=partitions, create_target=create_target,
+        overwrite=overwrite, repair=repair, schema_changes=schema_changes,
+    )  # fmt: skip
+    with dst_c.engine.connect() as conn:
+        known = _by_label(conn, label) is not None
+    # Planning reads both catalogs: done before the lock, so that concurrent submits plan at
+    # once (the plan only sizes and validates the job; the coordinator plans again). The same
+    # label again returns its job, whatever the tables are now: no plan for it.
+    plan = None if known else plan_now()
     with dst_c.engine.begin() as conn:
         # Every submit to this cluster holds this lock from its checks to its insert: admission,
         # the busy check and the label see every other submit's job row, and a racing submit
@@ -72,22 +84,8 @@ def submit(
         conn.execute(sa.text("SELECT pg_advisory_xact_lock(727274002)"))
         existing = _by_label(conn, label)
         if existing is not None:
-            if existing[1] != digest:
-                raise LabelConflict(
-                    f"label {label!r} already names job {pair.dst_cluster}:{existing[0]} with "
-                    "other arguments; use a new label"
-                )
-            return pair.dst_cluster, existing[0], False
-        plan = make_plan(
-            src_c,
-            dst_c,
-            pair,
-            partitions=partitions,
-            create_target=create_target,
-            overwrite=overwrite,
-            repair=repair,
-            schema_changes=schema_changes,
-        )
+            return pair.dst_cluster, _same_job(pair, label, existing, digest), False
+        plan = plan or plan_now()
         if plan.dst is None:
             plan = _create_target(
                 conn, settings, (src_c, dst_c), pair, plan, partitions, replication_num
@@ -235,6 +233,16 @@ def _admit(conn: sa.Connection, settings: Settings, replicas: int, data_size: in
             f"limit is {limit_mb} MB (replication_max_parallel_data_size_mb). Submit again later "
             "or replicate fewer partitions at a time"
         )
+
+
+def _same_job(pair: TablePair, label: str, existing: tuple[int, str], digest: str) -> int:
+    """The job the label names, if it was submitted with the same arguments."""
+    if existing[1] != digest:
+        raise LabelConflict(
+            f"label {label!r} already names job {pair.dst_cluster}:{existing[0]} with other "
+            "arguments; use a new label"
+        )
+    return existing[0]
 
 
 def _by_label(conn: sa.Connection, label: str) -> tuple[int, str] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,11 +179,12 @@ class Rig:
         return missing
 
     def staged_files(self, handle: ClusterHandle) -> list[Path]:
+        # os.walk, not rglob: a clean-up may remove a directory while it is being listed.
         return [
-            p
+            Path(top, name)
             for b in handle.backends()
-            for p in Path(b.storage_root, "staging").rglob("*")
-            if p.is_file()
+            for top, _dirs, files in os.walk(Path(b.storage_root, "staging"))
+            for name in files
         ]
 
     def unnamed_rowset_dirs(self, handle: ClusterHandle) -> list[Path]:
