@@ -257,6 +257,8 @@ job_tasks = Table(
     Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
 )
 Index("job_tasks_job_kind_state", job_tasks.c.job_id, job_tasks.c.kind, job_tasks.c.state)
+# Snapshots taken without applies: an anti-join by target tablet (migration 0006).
+Index("job_tasks_job_kind_tablet", job_tasks.c.job_id, job_tasks.c.kind, job_tasks.c.dst_tablet_id)
 
 job_events = Table(
     "job_events",

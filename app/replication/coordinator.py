@@ -22,13 +22,13 @@ import sqlalchemy as sa
 from app import txn as txns
 from app.catalog import model
 from app.catalog import schema as s
-from app.catalog.arrays import any_of
 from app.catalog.engine import scan_engine
 from app.cluster import Cluster
 from app.config import Settings
 from app.errors import ReplicatorError, UserError, redact
 from app.queues import queue_name
 from app.replication import due, finish, placement, taskrows
+from app.replication.applies import start_applies
 from app.replication.plan import Plan, TablePair, make_plan
 from app.replication.state import (
     ACTIVE_STATES,
@@ -143,7 +143,7 @@ class Coordinator:
             if action is Action.COMMIT:
                 return self._commit(conn, job)
             if action is Action.START_APPLY:
-                self._start_apply(conn, job, dst)
+                start_applies(conn, job.id, dst.name)
             elif action is Action.DISPATCH:
                 for kind in TaskKind.open_in(phase):
                     result.messages += self._dispatch(conn, dst.name, job.id, kind)
@@ -301,43 +301,6 @@ class Coordinator:
             return Result(Action.COMMIT, Outcome.REFUSED, str(exc))
         detail = ", ".join(f"{p}=v{v}" for p, v in sorted(versions.items()))
         return Result(Action.COMMIT, Outcome.OK, f"committed: {detail}")
-
-    def _start_apply(self, conn: sa.Connection, job: Any, dst: Cluster) -> None:
-        snaps = taskrows.snapshots_ready(conn, job.id)
-        if not snaps:
-            return
-        backends = model.list_backends(conn)
-        replicas: dict[int, list[int]] = defaultdict(list)
-        for r in conn.execute(
-            sa.select(s.replicas.c.tablet_id, s.replicas.c.backend_id)
-            .where(any_of(s.replicas.c.tablet_id, [t.dst_tablet_id for t in snaps]))
-            .order_by(s.replicas.c.id)
-        ):
-            replicas[r.tablet_id].append(r.backend_id)
-        rows = []
-        for snap in snaps:
-            manifest = snap.manifest
-            sources = list(manifest["src_backend_ids"])
-            fallback = list(manifest.get("fallback_backend_ids", []))
-            for i, backend_id in enumerate(replicas[snap.dst_tablet_id]):
-                rows.append(
-                    {
-                        "job_id": job.id,
-                        "partition_name": snap.partition_name,
-                        "bucket": snap.bucket,
-                        "src_tablet_id": snap.src_tablet_id,
-                        "dst_tablet_id": snap.dst_tablet_id,
-                        "dst_backend_id": backend_id,
-                        # Spread the replicas of one tablet over different source replicas.
-                        "src_backend_ids": placement.rotate(sources, i) + fallback,
-                        "queue": queue_name(dst.name, backends[backend_id].name),
-                        "manifest": manifest,
-                        "incremental": snap.incremental,
-                        "bytes_total": snap.bytes_total,
-                        "transfer_token": snap.transfer_token,
-                    }
-                )
-        taskrows.insert(conn, TaskKind.APPLY, rows)
 
     def _dispatch(
         self, conn: sa.Connection, cluster: str, job_id: int, kind: TaskKind

@@ -57,22 +57,24 @@ def tasks_need_coordinator(
     message (taskrows.due); its phase (tasks of ``phase_kind``) has no task left open; or a
     snapshot is taken whose tablet has no applies yet."""
     rows = s.job_tasks
-    task, open_, snap, app = (rows.alias(n) for n in ("task", "open_task", "taken", "applied"))
+    task, open_, snap = (rows.alias(n) for n in ("task", "open_task", "taken"))
     wants = sa.or_(task.c.state == TaskState.FAILED, taskrows.due(task, queued_timeout_sec))
-    ready = sa.and_(
-        snap.c.job_id == job_id,
-        snap.c.kind == TaskKind.SNAPSHOT,
-        snap.c.state == TaskState.DONE,
-        ~sa.exists().where(
-            app.c.job_id == job_id,
-            app.c.kind == TaskKind.APPLY,
-            app.c.dst_tablet_id == snap.c.dst_tablet_id,
-        ),
+    # Snapshots taken whose tablets have no applies: more DONE snapshots than tablets with
+    # applies (applies are made only for taken snapshots), counted in one pass over the job's
+    # rows. As a NOT EXISTS inside an EXISTS, a table just filled (no statistics yet) got a
+    # nested loop of every snapshot against every apply: 20 s a beat at 10,000 tablets.
+    ready = (
+        sa.select(
+            sa.func.count().filter(snap.c.kind == TaskKind.SNAPSHOT, snap.c.state == TaskState.DONE)
+            > sa.func.count(sa.distinct(snap.c.dst_tablet_id)).filter(snap.c.kind == TaskKind.APPLY)
+        )
+        .where(snap.c.job_id == job_id)
+        .scalar_subquery()
     )
     return sa.or_(
         sa.exists().where(task.c.job_id == job_id, wants),
         ~sa.exists().where(
             open_.c.job_id == job_id, open_.c.kind == phase_kind, open_.c.state != TaskState.DONE
         ),
-        sa.and_(phase_kind == TaskKind.SNAPSHOT, sa.exists().where(ready)),
+        sa.and_(phase_kind == TaskKind.SNAPSHOT, ready),
     )

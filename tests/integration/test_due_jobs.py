@@ -12,7 +12,8 @@ from app.config import Settings
 from app.replication.state import JobState
 from app.replication.taskrows import TaskKind, TaskState
 from tests.conftest import ClusterFactory
-from tests.integration.driver import Driver
+from tests.integration.driver import TABLE, Driver
+from tests.integration.rig import rows
 
 pytestmark = pytest.mark.usefixtures("drop_created_catalogs")
 
@@ -90,3 +91,23 @@ def test_a_cancel_and_an_expired_transaction_make_a_job_due(
     assert _due(d, other)
     d.tick(other)
     assert other.refresh().state is JobState.ABORTED
+
+
+def test_a_later_jobs_taken_snapshots_make_it_due_though_earlier_jobs_applied_those_tablets(
+    settings: Settings, make_cluster: ClusterFactory
+) -> None:
+    """The 'snapshot taken, no apply yet' clause looks at this job's applies only: an earlier
+    job's applies of the same target tablets must not hide it (they did, when the clause was
+    correlated to a FROM jobs of its own)."""
+    d = Driver(settings, make_cluster)
+    first = d.finish(d.submit())
+    assert first.state is JobState.COMMITTED
+    d.src.load(TABLE, rows(500, seed=8), label="edges-2")
+
+    job = d.submit()
+    snapshots = d.tick(job)
+    assert job.refresh().state is JobState.SNAPSHOTING and len(snapshots) >= 2
+    _idle_tick(d, job)
+    d.work(snapshots[:1])
+    assert _due(d, job)  # its tablets have applies, but of the first job
+    assert d.tick(job)  # ... and a tick does start applies
