@@ -139,7 +139,7 @@ def _run(
     # whole phase left the target idle for most of the snapshot phase (bench.transfer: applies
     # of 12 of 64 tablets started before the last snapshot; now most of them).
     try:
-        phase_done = runner.open_tasks(kind) == 0
+        phase_done = runner.phase_done(kind)
     except Exception as exc:  # the work is recorded; the beat tick will notice either way
         log.warning("cannot tell whether job %s:%s finished its phase: %s", cluster, job_id, exc)
         phase_done = True

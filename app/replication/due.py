@@ -73,8 +73,12 @@ def tasks_need_coordinator(
     )
     return sa.or_(
         sa.exists().where(task.c.job_id == job_id, wants),
+        # Not-DONE states by name (an index range each), not ``<> DONE``: that read every DONE
+        # row of the job (taskrows.any_not_done).
         ~sa.exists().where(
-            open_.c.job_id == job_id, open_.c.kind == phase_kind, open_.c.state != TaskState.DONE
+            open_.c.job_id == job_id,
+            open_.c.kind == phase_kind,
+            open_.c.state.in_([str(x) for x in TaskState if x is not TaskState.DONE]),
         ),
         sa.and_(phase_kind == TaskKind.SNAPSHOT, ready),
     )

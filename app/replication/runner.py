@@ -104,7 +104,7 @@ class TaskRunner:
         with self.dst.engine.connect() as conn:
             return conn.execute(sa.select(s.jobs).where(s.jobs.c.id == self.job_id)).one()
 
-    def open_tasks(self, kind: TaskKind) -> int:
-        """Tasks of ``kind`` not yet DONE: zero means the phase is complete."""
+    def phase_done(self, kind: TaskKind) -> bool:
+        """Every task of ``kind`` is DONE."""
         with self.dst.engine.connect() as conn:
-            return taskrows.open_count(conn, self.job_id, kind)
+            return not taskrows.any_not_done(conn, self.job_id, kind)

@@ -326,33 +326,18 @@ def counts(conn: sa.Connection, job_id: int, kind: TaskKind) -> tuple[TaskCounts
     return TaskCounts(row[0], row[1], row[2], ready), row[3]
 
 
-def snapshots_ready(
-    conn: sa.Connection, job_id: int, after_id: int = 0, limit: int = 2000
-) -> list[Any]:
-    """The DONE snapshot tasks (with their manifests and tokens) whose tablets have no apply
-    tasks yet, by id past ``after_id``, at most ``limit``: a caller takes them a page at a time
-    (100,000 manifests at once held the coordinator at 650 MB)."""
-    a = _t.alias("applies")
-    # NOT IN, which Postgres runs as one hash of the job's applied tablets whatever its row
-    # estimates: as NOT EXISTS, a table just filled (no statistics yet) got a nested loop,
-    # every snapshot against every apply: 10,000 tablets took 10-50 s (bench.huge).
-    applied = sa.select(a.c.dst_tablet_id).where(a.c.job_id == job_id, a.c.kind == TaskKind.APPLY)
-    ready = sa.and_(
-        _t.c.job_id == job_id,
-        _t.c.kind == TaskKind.SNAPSHOT,
-        _t.c.state == TaskState.DONE,
-        _t.c.id > after_id,
-        _t.c.dst_tablet_id.not_in(applied),
-    )
-    return list(conn.execute(sa.select(_t).where(ready).order_by(_t.c.id).limit(limit)))
-
-
-def open_count(conn: sa.Connection, job_id: int, kind: TaskKind) -> int:
-    """Tasks of ``kind`` not yet DONE: zero means the phase is complete."""
-    return int(
+def any_not_done(conn: sa.Connection, job_id: int, kind: TaskKind) -> bool:
+    """Whether a task of ``kind`` is not DONE yet (none: the phase is complete). Every task
+    message asks when it ends: the states are named (an index range each) and the first row
+    found answers, where counting ``state <> DONE`` read every DONE row of the job (0.5 s a
+    message at 100,000 tablets)."""
+    not_done = [str(x) for x in TaskState if x is not TaskState.DONE]
+    return bool(
         conn.execute(
-            sa.select(sa.func.count()).where(
-                _t.c.job_id == job_id, _t.c.kind == kind, _t.c.state != TaskState.DONE
+            sa.select(
+                sa.exists().where(
+                    _t.c.job_id == job_id, _t.c.kind == kind, _t.c.state.in_(not_done)
+                )
             )
         ).scalar_one()
     )

@@ -6,7 +6,7 @@ import pytest
 import sqlalchemy as sa
 
 from app.config import Settings
-from app.replication import taskrows
+from app.replication import applies as start
 from app.replication.state import JobState
 from app.replication.taskrows import TaskKind
 from tests.conftest import ClusterFactory
@@ -23,14 +23,14 @@ def test_applies_start_for_every_taken_snapshot_a_page_at_a_time(
     snapshots = d.tick(job)
     d.work(snapshots)  # every snapshot taken; the applies are the next tick's to start
     pages: list[int] = []
-    real = taskrows.snapshots_ready
+    real = start.snapshots_ready
 
     def paged(conn: sa.Connection, job_id: int, after_id: int = 0, limit: int = 2000) -> list:  # type: ignore[type-arg]
         got = real(conn, job_id, after_id, limit=3)
         pages.append(len(got))
         return got
 
-    monkeypatch.setattr(taskrows, "snapshots_ready", paged)
+    monkeypatch.setattr(start, "snapshots_ready", paged)
     applying = d.tick(job)
 
     with d.dst.catalog.engine.connect() as conn:

@@ -5,7 +5,7 @@ Revises: 0005
 Create Date: 2026-12-03 12:45:00
 
 "Which taken snapshots have no apply yet" compares a job's snapshot rows with its apply rows by
-target tablet (taskrows.snapshots_ready): the applied tablets are read from this index alone.
+target tablet (applies.snapshots_ready): the applied tablets are read from this index alone.
 """
 
 from __future__ import annotations
