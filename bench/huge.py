@@ -26,14 +26,13 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from bench.common import BENCH_DIR, PG_URL, machine_info, retry_busy, write_section
+from bench.common import BENCH_DIR, PG_URL, machine_info, write_section
 from bench.run import (
     FULL,
-    SMALL_COLUMNS,
     BenchCluster,
     Run,
     cpu_roles,
-    day_partitions,
+    create_day_table,
     log,
     pg_version,
     replicate_timed,
@@ -133,16 +132,7 @@ def clusters(run: Run, partitions: int) -> Iterator[tuple[BenchCluster, BenchClu
         src = run.cluster(stack, "hsrc", 2)
         dst = run.cluster(stack, "hdst", 2)
         for bc in (src, dst):
-            retry_busy(
-                bc.handle.create_table,
-                TABLE,
-                SMALL_COLUMNS,
-                partition_by="day",
-                partitions=day_partitions(partitions),
-                distributed_by=["id"],
-                buckets=BUCKETS,
-                replication_num=1,
-            )
+            create_day_table(bc, TABLE, partitions, BUCKETS)
         workers = stack.enter_context(
             running(start_backend_workers(run, "huge", [(src, 1), (dst, 1)]))
         )

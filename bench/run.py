@@ -723,6 +723,20 @@ def small_rows(n: int, seed: int, days: int, start: str = "2020-01-01") -> pa.Ta
     )
 
 
+def create_day_table(bc: BenchCluster, table: str, partitions: int, buckets: int) -> None:
+    """SMALL_COLUMNS partitioned by day (``partitions`` days), ``buckets`` a day, one copy."""
+    retry_busy(
+        bc.handle.create_table,
+        table,
+        SMALL_COLUMNS,
+        partition_by="day",
+        partitions=day_partitions(partitions),
+        distributed_by=["id"],
+        buckets=buckets,
+        replication_num=1,
+    )
+
+
 def day_partitions(count: int, start: str = "2020-01-01") -> list[tuple[str, str, str]]:
     first = dt.date.fromisoformat(start)
     out = []
@@ -1105,16 +1119,7 @@ def _small_setup(
     src = run.cluster(stack, "ssrc", 2)
     dst = run.cluster(stack, "sdst", 2)
     for bc in (src, dst):
-        retry_busy(
-            bc.handle.create_table,
-            table,
-            SMALL_COLUMNS,
-            partition_by="day",
-            partitions=day_partitions(sz.small_partitions),
-            distributed_by=["id"],
-            buckets=sz.small_buckets,
-            replication_num=1,
-        )
+        create_day_table(bc, table, sz.small_partitions, sz.small_buckets)
     workers = stack.enter_context(
         running(start_backend_workers(run, "small", [(src, 1), (dst, 1)]))
     )

@@ -27,7 +27,7 @@ from app.cluster import Cluster
 from app.config import Settings
 from app.errors import ReplicatorError, UserError, redact
 from app.queues import queue_name
-from app.replication import due, finish, placement, taskrows
+from app.replication import changed, due, finish, placement, taskrows
 from app.replication.applies import start_applies
 from app.replication.plan import Plan, TablePair, make_plan
 from app.replication.state import (
@@ -234,6 +234,7 @@ class Coordinator:
             or self.settings.replication_transaction_timeout_sec,
         )
         conn.execute(sa.update(s.jobs).where(s.jobs.c.id == job.id).values(txn_id=txn.id))
+        unchanged = changed.drop_unchanged(src, plan)
         self._record_plan(conn, job.id, plan, src)
         modes = sorted({p.mode.lower() for p in plan.partitions})
         replaced = (
@@ -246,7 +247,8 @@ class Coordinator:
             Action.PLAN,
             Outcome.OK,
             f"planned {len(plan.partitions)} partitions ({'/'.join(modes)}), "
-            f"{len(plan.tablets)} tablets; skipped {len(plan.skipped)} up-to-date partitions; "
+            f"{len(plan.tablets)} tablets ({unchanged} more without new rows need nothing); "
+            f"skipped {len(plan.skipped)} up-to-date partitions; "
             f"transaction {txn.label}{replaced}",
         )
 
