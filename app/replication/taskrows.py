@@ -105,10 +105,11 @@ def _lease_expired() -> sa.ColumnElement[bool]:
 
 
 def insert(conn: sa.Connection, kind: TaskKind, rows: list[dict[str, Any]]) -> None:
-    """New tasks of one kind, PENDING."""
-    if rows:
+    """New tasks of one kind, PENDING; a page at a time (the driver buffers a statement's
+    parameters: 100,000 rows at once took the coordinator past 300 MB)."""
+    for i in range(0, len(rows), 5000):
         conn.execute(sa.insert(_t), [r | {"kind": str(kind), "state": str(TaskState.PENDING)}
-                                     for r in rows])  # fmt: skip
+                                     for r in rows[i : i + 5000]])  # fmt: skip
 
 
 # -- transitions the coordinator makes -------------------------------------------------------
@@ -364,13 +365,19 @@ def snapshot_targets(job_id: int, *, full_only: bool = False) -> sa.Select[Any]:
     return q.where(_t.c.incremental.is_(False)) if full_only else q
 
 
-def forget_tokens(conn: sa.Connection, job_id: int) -> None:
-    """The job has ended: its download tokens are of no more use to anyone."""
-    conn.execute(
-        sa.update(_t)
+def forget_tokens(conn: sa.Connection, job_id: int, page: int = 5000) -> None:
+    """The job has ended: its download tokens are of no more use to anyone. A page of rows a
+    statement: each row is rewritten whole (manifest and all), and 200,000 at once took 13 s."""
+    with_token = (
+        sa.select(_t.c.id)
         .where(_t.c.job_id == job_id, _t.c.transfer_token.is_not(None))
-        .values(transfer_token=None)
+        .limit(page)
+        .scalar_subquery()
     )
+    while conn.execute(
+        sa.update(_t).where(_t.c.id.in_(with_token)).values(transfer_token=None)
+    ).rowcount:
+        pass
 
 
 def cancel_open(conn: sa.Connection, job_id: int) -> int:
