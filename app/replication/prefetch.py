@@ -62,18 +62,20 @@ def prefetch(
     LeaseLost)."""
     if settings.transfer_mode == "shared":
         return 0  # a local read per file costs no round trip
-    groups: dict[tuple[int, ...], list[_Item]] = {}  # by the tasks' source replicas
+    # By the replica each task tries first: the only one asked here. (The replicas of one
+    # target tablet rotate their lists; grouping by the whole list made two requests.)
+    groups: dict[int, list[_Item]] = {}
     for claim in claims:
         task = claim.row
         if task.transfer_token and task.src_backend_ids:
-            key = tuple(int(b) for b in task.src_backend_ids)
+            key = int(task.src_backend_ids[0])
             groups.setdefault(key, []).extend(_wanted(job.txn_id, job_id, task, backends))
     staged = 0
-    for backend_ids, items in groups.items():
+    for backend_id, items in groups.items():
         if not items:  # its tasks' files are all large, or there already
             continue
         try:  # the token is per request in the body: any one here makes the source
-            sources = sources_for(settings, job.src_cluster, list(backend_ids), items[0].token)
+            sources = sources_for(settings, job.src_cluster, [backend_id], items[0].token)
         except ReplicatorError:  # e.g. no transfer address: the per-file path says so per task
             continue
         if sources and isinstance(sources[0], Download):
