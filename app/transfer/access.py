@@ -79,14 +79,11 @@ class Access:
             name = names.file_name(info["file"])
         except InvalidRequest as exc:
             raise RequestRefused(400, str(exc)) from None
-        backend = self.backends.get(backend_name)
-        if backend is None:
-            raise RequestRefused(404, f"no backend {backend_name!r} here")
+        backend = self._backend(backend_name)
         grant = self._verify(request, backend)
         if not grant.allows(tablet, rowset, name):
             raise RequestRefused(403, f"job {grant.job_id}'s token does not name this file")
-        if not await asyncio.to_thread(self.revocation_check, grant):
-            raise RequestRefused(403, f"job {grant.job_id}'s token is revoked (its holds are gone)")
+        await self._not_revoked(grant)
         try:
             path = names.resolve_under(backend.root, names.rowset_file(tablet, rowset, name))
         except InvalidRequest as exc:  # a symlink out of the root
@@ -102,9 +99,7 @@ class Access:
             backend_name = names.backend_name(request.match_info["backend"])
         except InvalidRequest as exc:
             raise RequestRefused(400, str(exc)) from None
-        backend = self.backends.get(backend_name)
-        if backend is None:
-            raise RequestRefused(404, f"no backend {backend_name!r} here")
+        backend = self._backend(backend_name)
         wire_tokens, refs = await _batch_refs(request)
         grants: dict[int, Grant] = {}
         for i, tablet, rowset, name in refs:
@@ -115,10 +110,7 @@ class Access:
                     403, f"job {grants[i].job_id}'s token does not name every file"
                 )
         for grant in {(g.job_id, g.hold_owner): g for g in grants.values()}.values():
-            if not await asyncio.to_thread(self.revocation_check, grant):
-                raise RequestRefused(
-                    403, f"job {grant.job_id}'s token is revoked (its holds are gone)"
-                )
+            await self._not_revoked(grant)
         paths: list[Path | None] = []
         for _i, tablet, rowset, name in refs:
             try:
@@ -128,6 +120,16 @@ class Access:
             except InvalidRequest:  # a symlink out of the root: as if absent
                 paths.append(None)
         return paths, next(iter(grants.values()))
+
+    def _backend(self, name: str) -> BackendRoot:
+        backend = self.backends.get(name)
+        if backend is None:
+            raise RequestRefused(404, f"no backend {name!r} here")
+        return backend
+
+    async def _not_revoked(self, grant: Grant) -> None:
+        if not await asyncio.to_thread(self.revocation_check, grant):
+            raise RequestRefused(403, f"job {grant.job_id}'s token is revoked (its holds are gone)")
 
     def _verify(self, request: web.Request, backend: BackendRoot) -> Grant:
         header = request.headers.get("Authorization", "")
