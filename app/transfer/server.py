@@ -31,6 +31,7 @@ from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 from aiohttp import web
 
@@ -157,7 +158,6 @@ class _Handler:
             len(sizes),
             sum(max(n, 0) for n in sizes),
         )
-        loop = asyncio.get_running_loop()
         for path, size in zip(paths, sizes, strict=True):
             await response.write(batch.FRAME.pack(size))
             if path is None or size < 0:
@@ -165,16 +165,9 @@ class _Handler:
             self.stats.opened += 1
             self.stats.served_bytes += size
             with open(path, "rb") as f:
-                remaining = size
-                while remaining > 0:
-                    n = min(CHUNK, remaining)
-                    if self.bucket is not None:
-                        await self.bucket.take(n)
-                    data = await loop.run_in_executor(None, f.read, n)
-                    if not data:  # shrank since its size was sent: cut the response short
-                        raise ConnectionResetError(f"{path} shrank while being served")
-                    await response.write(data)
-                    remaining -= len(data)
+                if await _send(response, f, size, self.bucket):
+                    # Shrank since its size was sent: cut the response short.
+                    raise ConnectionResetError(f"{path} shrank while being served")
         await response.write_eof()
         return response
 
@@ -192,21 +185,31 @@ class _Handler:
             response.headers["Content-Range"] = f"bytes {start}-{stop - 1}/{size}"
         self.stats.served_bytes += stop - start
         await response.prepare(request)
-        loop = asyncio.get_running_loop()
         with open(path, "rb") as f:
             f.seek(start)
-            remaining = stop - start
-            while remaining > 0:
-                n = min(CHUNK, remaining)
-                if bucket is not None:
-                    await bucket.take(n)
-                data = await loop.run_in_executor(None, f.read, n)
-                if not data:  # the file shrank: end short, the client's length check sees it
-                    break
-                await response.write(data)
-                remaining -= len(data)
+            # A file that shrank ends short: the client's length check sees it.
+            await _send(response, f, stop - start, bucket)
         await response.write_eof()
         return response
+
+
+async def _send(
+    response: web.StreamResponse, f: BinaryIO, length: int, bucket: AsyncTokenBucket | None
+) -> int:
+    """Write ``length`` bytes of ``f`` in chunks, through ``bucket`` when there is a cap;
+    returns how many were missing (the file ended first)."""
+    loop = asyncio.get_running_loop()
+    remaining = length
+    while remaining > 0:
+        n = min(CHUNK, remaining)
+        if bucket is not None:
+            await bucket.take(n)
+        data = await loop.run_in_executor(None, f.read, n)
+        if not data:
+            break
+        await response.write(data)
+        remaining -= len(data)
+    return remaining
 
 
 def _byte_range(request: web.Request, size: int) -> tuple[int, int]:
