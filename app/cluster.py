@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 import secrets
 from collections import Counter
 from collections.abc import Sequence
@@ -82,10 +81,8 @@ class Cluster:
         transfer server; giving it again for an existing backend updates it. Everything is
         checked (the cluster too) before the storage directory is made."""
         catalog_names.check_backend_name(name)
-        if not storage_root:
-            raise InvalidRequest("storage root must not be empty: give a directory")
         url = names.transfer_url(transfer_url) if transfer_url is not None else None
-        root = os.path.abspath(storage_root)
+        root = roots.normalize(storage_root)
         with self.engine.connect() as conn:
             existing = conn.execute(sa.select(s.backends).where(s.backends.c.name == name)).first()
         if existing is not None and (existing.storage_root != root or existing.state != "ACTIVE"):

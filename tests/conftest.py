@@ -23,7 +23,7 @@ from app.catalog.engine import dispose_all, drop_database
 from app.client import ClusterHandle
 from app.config import Settings
 from frontends.connect import replicator
-from tests.harness import PostgresServer, RedisServer
+from tests.harness import PostgresServer, RedisServer, SeaweedServer
 
 RUN_ID = uuid.uuid4().hex[:8]
 # Not matched by the default template olap_{cluster}: a coordinator on this machine never
@@ -76,11 +76,31 @@ def settings(servers: tuple[str, str]) -> Iterator[Settings]:
 @pytest.fixture(scope="session")
 def test_env(settings: Settings) -> dict[str, str]:
     """Environment for subprocesses (CLI, workers) that must see this run's clusters."""
-    env = dict(os.environ)
+    env = dict(os.environ)  # a copy: workers of an object-storage test add the AWS variables
     env["REPLICATOR_DSN_TEMPLATE"] = settings.dsn_template
     env["REPLICATOR_BROKER_URL"] = settings.broker_url
     env.pop("REPLICATOR_CONFIG", None)
     return env
+
+
+@pytest.fixture(scope="session")
+def seaweed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SeaweedServer]:
+    """A real SeaweedFS with its S3 gateway, started the first time a test asks for it; its
+    endpoint and keys are put in this process's environment (the AWS variables object
+    storage reads), and in ``test_env`` of the workers started after that."""
+    server = SeaweedServer(tmp_path_factory.mktemp("seaweed")).start()
+    saved = {k: os.environ.get(k) for k in server.env()}
+    os.environ.update(server.env())
+    server.make_bucket("olaptest")
+    try:
+        yield server
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()
 
 
 _names = itertools.count(1)

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from frontends.servers import RedisServer
+from frontends.servers import RedisServer, SeaweedServer
 from frontends.supervise import QUIET, ROOT, Proc, Workers, free_port
 
 __all__ = [
@@ -22,6 +22,7 @@ __all__ = [
     "PostgresServer",
     "Proc",
     "RedisServer",
+    "SeaweedServer",
     "Workers",
     "free_port",
     "wait_until",

@@ -3,14 +3,17 @@
 By default (``transfer_mode = https``) every byte crosses the network: the file is downloaded
 from the transfer server of the source backend that holds it, with the snapshot's token, over
 TLS (``http`` is the same without TLS, only when asked for). ``shared`` reads the source's storage
-root directly, for roots that every host really mounts. Either way the source's addresses and
-roots come from the source cluster's catalog, never from a manifest, and every name that came
-from the source is validated before it is used.
+root directly, for roots that every host really mounts. A source root in object storage is read
+from the store itself (or copied inside it, when the target's root is in the same store). Either
+way the source's addresses and roots come from the source cluster's catalog, never from a
+manifest, and every name that came from the source is validated before it is used.
 """
 
 from __future__ import annotations
 
 import functools
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,9 +23,10 @@ from app import broker, faults
 from app.catalog import model
 from app.cluster import Cluster
 from app.config import Settings
-from app.errors import SetupError
+from app.errors import ChecksumMismatch, SetupError
 from app.storage.checksum import FileMeta, copy_verified
 from app.storage.client import StorageClient, rowset_dir, storage_for
+from app.storage.objects import ObjectStorage, is_object_root
 from app.transfer import names, tls
 from app.transfer.budget import Budget
 from app.transfer.client import Downloader
@@ -64,6 +68,38 @@ class SharedRoot:
 
 
 @dataclass
+class ObjectSource:
+    """A source replica whose root is object storage: read from the store itself, whatever
+    the transfer mode (the store is a network service with its own credentials and TLS, and
+    no transfer server stands in front of it). When the target's root is in the same store
+    (one endpoint, one bucket), the object is copied inside the store and no byte passes
+    through this worker; the copy is then checked by its size, as the store reports it (the
+    store copied its own bytes, which a read here to re-hash them would move after all)."""
+
+    backend_id: int
+    name: str
+    storage: ObjectStorage
+
+    def fetch(
+        self, tablet: int, rowset: str, meta: FileMeta, target: StorageClient, staged: str,
+        on_progress: Progress,
+    ) -> int:  # fmt: skip
+        path = f"{rowset_dir(tablet, rowset)}/{meta.name}"
+        if isinstance(target, ObjectStorage) and target.where.same_store(self.storage.where):
+            size = target.copy_from(self.storage, path, staged)
+            if size != meta.size:
+                raise ChecksumMismatch(
+                    f"file {meta.name}: the store copied {size} bytes, the manifest says "
+                    f"{meta.size}"
+                )
+            on_progress(0)
+            return 0
+        with self.storage.open_read(path) as raw, target.open_write(staged) as out:
+            fin = _Corrupting(raw, meta.size // 2) if faults.fire("transfer.corrupt") else raw
+            return copy_verified(fin, out, meta, on_progress=on_progress)  # type: ignore[arg-type]
+
+
+@dataclass
 class Download:
     """A source replica reached through its backend's transfer server."""
 
@@ -78,8 +114,8 @@ class Download:
         on_progress: Progress,
     ) -> int:  # fmt: skip
         path = target.local_path(staged)
-        if path is None:
-            raise SetupError(f"target storage {target.root} cannot receive a download")
+        if path is None:  # object storage: through a file of this host's, then uploaded
+            return self._fetch_spooled(tablet, rowset, meta, target, staged, on_progress)
         if target.size(staged) is None:
             with target.open_write(staged):
                 pass  # creates the staging directory; the download fills the file
@@ -88,6 +124,23 @@ class Download:
             self.url, self.name, tablet, rowset, meta, self.token, path, on_progress,
             corrupt=faults.fire("transfer.corrupt"),
         )  # fmt: skip
+        return result.transferred
+
+    def _fetch_spooled(
+        self, tablet: int, rowset: str, meta: FileMeta, target: StorageClient, staged: str,
+        on_progress: Progress,
+    ) -> int:  # fmt: skip
+        """Download into a temporary file of this host (verified there, continued with Range
+        if cut off), then upload it to ``staged`` (hashed again on the way). One file at a
+        time per worker process: the spool holds at most one file."""
+        with tempfile.TemporaryDirectory(prefix="olap-spool-") as spool:
+            local = os.path.join(spool, "file")
+            result = self.downloader.fetch_to(
+                self.url, self.name, tablet, rowset, meta, self.token, local, on_progress,
+                corrupt=faults.fire("transfer.corrupt"),
+            )  # fmt: skip
+            with open(local, "rb") as fin, target.open_write(staged) as out:
+                copy_verified(fin, out, meta)
         return result.transferred
 
 
@@ -101,6 +154,9 @@ def sources_for(
         backend = backends.get(int(b))
         if backend is None:
             continue  # decommissioned and removed since the snapshot
+        if is_object_root(backend.storage_root):
+            out.append(ObjectSource(backend.id, backend.name, ObjectStorage(backend.storage_root)))
+            continue
         if settings.transfer_mode == "shared":
             out.append(SharedRoot(backend.id, backend.name, storage_for(backend.storage_root)))
             continue

@@ -22,7 +22,8 @@ from app.units import MB
 
 
 class StorageClient(Protocol):
-    """A backend's storage root: a directory on this host today, a bucket prefix (S3) later.
+    """A backend's storage root: a directory on this host (LocalStorage, below) or a prefix of
+    an S3 bucket (ObjectStorage, app/storage/objects.py).
 
     Rules every implementation keeps, in every method:
 
@@ -65,8 +66,10 @@ class StorageClient(Protocol):
         file may be partial (an object store publishes it on close), so callers write to a
         temporary name and ``rename`` it into place. Closing does not promise durability
         (no fsync). Repeating a write of the same bytes gives the same file. Root unreachable
-        or the file not writable: raises StorageUnavailable; errors while writing or closing
-        may be plain OSError."""
+        or the file not writable: raises StorageUnavailable, at the latest when the writer is
+        closed (an object store learns it then); other errors while writing may be plain
+        OSError. A writer left by an exception (``with`` block) publishes nothing on an
+        object store; a directory keeps what was written."""
 
     def local_path(self, path: str) -> str | None:
         """The name of ``path`` on this host's file system, for tools that need a file name
@@ -109,7 +112,9 @@ class StorageClient(Protocol):
         seconds (an object's last-modified time).
 
         Lazy: errors surface while iterating. Missing: yields nothing. A file that vanishes
-        during the walk is skipped. Root unreachable: raises StorageUnavailable."""
+        during the walk is skipped by a directory walk; an object store lists a page (1,000
+        keys) at a time and may yield a key deleted after its page was listed. Root
+        unreachable: raises StorageUnavailable."""
 
 
 class LocalStorage:
@@ -284,7 +289,12 @@ def _no_links_below(real_root: str, parts: list[str]) -> bool:
 
 
 def storage_for(root: str) -> StorageClient:
-    """The client for a backend's storage root. Only local directories exist so far."""
+    """The client for a backend's storage root: ``s3://...`` is object storage
+    (app/storage/objects.py), anything else a directory on this host."""
+    if root.startswith("s3://"):
+        from app.storage.objects import ObjectStorage  # obstore loads only where it is used
+
+        return ObjectStorage(root)
     return LocalStorage(root)
 
 

@@ -9,30 +9,35 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
-from app.errors import SetupError
+from app.errors import ReplicatorError, SetupError
+from app.storage.client import storage_for
 from app.transfer import names
 
 MARKER = ".olap-replicator-root"
 
 
-def write_marker(root: str | os.PathLike[str], cluster: str, backend: str) -> Path:
-    """Mark ``root`` as the storage root of ``cluster``/``backend``."""
-    path = Path(root, MARKER)
+def _read(root: str | os.PathLike[str]) -> object:
+    with storage_for(os.fspath(root)).open_read(MARKER) as f:
+        return json.loads(f.read())
+
+
+def write_marker(root: str | os.PathLike[str], cluster: str, backend: str) -> str:
+    """Mark ``root`` as the storage root of ``cluster``/``backend`` (a directory's file, or an
+    object at the prefix of an object-storage root); returns the root."""
     body = {"cluster": names.cluster_name(cluster), "backend": names.backend_name(backend)}
-    path.write_text(json.dumps(body, sort_keys=True) + "\n")
-    return path
+    with storage_for(os.fspath(root)).open_write(MARKER) as f:
+        f.write((json.dumps(body, sort_keys=True) + "\n").encode())
+    return os.fspath(root)
 
 
 def check_marker(root: str | os.PathLike[str], cluster: str, backend: str) -> None:
     """SetupError unless ``root`` carries a marker naming exactly ``cluster``/``backend``."""
-    path = Path(root, MARKER)
     try:
-        body = json.loads(path.read_text())
+        body = _read(root)
     except FileNotFoundError:
         raise SetupError(f"storage root {root} has no {MARKER} marker") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, ReplicatorError) as exc:
         raise SetupError(f"storage root {root}: unreadable {MARKER} ({exc})") from None
     if not isinstance(body, dict) or body != {"cluster": cluster, "backend": backend}:
         raise SetupError(
@@ -44,8 +49,8 @@ def check_marker(root: str | os.PathLike[str], cluster: str, backend: str) -> No
 def owner_of(root: str | os.PathLike[str]) -> tuple[str, str] | None:
     """(cluster, backend) that ``root``'s marker names, or None if it has no readable one."""
     try:
-        body = json.loads(Path(root, MARKER).read_text())
-    except (OSError, ValueError):
+        body = _read(root)
+    except (OSError, ValueError, ReplicatorError):
         return None
     if isinstance(body, dict) and isinstance(body.get("cluster"), str):
         return str(body["cluster"]), str(body.get("backend"))

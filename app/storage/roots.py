@@ -18,13 +18,31 @@ import sqlalchemy as sa
 from app.catalog import schema as s
 from app.catalog.engine import discover_clusters, scan_engine
 from app.config import Settings
-from app.errors import AlreadyExists, InvalidRequest
+from app.errors import AlreadyExists, InvalidRequest, ReplicatorError
+from app.storage.client import storage_for
 from app.storage.marker import MARKER, owner_of
+from app.storage.objects import ObjectRoot, is_object_root
 
 log = logging.getLogger(__name__)
 
 
+def normalize(root: str) -> str:
+    """The root as the catalog records it: an absolute directory, or an ``s3://`` root with
+    its endpoint spelled out (app/storage/objects.py). InvalidRequest for a malformed one."""
+    if not root:
+        raise InvalidRequest(
+            "storage root must not be empty: give a directory or s3://BUCKET/PREFIX"
+        )
+    return ObjectRoot.parse(root).canonical() if is_object_root(root) else os.path.abspath(root)
+
+
 def _overlap(a: str, b: str) -> bool:
+    if is_object_root(a) or is_object_root(b):
+        return (
+            is_object_root(a)
+            and is_object_root(b)
+            and ObjectRoot.parse(a).overlaps(ObjectRoot.parse(b))
+        )
     a, b = os.path.realpath(a), os.path.realpath(b)
     return (
         a == b or a.startswith(b.rstrip(os.sep) + os.sep) or b.startswith(a.rstrip(os.sep) + os.sep)
@@ -49,7 +67,17 @@ def _known_roots(settings: Settings, cluster: str) -> Iterator[tuple[str, str, s
 
 
 def make_root(root: str) -> None:
-    """Create the storage root directory (and its parents) if missing."""
+    """Create the storage root directory (and its parents) if missing; for object storage,
+    check that the bucket answers (buckets are made by whoever owns the store, not here)."""
+    if is_object_root(root):
+        try:
+            storage_for(root).check()
+        except ReplicatorError as exc:
+            raise InvalidRequest(
+                f"{exc}; create the bucket, or check the endpoint and the AWS_ACCESS_KEY_ID / "
+                "AWS_SECRET_ACCESS_KEY this process has"
+            ) from None
+        return
     try:
         os.makedirs(root, exist_ok=True)
     except OSError as exc:
@@ -62,7 +90,7 @@ def make_root(root: str) -> None:
 def check_new_root(settings: Settings, cluster: str, backend: str, root: str) -> None:
     """Refuse ``root`` for ``cluster``/``backend`` unless it is a directory (or can be one)
     that no other backend owns or overlaps."""
-    if os.path.exists(root) and not os.path.isdir(root):
+    if not is_object_root(root) and os.path.exists(root) and not os.path.isdir(root):
         raise InvalidRequest(f"storage root {root} is a file, not a directory: give a directory")
     owner = owner_of(root)
     if owner is not None and owner != (cluster, backend):

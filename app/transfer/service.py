@@ -19,7 +19,8 @@ from app.catalog import model
 from app.catalog import schema as s
 from app.cluster import Cluster
 from app.config import Settings
-from app.errors import NotFound, SetupError
+from app.errors import InvalidRequest, NotFound, SetupError
+from app.storage.objects import is_object_root
 from app.transfer import tls
 from app.transfer.server import BackendRoot
 from app.transfer.tokens import Grant
@@ -65,12 +66,21 @@ def backend_roots(cluster: Cluster, backends: Sequence[str]) -> dict[str, Backen
     """The named backends of ``cluster`` (all of them when none are named), as served."""
     with cluster.engine.connect() as conn:
         known = {b.name: b for b in model.list_backends(conn).values() if b.state == "ACTIVE"}
-    wanted = list(backends) or sorted(known)
+    # A root in object storage is read from the store by whoever replicates it: no transfer
+    # server stands in front of it (app/replication/sources.py, ObjectSource).
+    served = {n for n, b in known.items() if not is_object_root(b.storage_root)}
+    wanted = list(backends) or sorted(served)
     missing = [b for b in wanted if b not in known]
     if missing:
         raise NotFound(
             f"backend(s) {', '.join(missing)} do not exist in cluster {cluster.name!r} "
             f"(see `replicator backend list {cluster.name}`)"
+        )
+    in_store = [b for b in wanted if b not in served]
+    if in_store:
+        raise InvalidRequest(
+            f"backend(s) {', '.join(in_store)} of cluster {cluster.name!r} keep their files in "
+            "object storage, which other clusters read directly: serve only the others"
         )
     from pathlib import Path
 

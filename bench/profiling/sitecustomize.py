@@ -5,7 +5,8 @@ then imports this module at start-up. Every Celery task a pool process runs is p
 own with cProfile (wall-clock timer, so time spent waiting for Postgres shows) and written to
 ``$BENCH_PROFILE_DIR/<task>-<pid>-<n>.prof``, with ``.json`` beside it counting the task's SQL
 statements (by verb), commits, pool checkouts (each one pings the server: pool_pre_ping) and the
-process CPU time the task used. Without BENCH_PROFILE_DIR it does nothing.
+process CPU time the task used. Without BENCH_PROFILE_DIR it does nothing. With
+BENCH_PROFILE_TIMER=cpu the profiles time CPU, not wall-clock.
 """
 
 from __future__ import annotations
@@ -70,7 +71,10 @@ def _task_hooks(
         if task_id is None:
             return
         counts.clear()
-        prof = cProfile.Profile()
+        # BENCH_PROFILE_TIMER=cpu: process CPU time instead of wall time (what a task costs
+        # the machine, not what it waited for).
+        cpu = os.environ.get("BENCH_PROFILE_TIMER") == "cpu"
+        prof = cProfile.Profile(time.process_time) if cpu else cProfile.Profile()
         running[task_id] = (prof, time.perf_counter(), time.process_time())
         prof.enable()
 

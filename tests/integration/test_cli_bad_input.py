@@ -362,6 +362,33 @@ def _backend_cases(d: Path) -> dict[str, Case]:
         "empty backend storage": Case(
             ["backend", "add", SRC, "be9", "--storage", ""], "storage root must not be empty"
         ),
+        "object root with a bad bucket name": Case(
+            ["backend", "add", SRC, "be9", "--storage", "s3://Bad_Bucket/x"],
+            "'Bad_Bucket' is not a bucket name",
+        ),
+        "object root with an unclean prefix": Case(
+            ["backend", "add", SRC, "be9", "--storage", "s3://bucket/a/../b"],
+            "the prefix is not a clean path",
+        ),
+        "object root with an unknown option": Case(
+            ["backend", "add", SRC, "be9", "--storage", "s3://bucket/x?region=eu"],
+            "only ?endpoint=URL may follow the prefix",
+        ),
+        "object root with a bad endpoint": Case(
+            ["backend", "add", SRC, "be9", "--storage", "s3://bucket/x?endpoint=ftp://h:1"],
+            "is not http(s)://HOST[:PORT]",
+        ),
+        "object root whose endpoint does not answer": Case(
+            [
+                "backend",
+                "add",
+                SRC,
+                "be9",
+                "--storage",
+                "s3://bucket/x?endpoint=http://127.0.0.1:9",
+            ],
+            "create the bucket, or check the endpoint",
+        ),
         "unknown backend to decommission": Case(
             ["backend", "decommission", SRC, "nosuch"],
             f"backend 'nosuch' does not exist in cluster '{SRC}'",
