@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app.catalog import model
 from app.catalog import schema as s
-from app.errors import LeaseLost, SetupError, StorageFull
+from app.errors import LeaseLost, SetupError, StorageFull, StorageUnavailable
 from app.replication import prefetch, taskrows
 from app.replication.fetch import fetch
 from app.replication.finish import installed_dirs, target_rowset_id
@@ -103,7 +103,7 @@ def apply_batch(
     try:  # apply writes only into roots marked as its own cluster's backends'
         for b in {c.row.dst_backend_id for c in claims}:
             check_marker(backends[b].storage_root, runner.dst.name, backends[b].name)
-    except SetupError as exc:
+    except (SetupError, StorageUnavailable) as exc:  # retried if only unreachable (fail_all)
         runner.fail_all(claims, exc, out)
         return
     beat = Heartbeat(runner, job, claims, progress)
@@ -182,9 +182,14 @@ def _apply_one(
             meta = FileMeta.from_json(f)
             names.file_name(meta.name)
             final = f"{rowset_dir(task.dst_tablet_id, dst_rowset)}/{meta.name}"
-            if not verify_file(target, final, meta):
-                # Flat staging: one directory per transaction, not one per rowset.
-                staged = f"{staging_dir(job.txn_id)}/{dst_rowset}.{meta.name}"
+            # Flat staging: one directory per transaction, not one per rowset.
+            staged = f"{staging_dir(job.txn_id)}/{dst_rowset}.{meta.name}"
+            if verify_file(target, final, meta):
+                if claim.attempt > 1:
+                    # An earlier attempt may have installed it and failed to remove the staged
+                    # copy (an object store's rename is a copy, then a delete).
+                    target.delete_tree(staged)
+            else:
                 try:
                     fetch(sources, target, src_tablet, src_rowset, staged, meta, beat)
                     target.rename(staged, final)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 
-from app.errors import ReplicatorError, SetupError
+from app.errors import ReplicatorError, SetupError, StorageUnavailable
 from app.storage.client import storage_for
 from app.transfer import names
 
@@ -32,11 +32,15 @@ def write_marker(root: str | os.PathLike[str], cluster: str, backend: str) -> st
 
 
 def check_marker(root: str | os.PathLike[str], cluster: str, backend: str) -> None:
-    """SetupError unless ``root`` carries a marker naming exactly ``cluster``/``backend``."""
+    """SetupError unless ``root`` carries a marker naming exactly ``cluster``/``backend``;
+    StorageUnavailable (retryable) when the root cannot be reached now: a store restarting or a
+    disk being remounted is no reason to fail a job for good."""
     try:
         body = _read(root)
     except FileNotFoundError:
         raise SetupError(f"storage root {root} has no {MARKER} marker") from None
+    except StorageUnavailable:
+        raise
     except (OSError, ValueError, ReplicatorError) as exc:
         raise SetupError(f"storage root {root}: unreadable {MARKER} ({exc})") from None
     if not isinstance(body, dict) or body != {"cluster": cluster, "backend": backend}:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ast
 import re
+import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from tests.harness import RedisServer, SeaweedServer, Workers, free_port
 from tests.integration.rig import create_test_table, rows
 
 BUCKET = "olaptest"
+FINAL = (JobState.COMMITTED, JobState.ABORTED)
 
 
 @dataclass
@@ -186,3 +188,36 @@ def test_overlapping_object_roots_are_refused(lake: Lake) -> None:
     inside = f"s3://{BUCKET}/{lake.prefix}/olake1/be1/deeper"
     with pytest.raises(InvalidRequest, match="overlaps"):
         handle.add_backend("be9", inside)
+
+
+def test_the_store_restarted_during_a_replication_into_it_ends_committed_or_clean(
+    lake: Lake, seaweed: SeaweedServer
+) -> None:
+    """SeaweedFS killed (SIGKILL) while the applies write into it, back a few seconds later:
+    the apply attempts that met it away are retried (StorageUnavailable is retryable), and the
+    job commits with equal checksums; or, if they ran out of attempts, it aborts with the
+    target empty and no staged object left. Either way nothing is half-applied."""
+    table = "db.kinds_fault"
+    src = lake.clusters["olocal"]
+    create_test_table(src, table, buckets=4, replication_num=2)
+    for i in range(4):
+        src.load(table, rows(60_000, seed=40 + i), label=f"kinds-fault-{i}")
+    job = lake.replicator.replicate(f"olocal:{table}", "olake1", create_target=True)
+    deadline = time.monotonic() + 60
+    while job.refresh().state not in (JobState.REPLICATING, *FINAL):
+        assert time.monotonic() < deadline, "the job never reached REPLICATING"
+        time.sleep(0.02)
+    seaweed.restart(down_for=2.0)
+    job.wait(180)
+    # The fault struck: applies met the store away and were tried again (or gave up).
+    retried = [t for t in job.tasks() if t.kind == TaskKind.APPLY and t.attempts > 1]
+    assert retried or job.state is JobState.ABORTED, "the restart missed every apply"
+    target = lake.clusters["olake1"]
+    if job.state is JobState.COMMITTED:
+        assert _content(target, table) == _content(src, table)
+    else:
+        assert job.state is JobState.ABORTED, job.state
+        assert all(c.rows == 0 for c in target.checksum(table)), job.message
+    for backend in target.backends():
+        staged = list(ObjectStorage(backend.storage_root).walk_files("staging"))
+        assert staged == [], (job.state, job.message)
