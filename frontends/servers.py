@@ -194,7 +194,6 @@ class SeaweedServer:
             f"-filer.port={p['filer']}", f"-filer.port.grpc={p['filer.grpc']}",
             "-master.volumeSizeLimitMB=256", "-volume.max=100", "-master.telemetry=false",
             "-volume.preStopSeconds=0", "-s3.port.iceberg=0", "-s3.port.lance=0",
-            "-s3.allowEmptyFolder=false",  # as S3: a prefix with no key under it is not listed
             "-master.resumeState=false",  # a restart elects itself at once (22 s otherwise)
         ]  # fmt: skip
         self.proc = spawn(args, self.workdir / f"weed-{self.port}.log")

@@ -276,14 +276,22 @@ class ObjectStorage:
             raise self._unavailable("delete", path, exc) from None
 
     def list_dirs(self, path: str) -> list[str]:
-        key = self._key(path)
+        # From the keys below, not from the store's "common prefixes": SeaweedFS keeps listing
+        # a folder after its last object is deleted (S3 does not), and a prefix with nothing
+        # under it is no directory here (GC took each such one for an orphan, every run).
+        key = self._key(path) + "/"
+        names: set[str] = set()
         try:
-            found = obstore.list_with_delimiter(self.store, key + "/")
+            for chunk in obstore.list(self.store, key, chunk_size=_DELETE_BATCH):
+                for m in chunk:
+                    rest = m["path"][len(key) :]
+                    if "/" in rest:
+                        names.add(rest.split("/", 1)[0])
         except _MISSING:
             return []
         except Exception as exc:
             raise self._unavailable("list", path, exc) from None
-        return sorted(p.rstrip("/").rsplit("/", 1)[-1] for p in found["common_prefixes"])
+        return sorted(names)
 
     def walk_files(self, path: str) -> Iterator[tuple[str, float]]:
         key = self._key(path)
