@@ -376,8 +376,9 @@ def _continue_partial(out: Any, meta: FileMeta, digest: xxhash.xxh3_64, chunk: i
     """Hash what ``out`` already holds and leave it positioned at its end; returns how many
     bytes are there. Longer than the file, or complete with the wrong checksum: emptied."""
     have = os.fstat(out.fileno()).st_size
-    buffer = bytearray(chunk)
-    view = memoryview(buffer)
+    if have == 0:  # the usual case: nothing to hash, and no buffer to zero (1 MiB a file)
+        return 0
+    view = memoryview(bytearray(min(chunk, have)))
     done = 0
     while done < have <= meta.size:
         n = out.readinto(view[: min(chunk, have - done)])
