@@ -26,7 +26,14 @@ from app.replication.runner import BatchOutcome, ProgressFn, TaskRunner
 from app.replication.sources import link_budget, sources_for
 from app.replication.taskrows import Claimed
 from app.storage.checksum import FileMeta
-from app.storage.client import StorageClient, full, rowset_dir, staging_dir, storage_for
+from app.storage.client import (
+    StorageClient,
+    full,
+    receiving_path,
+    rowset_dir,
+    staging_dir,
+    storage_for,
+)
 from app.storage.marker import check_marker
 from app.storage.rowsets import RowsetState, verify_file
 from app.transfer import names
@@ -182,17 +189,16 @@ def _apply_one(
             meta = FileMeta.from_json(f)
             names.file_name(meta.name)
             final = f"{rowset_dir(task.dst_tablet_id, dst_rowset)}/{meta.name}"
-            # Flat staging: one directory per transaction, not one per rowset.
-            staged = f"{staging_dir(job.txn_id)}/{dst_rowset}.{meta.name}"
+            staged = receiving_path(target, job.txn_id, dst_rowset, final)
             if verify_file(target, final, meta):
-                if claim.attempt > 1:
-                    # An earlier attempt may have installed it and failed to remove the staged
-                    # copy (an object store's rename is a copy, then a delete).
+                if claim.attempt > 1 and staged != final:
+                    # An earlier attempt may have installed it and left its staged copy.
                     target.delete_tree(staged)
             else:
                 try:
                     fetch(sources, target, src_tablet, src_rowset, staged, meta, beat)
-                    target.rename(staged, final)
+                    if staged != final:
+                        target.rename(staged, final)
                 except (OSError, StorageFull) as exc:
                     _raise_if_full(exc, target, backends[task.dst_backend_id], runner)
                     raise

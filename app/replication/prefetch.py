@@ -27,7 +27,7 @@ from app.replication.finish import target_rowset_id
 from app.replication.sources import Download, sources_for
 from app.replication.taskrows import Claimed
 from app.storage.checksum import FileMeta
-from app.storage.client import StorageClient, rowset_dir, staging_dir, storage_for
+from app.storage.client import StorageClient, receiving_path, rowset_dir, storage_for
 from app.transfer import batch, names
 from app.units import MB
 
@@ -123,8 +123,10 @@ def _wanted(txn_id: int, job_id: int, task: Any, backends: dict[int, model.Backe
                 meta = FileMeta.from_json(f)
                 names.file_name(meta.name)
                 final = f"{rowset_dir(task.dst_tablet_id, dst_rowset)}/{meta.name}"
-                staged = f"{staging_dir(txn_id)}/{dst_rowset}.{meta.name}"
-                absent = target.size(final) is None and target.size(staged) is None
+                staged = receiving_path(target, txn_id, dst_rowset, final)
+                absent = target.size(final) is None and (
+                    staged == final or target.size(staged) is None
+                )
                 if meta.size <= SMALL_FILE and absent:
                     items.append(_Item(target, task.transfer_token, tablet, rowset, meta, staged))
     except (ReplicatorError, OSError, KeyError, TypeError, ValueError):

@@ -309,6 +309,17 @@ def staging_dir(txn_id: int) -> str:
     return f"staging/{txn_id}"
 
 
+def receiving_path(storage: StorageClient, txn_id: int, rowset_id: str, final: str) -> str:
+    """Where a file on its way to ``final`` (``rowset_dir(...)/<name>``) is written: in a
+    directory, under the transaction's staging directory (flat: one per transaction), renamed
+    into place once verified, since a file is visible while it is written; in object storage,
+    ``final`` itself, since an object is published whole when its writer closes and not at all
+    when the writer is abandoned (a failed checksum), and a rename there is a copy."""
+    if storage.local_path(final) is None:
+        return final
+    return f"{staging_dir(txn_id)}/{rowset_id}.{final.rsplit('/', 1)[-1]}"
+
+
 def full(root: str, what: str) -> StorageFull:
     """The error for a storage root without room left, saying how much there is."""
     try:

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from app.errors import InvalidRequest, RetryableError, StorageUnavailable
-from app.storage.client import LocalStorage, StorageClient, storage_for
+from app.storage.client import LocalStorage, StorageClient, receiving_path, storage_for
 from app.storage.objects import ObjectStorage
 from tests.harness import free_port
 
@@ -341,3 +341,18 @@ def test_links_that_stay_inside_and_a_linked_root_are_allowed(tmp_path: Path) ->
     with store.open_write("data/8/new") as f:
         f.write(b"x")
     assert (real / "data" / "8" / "new").read_bytes() == b"x"
+
+
+def test_a_file_is_received_in_staging_in_a_directory_and_in_place_in_a_store(
+    storage: StorageClient,
+) -> None:
+    """A directory shows a file while it is written: it is received in the transaction's
+    staging and renamed; a store publishes an object whole on close: it is received in place."""
+    final = "data/7/rs1/0.parquet"
+    got = receiving_path(storage, 42, "rs1", final)
+    assert got == (final if isinstance(storage, ObjectStorage) else "staging/42/rs1.0.parquet")
+    with pytest.raises(ValueError), storage.open_write(got) as f:  # a checksum that failed
+        f.write(b"partial")
+        raise ValueError("bad bytes")
+    if isinstance(storage, ObjectStorage):
+        assert storage.size(final) is None  # nothing published at the final name
