@@ -32,7 +32,14 @@ def backend_add(
     cluster: str,
     name: str,
     # A str, not a Path: Path("") is ".", which would make an empty --storage the cwd.
-    storage: Annotated[str, typer.Option("--storage", help="Storage root directory")],
+    storage: Annotated[
+        str,
+        typer.Option(
+            "--storage",
+            help="Storage root: a directory, or s3://BUCKET/PREFIX[?endpoint=URL] (object "
+            "storage; credentials from the AWS_* variables)",
+        ),
+    ],
     transfer_url: Annotated[
         str | None,
         typer.Option(
