@@ -25,6 +25,7 @@ from app.replication.state import JobState
 from app.replication.taskrows import Claimed
 from app.storage import holds
 from app.storage.client import rowset_dir, storage_for
+from app.storage.objects import is_object_root
 from app.storage.rowsets import RowsetState
 from app.transfer import names, tokens
 
@@ -48,8 +49,11 @@ def snapshot_batch(runner: TaskRunner, job: Any, claims: list[Claimed], out: Bat
     try:
         with src.engine.begin() as conn:
             done = _manifests(conn, plans, claims, failed)
+            in_store = {
+                b.id for b in model.list_backends(conn).values() if is_object_root(b.storage_root)
+            }
             # Rounded up: a token never expires before its job's transaction does.
-            _grant(runner, job, done, owner, math.ceil(deadline.timestamp()))
+            _grant(runner, job, done, owner, math.ceil(deadline.timestamp()), in_store)
             # A hold must outlive the job's transaction, which aborts at its timeout and then
             # releases it; the lease only matters if nothing is left to release it.
             timeout = job.options.get("timeout_sec") or (
@@ -80,30 +84,34 @@ def snapshot_batch(runner: TaskRunner, job: Any, claims: list[Claimed], out: Bat
 
 
 def _grant(
-    runner: TaskRunner, job: Any, done: list[dict[str, Any]], owner: str, expires_at: int
+    runner: TaskRunner,
+    job: Any,
+    done: list[dict[str, Any]],
+    owner: str,
+    expires_at: int,
+    in_store: set[int],
 ) -> None:
     """A download token per task, naming exactly its files and expiring with the job's
     transaction; signed with the source cluster's secret, which only the source side holds.
-    (Revoked sooner when the job ends: the transfer server serves only while its holds live.)"""
+    (Revoked sooner when the job ends: the transfer server serves only while its holds live.)
+    None for a task whose replicas are all in object storage (``in_store``): they are read
+    from the store, no transfer server is asked, and such a cluster needs no secret."""
     settings = runner.settings
-    secret = (
-        None if settings.transfer_mode == "shared" else settings.transfer_secret(job.src_cluster)
-    )
+    secret: bytes | None = None
     for d in done:
         m = d["manifest"]
+        replicas = [*m["src_backend_ids"], *m["fallback_backend_ids"]]
+        if settings.transfer_mode == "shared" or all(int(b) in in_store for b in replicas):
+            d["transfer_token"] = None
+            continue
+        secret = secret or settings.transfer_secret(job.src_cluster)
         files = tuple(
             (int(m["src_tablet_id"]), r["id"], f["name"]) for r in m["rowsets"] for f in r["files"]
         )
-        d["transfer_token"] = (
-            None
-            if secret is None
-            else tokens.mint(
-                secret,
-                tokens.Grant(
-                    job.src_cluster, runner.dst.name, runner.job_id, owner, expires_at, files
-                ),
-            )
+        grant = tokens.Grant(
+            job.src_cluster, runner.dst.name, runner.job_id, owner, expires_at, files
         )
+        d["transfer_token"] = tokens.mint(secret, grant)
 
 
 def _manifests(

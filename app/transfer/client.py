@@ -16,10 +16,10 @@ rounds each:
     urllib3                                   3.62 s    1.10     6.37 3.62 3.92
     httpx                                     5.35 s    1.63     15.15 5.35 7.59
 
-The server's TLS (~250-350 MB/s of Python asyncio SSL on this machine) is the bottleneck for
-curl and urllib3 alike; httpx adds its own layers (httpcore, h11) on top. urllib3 is the choice: it is as fast as the best, has the fewest layers (http.client underneath,
-no sniffio/anyio), is already a dependency of most of the stack, and its PoolManager keeps
-alive one pool per (scheme, host, port), i.e. per source backend.
+The server's TLS (~250-350 MB/s of Python asyncio SSL here) bounds curl and urllib3 alike;
+httpx adds layers (httpcore, h11). urllib3 is the choice: as fast as the best, the fewest layers
+(http.client underneath, no sniffio/anyio), already a dependency of most of the stack, and its
+PoolManager keeps alive one pool per (scheme, host, port), i.e. per source backend.
 """
 
 from __future__ import annotations

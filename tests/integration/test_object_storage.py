@@ -67,7 +67,9 @@ def lake(
     prefix = f"lake-{uuid.uuid4().hex[:8]}"
     names = ["olocal", "olake1", "olake2"]
     redis = RedisServer(base / "redis").start()
-    transfer = local_transfer(base / "pki", names)
+    # Certificates, and a transfer secret for olocal only: a cluster whose backends are all
+    # in the store is read from the store, and needs none.
+    transfer = local_transfer(base / "pki", ["olocal"])
     settings = settings.with_overrides(broker_url=redis.url, **transfer.overrides)
     replicator = connect(settings)
     port = free_port()
