@@ -35,13 +35,16 @@ from app.config import Settings
 from app.queues import queue_name
 from app.transfer import tls
 from frontends.netns import Host, HostProcs, Net, tcp_answers
-from frontends.servers import RedisServer
+from frontends.servers import RedisServer, SeaweedServer
 from frontends.supervise import QUIET, Proc, free_port
 from tests.harness import PostgresServer
 from workers.commands import backend_worker_argv, coordinator_argv
 
 SRC, DST = "mhsrc", "mhdst"
 BACKENDS = ("be1", "be2")
+# A third cluster whose backends keep their files in object storage: a SeaweedFS on the bridge
+# (its own "host", as Postgres and Redis are), its workers on the target host.
+LAKE = "mhlake"
 SRC_PORTS = {"be1": 8471, "be2": 8472}
 DST_PORT = 8471
 TABLE = "tpch.lineitem"  # the source table every test replicates from
@@ -107,6 +110,7 @@ class MultiHost:
     settings: Settings
     replicator: Replicator
     base: Path
+    store: SeaweedServer
     config: Config = field(default_factory=Config)
     _source_content: dict[tuple[str, str, tuple[str, ...]], list[list[Any]]] = field(
         default_factory=dict
@@ -217,6 +221,11 @@ class MultiHost:
         argv = backend_worker_argv(queue, f"{queue}@%h", conc, QUIET)
         return self.procs.on(self.net.hosts[host], queue, argv, self.env(host, backend))
 
+    def start_lake_worker(self, backend: str) -> Proc:
+        queue = queue_name(LAKE, backend)
+        argv = backend_worker_argv(queue, f"{queue}@%h", 1, QUIET)
+        return self.procs.on(self.dst, queue, argv, self.env("dst", backend))
+
     def start_coordinator(self) -> Proc:
         argv = coordinator_argv("coordinator@%h", 2, str(self.base / "beat-schedule"), QUIET)
         return self.procs.on(self.coord, "coordinator", argv, self.env("coord"))
@@ -230,6 +239,8 @@ class MultiHost:
                 self.start_src_transfer(n.rsplit(".", 1)[1])
             elif n == "transfer.dst":
                 self.start_dst_transfer()
+            elif n.startswith(f"be.{LAKE}."):
+                self.start_lake_worker(n.rsplit(".", 1)[1])
             elif n.startswith("be."):
                 _, cluster, backend = n.split(".")
                 self.start_worker("src" if cluster == SRC else "dst", backend)
@@ -292,12 +303,15 @@ def mh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiHost]:
     pg: BridgePostgres | None = None
     redis: RedisServer | None = None
     procs: HostProcs | None = None
+    store: SeaweedServer | None = None
     try:
         net.create(["src", "dst", "coord"])
         assert net.subnet is not None
         pg = BridgePostgres(net.gateway, str(net.subnet))
         pg.init()
         redis = RedisServer(base / "redis", bind=net.gateway).start()
+        store = SeaweedServer(base / "seaweed", bind=net.gateway).start()
+        store.make_bucket("lake")
         pki = tls.make_dev_pki(
             base / "pki",
             {
@@ -311,24 +325,28 @@ def mh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiHost]:
         base_env |= {
             "REPLICATOR_DSN_TEMPLATE": dsn_template,
             "REPLICATOR_BROKER_URL": redis.url,
-            "REPLICATOR_COORDINATOR_CLUSTERS": f"{SRC},{DST}",
+            "REPLICATOR_COORDINATOR_CLUSTERS": f"{SRC},{DST},{LAKE}",
             "REPLICATOR_COORDINATOR_TICK_SEC": "0.5",
             "REPLICATOR_TASK_LEASE_SEC": "20",
             # Small messages, so that four apply processes share a job's tablets.
             "REPLICATOR_TABLETS_PER_MESSAGE": "4",
             "PYTHONUNBUFFERED": "1",
         }
+        base_env |= store.env()  # the store's endpoint and keys, for every process
         settings = Settings(broker_url=redis.url, dsn_template=dsn_template)
         from workers.nudge import notifier
 
         replicator = Replicator(settings, notifier(settings))
         procs = HostProcs(base_env, base / "logs")
-        rig = MultiHost(net, pg, redis, pki, keys, base_env, procs, settings, replicator, base)
+        rig = MultiHost(
+            net, pg, redis, pki, keys, base_env, procs, settings, replicator, base, store
+        )
         _init_clusters(rig)
         for b in BACKENDS:
             rig.start_src_transfer(b)
             rig.start_worker("src", b)
             rig.start_worker("dst", b)
+            rig.start_lake_worker(b)
         rig.start_dst_transfer()
         rig.start_coordinator()
         procs.wait_ready(120)
@@ -339,6 +357,8 @@ def mh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MultiHost]:
         dispose_all()
         if redis is not None:
             _stop_quietly("redis", redis.stop)
+        if store is not None:
+            _stop_quietly("seaweedfs", store.stop)
         if pg is not None:
             _stop_quietly("postgres", pg.destroy)
         _stop_quietly("namespaces", net.destroy)
@@ -360,6 +380,9 @@ def _init_clusters(rig: MultiHost) -> None:
             url = f"https://{rig.dst.address}:{DST_PORT}"
             rig.cli("dst", "backend", "add", DST, b, "--storage", rig.root("dst", b),
                     "--transfer-url", url)  # fmt: skip
+        rig.cli("dst", "cluster", "init", LAKE)
+        for b in BACKENDS:  # the endpoint comes from AWS_ENDPOINT_URL, and is recorded
+            rig.cli("dst", "backend", "add", LAKE, b, "--storage", f"s3://lake/{b}")
 
     with ThreadPoolExecutor(1) as pool:
         dst_done = pool.submit(target_side)
@@ -384,4 +407,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.multihost)
 
 
-__all__ = ["BACKENDS", "DST", "SRC", "TABLE", "MultiHost", "free_port", "record", "subprocess"]
+__all__ = [
+    "BACKENDS", "DST", "LAKE", "SRC", "TABLE", "MultiHost", "free_port", "record", "subprocess",
+]  # fmt: skip

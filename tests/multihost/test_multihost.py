@@ -23,6 +23,7 @@ from tests.multihost.conftest import (
     BACKENDS,
     DST,
     INCREMENT_SCALE,
+    LAKE,
     SRC,
     SRC_PORTS,
     TABLE,
@@ -505,6 +506,30 @@ def test_abort_leaves_nothing_on_target(mh: MultiHost) -> None:
         pytest.skip("test_refusals_over_the_network did not run")
     assert left_staged == []
     assert left_installed == []
+
+
+def test_object_storage_across_hosts(mh: MultiHost) -> None:
+    """Into a cluster whose backends are in a SeaweedFS on the bridge: downloaded from the
+    source host's transfer servers (TLS), uploaded to the store by the lake's workers on the
+    target host; then out of it into the target host's directories, read from the store by the
+    target's workers. Each table's checksums, read on the host of its workers, equal the
+    source's."""
+    mh.ensure_running()
+    into = committed(
+        mh.replicator.replicate(f"{SRC}:{TABLE}", f"{LAKE}:tpch.lake", create_target=True)
+    )
+    out = committed(
+        mh.replicator.replicate(f"{LAKE}:tpch.lake", f"{DST}:tpch.from_lake", create_target=True)
+    )
+    source = mh.content(SRC, TABLE)
+    assert mh.hostcmd("dst", "checksum", LAKE, "tpch.lake") == source
+    assert mh.content(DST, "tpch.from_lake") == source
+    roots = {r[0] for r in mh.rows(LAKE, "SELECT storage_root FROM backends")}
+    assert roots == {f"s3://lake/{b}?endpoint={mh.store.endpoint}" for b in BACKENDS}
+    uploaded = sum(t.bytes_done for t in into.tasks() if t.kind == TaskKind.APPLY)
+    read_back = sum(t.bytes_done for t in out.tasks() if t.kind == TaskKind.APPLY)
+    assert uploaded > 0 and read_back > 0
+    record("object_storage_across_hosts", into_lake_bytes=uploaded, out_of_lake_bytes=read_back)
 
 
 def test_gc_deletes_stale_files_on_the_hosts_that_hold_them(mh: MultiHost) -> None:
