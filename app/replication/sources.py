@@ -68,7 +68,7 @@ class SharedRoot:
 
 
 @dataclass
-class ObjectSource:
+class ObjectSource(SharedRoot):
     """A source replica whose root is object storage: read from the store itself, whatever
     the transfer mode (the store is a network service with its own credentials and TLS, and
     no transfer server stands in front of it). When the target's root is in the same store
@@ -76,27 +76,24 @@ class ObjectSource:
     through this worker; the copy is then checked by its size, as the store reports it (the
     store copied its own bytes, which a read here to re-hash them would move after all)."""
 
-    backend_id: int
-    name: str
-    storage: ObjectStorage
-
     def fetch(
         self, tablet: int, rowset: str, meta: FileMeta, target: StorageClient, staged: str,
         on_progress: Progress,
     ) -> int:  # fmt: skip
-        path = f"{rowset_dir(tablet, rowset)}/{meta.name}"
-        if isinstance(target, ObjectStorage) and target.where.same_store(self.storage.where):
-            size = target.copy_from(self.storage, path, staged)
-            if size != meta.size:
-                raise ChecksumMismatch(
-                    f"file {meta.name}: the store copied {size} bytes, the manifest says "
-                    f"{meta.size}"
-                )
-            on_progress(0)
-            return 0
-        with self.storage.open_read(path) as raw, target.open_write(staged) as out:
-            fin = _Corrupting(raw, meta.size // 2) if faults.fire("transfer.corrupt") else raw
-            return copy_verified(fin, out, meta, on_progress=on_progress)  # type: ignore[arg-type]
+        src = self.storage
+        if not (
+            isinstance(src, ObjectStorage)
+            and isinstance(target, ObjectStorage)
+            and target.where.same_store(src.where)
+        ):
+            return super().fetch(tablet, rowset, meta, target, staged, on_progress)
+        size = target.copy_from(src, f"{rowset_dir(tablet, rowset)}/{meta.name}", staged)
+        if size != meta.size:
+            raise ChecksumMismatch(
+                f"file {meta.name}: the store copied {size} bytes, the manifest says {meta.size}"
+            )
+        on_progress(0)
+        return 0
 
 
 @dataclass
