@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     pass
 
 SCHEME = "s3://"
-PART_BYTES = 16 * 1024 * 1024  # a writer's buffer, and the part size of a multipart upload
+PART_BYTES = 8 * 1024 * 1024  # a writer's buffer (in memory), and a multipart upload's part size
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _DELETE_BATCH = 1000  # S3's DeleteObjects takes at most 1,000 keys a request
 # obstore raises the builtin FileNotFoundError for a missing object (its own NotFoundError too,
