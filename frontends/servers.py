@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -173,7 +174,11 @@ class SeaweedServer:
             "AWS_REGION": "us-east-1",
         }
 
-    def start(self, timeout: float = 60) -> SeaweedServer:
+    def start(
+        self, timeout: float = 60, on_spawn: Callable[[int], object] | None = None
+    ) -> SeaweedServer:
+        """Start it and wait until it stores objects; ``on_spawn(pid)`` is called as soon as
+        the process exists (to record it before the wait)."""
         data = self.workdir / "data"
         data.mkdir(parents=True, exist_ok=True)
         config = self.workdir / "s3.json"
@@ -197,6 +202,8 @@ class SeaweedServer:
             "-master.resumeState=false",  # a restart elects itself at once (22 s otherwise)
         ]  # fmt: skip
         self.proc = spawn(args, self.workdir / f"weed-{self.port}.log")
+        if on_spawn is not None:
+            on_spawn(self.proc.pid)
         deadline = time.monotonic() + timeout
         while not self._writes():
             if self.proc.poll() is not None or time.monotonic() > deadline:

@@ -30,7 +30,8 @@ from frontends.demo.common import (
     one_line,
     rel,
 )
-from frontends.demo.processes import start_processes, stop_processes, wait_ready
+from frontends.demo.lake import copy_to_lake, start_store
+from frontends.demo.processes import start_processes, stop_processes, wait_ready, worker_env
 from frontends.demo.replication import JobReport, checksums, replicate
 from frontends.demo.setup import (
     create_clusters,
@@ -68,6 +69,8 @@ def run() -> int:
     )
     _say_how_bytes_travel(transfer)
 
+    store = start_store()  # for the last step; starts while the data is loaded
+
     steps.begin(3, f"Data: TPC-H lineitem into {SOURCE}", "data")
     prod, rest = _first_load(replicator, sf)
 
@@ -80,8 +83,12 @@ def run() -> int:
     steps.begin(6, f"Verify: checksum {TABLE} on {SOURCE} and {TARGET}", "verify")
     equal, table = checksums(replicator)
     console.print(table)
+    in_lake = None
+    if equal and all(j.state == "COMMITTED" for j in jobs):
+        steps.begin(7, f"Lake: {TARGET}:{TABLE} into object storage (SeaweedFS)", "lake")
+        in_lake = copy_to_lake(replicator, worker_env(transfer.env), store)
     steps.end()
-    return print_summary(jobs, equal, flower_url, flower_ok, steps)
+    return print_summary(jobs, equal, flower_url, flower_ok, steps, in_lake)
 
 
 def _first_and_last_queue() -> str:

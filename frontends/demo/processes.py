@@ -20,6 +20,7 @@ from frontends.demo.common import (
     console,
     rel,
 )
+from frontends.demo.lake import LAKE
 from frontends.supervise import (
     NotReady,
     Proc,
@@ -38,12 +39,15 @@ OURS = (sys.executable.encode(), b"-m")
 
 def stop_processes(*, verbose: bool = True) -> list[str]:
     """Stop every process named in var/demo/pids: SIGTERM to its group, SIGKILL after a while."""
+    from frontends.demo.lake import STORE_PID_DIR, STORE_WORDS
+
     stopped = stop_recorded(
         PID_DIR,
         OURS,
         STOP_TIMEOUT_SEC,
         waiting=lambda n: console.status(f"Stopping {n} demo processes..."),
     )
+    stopped += stop_recorded(STORE_PID_DIR, STORE_WORDS, STOP_TIMEOUT_SEC)
     if verbose:
         for s in stopped:
             how = "SIGKILL after SIGTERM timed out" if s.killed else "SIGTERM"
@@ -51,11 +55,11 @@ def stop_processes(*, verbose: bool = True) -> list[str]:
     return [s.name for s in stopped]
 
 
-def _worker_env(transfer_env: dict[str, str]) -> dict[str, str]:
+def worker_env(transfer_env: dict[str, str]) -> dict[str, str]:
     env = dict(os.environ) | transfer_env
     env["PYTHONUNBUFFERED"] = "1"
     # The demo's coordinator serves the demo's clusters only, whatever else the server holds.
-    env.setdefault("REPLICATOR_COORDINATOR_CLUSTERS", ",".join(CLUSTERS))
+    env.setdefault("REPLICATOR_COORDINATOR_CLUSTERS", ",".join((*CLUSTERS, LAKE)))
     # Workers run with cwd=ROOT; make them read the same settings file the demo read.
     if "REPLICATOR_CONFIG" not in env and Path("replicator.toml").is_file():
         env["REPLICATOR_CONFIG"] = str(Path("replicator.toml").resolve())
@@ -67,7 +71,7 @@ def start_processes(
 ) -> tuple[Workers, int]:
     """A transfer server per cluster (its "host"), backend workers, the coordinator with beat,
     and Flower. Returns them and Flower's port."""
-    procs = Workers(_worker_env(transfer_env), LOG_DIR, pid_dir=PID_DIR)
+    procs = Workers(worker_env(transfer_env), LOG_DIR, pid_dir=PID_DIR)
     for cluster in CLUSTERS:
         procs.transfer(cluster, BACKENDS, transfer_ports[cluster])
         for backend in BACKENDS:

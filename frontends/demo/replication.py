@@ -73,17 +73,25 @@ def _phases(job: Any) -> dict[str, float]:
     return out
 
 
-def replicate(replicator: Replicator, title: str, label: str, *, create_target: bool) -> JobReport:
+def replicate(
+    replicator: Replicator,
+    title: str,
+    label: str,
+    *,
+    create_target: bool,
+    src: str = SOURCE,
+    dst: str = TARGET,
+) -> JobReport:
     started = time.monotonic()
     job = replicator.replicate(
-        f"{SOURCE}:{TABLE}",
-        TARGET,
+        f"{src}:{TABLE}",
+        dst,
         label=label,
         create_target=create_target,
         replication_num=REPLICATION_NUM if create_target else None,
     )
     console.print(
-        f"  submitted job [bold]{job.ref}[/] ({job.label}): {SOURCE}:{TABLE} -> {TARGET}:{TABLE}"
+        f"  submitted job [bold]{job.ref}[/] ({job.label}): {src}:{TABLE} -> {dst}:{TABLE}"
     )
     with Progress(
         TextColumn("  {task.description:<12}"),

@@ -93,13 +93,17 @@ def _under(path: str | Path, root: Path) -> bool:
 
 def reset_clusters(settings: Any) -> None:
     from app.catalog.engine import database_exists, drop_database
+    from frontends.demo.lake import LAKE, forget_store, roots_are_ours
 
-    for name in CLUSTERS:
+    for name in (*CLUSTERS, LAKE):
         dsn = settings.dsn(name)
         if not database_exists(dsn):
             continue
         roots = _backend_roots(dsn)
-        foreign = [r for r in roots if not _under(r, DEMO_DIR)]
+        if name == LAKE:
+            foreign = [] if roots_are_ours(roots) else roots
+        else:
+            foreign = [r for r in roots if not _under(r, DEMO_DIR)]
         if foreign:
             raise SetupError(
                 f"cluster {name!r} (database {_database_name(dsn)}) exists and is not a demo "
@@ -116,6 +120,7 @@ def reset_clusters(settings: Any) -> None:
         if storage.exists():
             shutil.rmtree(storage)
             console.print(f"  deleted storage {storage.relative_to(ROOT)}/")
+    forget_store()
     for leftover in DEMO_DIR.glob("beat-schedule*"):
         leftover.unlink(missing_ok=True)
     shutil.rmtree(LOG_DIR, ignore_errors=True)
@@ -136,6 +141,9 @@ def purge_demo_queues(broker_url: str) -> int:
 
 
 def create_clusters(replicator: Any, transfer_urls: dict[str, str]) -> None:
+    from frontends.demo.lake import LAKE
+
+    replicator.cluster(LAKE).init()  # its backends come with its store, in the last step
     for name in CLUSTERS:
         handle = replicator.cluster(name)
         handle.init()

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from app.units import MB
 from frontends.demo.common import LOG_DIR, SOURCE, TABLE, TARGET, console, rel
+from frontends.demo.lake import LakeResult
 from frontends.demo.replication import JobReport
 
 
@@ -42,11 +43,16 @@ class Steps:
 
 
 def print_summary(
-    jobs: list[JobReport], equal: bool, flower_url: str, flower_ok: bool, steps: Steps
+    jobs: list[JobReport],
+    equal: bool,
+    flower_url: str,
+    flower_ok: bool,
+    steps: Steps,
+    lake: LakeResult | None = None,
 ) -> int:
     """Print the summary; returns the demo's exit code."""
     console.rule("[bold]Summary")
-    console.print(_jobs_table(jobs))
+    console.print(_jobs_table(jobs + ([lake.report] if lake else [])))
     committed = len(jobs) == 2 and all(j.state == "COMMITTED" for j in jobs)
     if len(jobs) == 2 and jobs[0].bytes:
         _print_share(jobs)
@@ -62,8 +68,18 @@ def print_summary(
         + ("" if flower_ok else " (did not start)")
         + f"   logs: {rel(LOG_DIR)}/"
     )
+    if lake is not None:
+        console.print(
+            f"  lake: {TARGET}:{TABLE} copied into {lake.root}/ (object storage), "
+            + ("[green]equal[/]" if lake.equal else "[red]NOT equal[/]")
+            + f" to {TARGET}:{TABLE}"
+        )
     console.print(f"  demo time {steps.total:.0f}s: {steps.line()}")
-    console.print("  [bold]make demo-down[/] stops the workers and Flower")
+    console.print("  [bold]make demo-down[/] stops the workers, Flower and SeaweedFS")
+    if lake is not None and not lake.equal:
+        why = f"job {lake.report.ref} {lake.report.state}: {lake.report.message or 'no message'}"
+        console.print(f"[red]demo failed:[/] the lake step: {escape(why)}")
+        return 1
     return _verdict(jobs, committed, equal)
 
 

@@ -1,0 +1,101 @@
+"""The demo's lake step: the target table copied into object storage.
+
+A SeaweedFS of the demo's own (``weed server -s3``, keys made up for the run, data under
+var/demo/seaweed) holds the backends of a third cluster, ``lake``; its two workers write there.
+The job dr -> lake is a replication like the others: the files are read from dr's transfer
+server and uploaded to the store, and the tables' checksums must be equal afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+from app.client import Replicator
+from frontends.demo.common import DEMO_DIR, LOG_DIR, PID_DIR, TABLE, TARGET, console, rel
+from frontends.demo.replication import JobReport, replicate
+from frontends.servers import SeaweedServer
+from frontends.supervise import Workers, free_port, port_free
+
+LAKE = "lake"
+BUCKET = "olap-demo"
+LAKE_BACKENDS = ("be1", "be2")
+STORE_DIR = DEMO_DIR / "seaweed"
+STORE_PID_DIR = PID_DIR / "store"  # not a Python process: stopped by its own words
+STORE_WORDS = (b"weed", b"server")
+S3_PORT = 8333
+
+
+@dataclass
+class LakeResult:
+    report: JobReport
+    equal: bool
+    root: str
+
+
+def roots_are_ours(roots: list[str]) -> bool:
+    """Whether a ``lake`` cluster's roots are the demo's (so a rerun may drop it)."""
+    return all(r.startswith(f"s3://{BUCKET}/") for r in roots)
+
+
+def forget_store() -> None:
+    """The previous run's store data (its process was stopped with the others)."""
+    shutil.rmtree(STORE_DIR, ignore_errors=True)
+
+
+def start_store() -> Future[SeaweedServer]:
+    """Start the store in the background (about 9 s), while the data is generated and loaded;
+    its pid is recorded at once, so ``make demo-down`` stops it whatever happens next."""
+    return ThreadPoolExecutor(1, thread_name_prefix="seaweedfs").submit(_start_store)
+
+
+def copy_to_lake(
+    replicator: Replicator, worker_env: dict[str, str], starting: Future[SeaweedServer]
+) -> LakeResult:
+    with console.status("Waiting for SeaweedFS (S3)..."):
+        store = starting.result()
+    os.environ.update(store.env())  # this process reads the lake's files for the checksums
+    lake = replicator.cluster(LAKE)
+    for b in LAKE_BACKENDS:
+        lake.add_backend(b, f"s3://{BUCKET}/{LAKE}/{b}")
+    root = f"s3://{BUCKET}/{LAKE}"
+    console.print(
+        f"  SeaweedFS (S3) at {store.endpoint}, data in {rel(STORE_DIR)}/; cluster [bold]{LAKE}[/] "
+        f"with backends {', '.join(LAKE_BACKENDS)} in s3://{BUCKET}/{LAKE}/"
+    )
+    procs = Workers(worker_env | store.env(), LOG_DIR, pid_dir=PID_DIR)
+    for b in LAKE_BACKENDS:
+        procs.backend(LAKE, b)
+    procs.wait_ready(120)
+    report = replicate(
+        replicator, "into the lake", "demo-lake", create_target=True, src=TARGET, dst=LAKE
+    )
+    equal = report.state == "COMMITTED" and _same(replicator)
+    console.print(
+        f"  check: {TARGET}:{TABLE} and {LAKE}:{TABLE} "
+        + ("[green]are equal[/]" if equal else "[red]differ[/]")
+        + " in all partitions (rows, checksum, version, epoch)"
+    )
+    return LakeResult(report, equal, root)
+
+
+def _start_store() -> SeaweedServer:
+    store = SeaweedServer(STORE_DIR, port=S3_PORT if port_free(S3_PORT) else free_port())
+    STORE_PID_DIR.mkdir(parents=True, exist_ok=True)
+    store.start(on_spawn=lambda pid: (STORE_PID_DIR / "seaweedfs.pid").write_text(f"{pid}\n"))
+    store.make_bucket(BUCKET)
+    return store
+
+
+def _same(replicator: Replicator) -> bool:
+    def sums(cluster: str) -> list[Any]:
+        return [
+            (c.partition, c.rows, c.checksum, c.version, c.epoch)
+            for c in replicator.cluster(cluster).checksum(TABLE)
+        ]
+
+    with console.status(f"Computing checksums of {TABLE} on {LAKE}..."):
+        return sums(TARGET) == sums(LAKE)
