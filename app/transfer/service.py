@@ -69,6 +69,11 @@ def backend_roots(cluster: Cluster, backends: Sequence[str]) -> dict[str, Backen
     # A root in object storage is read from the store by whoever replicates it: no transfer
     # server stands in front of it (app/replication/sources.py, ObjectSource).
     served = {n for n, b in known.items() if not is_object_root(b.storage_root)}
+    if known and not served and not backends:
+        raise InvalidRequest(
+            f"every backend of cluster {cluster.name!r} keeps its files in object storage, "
+            "which other clusters read directly: it needs no transfer server"
+        )
     wanted = list(backends) or sorted(served)
     missing = [b for b in wanted if b not in known]
     if missing:

@@ -165,9 +165,11 @@ def test_an_incremental_replication_into_object_storage_moves_only_the_new_rowse
 def test_a_lake_backend_is_not_served_by_a_transfer_server(lake: Lake) -> None:
     from app.transfer.service import backend_roots
 
-    with pytest.raises(InvalidRequest, match="object storage"):
+    with pytest.raises(InvalidRequest, match="keep their files in object storage"):
         backend_roots(lake.clusters["olake1"].catalog, ["be1"])
-    assert backend_roots(lake.clusters["olake1"].catalog, []) == {}
+    with pytest.raises(InvalidRequest, match="it needs no transfer server"):
+        backend_roots(lake.clusters["olake1"].catalog, [])
+    assert set(backend_roots(lake.clusters["olocal"].catalog, [])) == {"be1", "be2"}
 
 
 def test_the_objects_a_target_holds_are_the_ones_its_catalog_names(lake: Lake) -> None:
