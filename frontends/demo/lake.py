@@ -1,7 +1,9 @@
 """The demo's lake step: the target table copied into object storage.
 
-A SeaweedFS of the demo's own (``weed server -s3``, keys made up for the run, data under
-var/demo/seaweed) holds the backends of a third cluster, ``lake``; its two workers write there.
+The store is the one ``AWS_ENDPOINT_URL`` names if it is set (with the AWS_* keys; it must have
+a bucket ``olap-demo``), otherwise a SeaweedFS of the demo's own (``weed server -s3``, keys made
+up for the run, data under var/demo/seaweed). It holds the backends of a third cluster,
+``lake``; its two workers write there.
 The job dr -> lake is a replication like the others: the files are read from dr's transfer
 server and uploaded to the store, and the tables' checksums must be equal afterwards.
 """
@@ -15,7 +17,18 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.client import Replicator
-from frontends.demo.common import DEMO_DIR, LOG_DIR, PID_DIR, TABLE, TARGET, console, rel
+from app.errors import ReplicatorError, SetupError
+from app.storage.objects import ObjectStorage
+from frontends.demo.common import (
+    DEMO_DIR,
+    LOG_DIR,
+    PID_DIR,
+    TABLE,
+    TARGET,
+    console,
+    one_line,
+    rel,
+)
 from frontends.demo.replication import JobReport, replicate
 from frontends.servers import SeaweedServer
 from frontends.supervise import Workers, free_port, port_free
@@ -46,25 +59,44 @@ def forget_store() -> None:
     shutil.rmtree(STORE_DIR, ignore_errors=True)
 
 
-def start_store() -> Future[SeaweedServer]:
-    """Start the store in the background (about 9 s), while the data is generated and loaded;
-    its pid is recorded at once, so ``make demo-down`` stops it whatever happens next."""
-    return ThreadPoolExecutor(1, thread_name_prefix="seaweedfs").submit(_start_store)
+@dataclass(frozen=True)
+class ReusedStore:
+    """The store ``AWS_ENDPOINT_URL`` names: this process's environment reaches it already."""
+
+    endpoint: str
+
+    def env(self) -> dict[str, str]:
+        return {}
+
+
+Store = SeaweedServer | ReusedStore
+
+
+def start_store() -> Future[Store]:
+    """Reuse the store the environment names, or start one in the background (about 9 s)
+    while the data is generated and loaded; a started one's pid is recorded at once, so
+    ``make demo-down`` stops it whatever happens next."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="seaweedfs")
+    return pool.submit(_reuse_store if os.environ.get("AWS_ENDPOINT_URL") else _start_store)
 
 
 def copy_to_lake(
-    replicator: Replicator, worker_env: dict[str, str], starting: Future[SeaweedServer]
+    replicator: Replicator, worker_env: dict[str, str], starting: Future[Store]
 ) -> LakeResult:
-    with console.status("Waiting for SeaweedFS (S3)..."):
+    with console.status("Waiting for the object store (S3)..."):
         store = starting.result()
     os.environ.update(store.env())  # this process reads the lake's files for the checksums
     lake = replicator.cluster(LAKE)
     for b in LAKE_BACKENDS:
         lake.add_backend(b, f"s3://{BUCKET}/{LAKE}/{b}")
     root = f"s3://{BUCKET}/{LAKE}"
+    where = (
+        f"the store AWS_ENDPOINT_URL names, {store.endpoint}"
+        if isinstance(store, ReusedStore)
+        else f"SeaweedFS (S3) at {store.endpoint}, data in {rel(STORE_DIR)}/"
+    )
     console.print(
-        f"  SeaweedFS (S3) at {store.endpoint}, data in {rel(STORE_DIR)}/; cluster [bold]{LAKE}[/] "
-        f"with backends {', '.join(LAKE_BACKENDS)} in s3://{BUCKET}/{LAKE}/"
+        f"  {where}; cluster [bold]{LAKE}[/] with backends {', '.join(LAKE_BACKENDS)} in {root}/"
     )
     procs = Workers(worker_env | store.env(), LOG_DIR, pid_dir=PID_DIR)
     for b in LAKE_BACKENDS:
@@ -80,6 +112,25 @@ def copy_to_lake(
         + " in all partitions (rows, checksum, version, epoch)"
     )
     return LakeResult(report, equal, root)
+
+
+def _reuse_store() -> ReusedStore:
+    """The store the environment names, if it answers for the demo's bucket; what an earlier
+    demo left in the lake's prefixes is removed (its catalog was dropped with the others)."""
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    try:
+        for b in LAKE_BACKENDS:
+            store = ObjectStorage(f"s3://{BUCKET}/{LAKE}/{b}")
+            store.check()
+            store.delete_tree("data")
+            store.delete_tree("staging")
+    except ReplicatorError as exc:
+        raise SetupError(
+            f"AWS_ENDPOINT_URL names {endpoint}, which does not serve bucket {BUCKET} with these "
+            f"keys ({one_line(exc)}); create the bucket there, or unset AWS_ENDPOINT_URL and the "
+            "demo starts a SeaweedFS of its own"
+        ) from None
+    return ReusedStore(endpoint)
 
 
 def _start_store() -> SeaweedServer:

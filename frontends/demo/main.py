@@ -85,7 +85,7 @@ def run() -> int:
     console.print(table)
     in_lake = None
     if equal and all(j.state == "COMMITTED" for j in jobs):
-        steps.begin(7, f"Lake: {TARGET}:{TABLE} into object storage (SeaweedFS)", "lake")
+        steps.begin(7, f"Lake: {TARGET}:{TABLE} into object storage (S3)", "lake")
         in_lake = copy_to_lake(replicator, worker_env(transfer.env), store)
     steps.end()
     return print_summary(jobs, equal, flower_url, flower_ok, steps, in_lake)
