@@ -34,7 +34,6 @@ from bench.common import (
     BENCH_DIR,
     OUT_DIR,
     BenchCluster,
-    bench_settings,
     create_lineitem,
     drop_database,
     lineitem_files,
@@ -197,7 +196,6 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.update(seaweed.env())  # the workers start with this environment
         for bucket in (BUCKET, "rclone"):
             seaweed.make_bucket(bucket)
-        bench_settings()  # fail early on a catalog Postgres that does not answer
         with start_run(FULL, False, False, False) as run:
             result = measure(run, seaweed, args.scale, args.parts)
             run.record(result)

@@ -48,10 +48,9 @@ def snapshot_batch(runner: TaskRunner, job: Any, claims: list[Claimed], out: Bat
     failed: list[tuple[Claimed, Exception]] = []
     try:
         with src.engine.begin() as conn:
-            done = _manifests(conn, plans, claims, failed)
-            in_store = {
-                b.id for b in model.list_backends(conn).values() if is_object_root(b.storage_root)
-            }
+            backends = model.list_backends(conn)
+            done = _manifests(conn, plans, claims, backends, failed)
+            in_store = {b.id for b in backends.values() if is_object_root(b.storage_root)}
             # Rounded up: a token never expires before its job's transaction does.
             _grant(runner, job, done, owner, math.ceil(deadline.timestamp()), in_store)
             # A hold must outlive the job's transaction, which aborts at its timeout and then
@@ -118,6 +117,7 @@ def _manifests(
     conn: sa.Connection,
     plans: dict[str, Any],
     claims: list[Claimed],
+    backends: dict[int, model.Backend],
     failed: list[tuple[Claimed, Exception]],
 ) -> list[dict[str, Any]]:
     """Each claimed task's manifest, read from the source catalog under FOR SHARE (which keeps
@@ -141,7 +141,6 @@ def _manifests(
         .with_for_update(read=True)
     ):
         by_tablet.setdefault(r.tablet_id, []).append(model.rowset_from_row(r._mapping))
-    backends = model.list_backends(conn)
     done = []
     for claim in claims:
         try:

@@ -315,7 +315,7 @@ def receiving_path(storage: StorageClient, txn_id: int, rowset_id: str, final: s
     into place once verified, since a file is visible while it is written; in object storage,
     ``final`` itself, since an object is published whole when its writer closes and not at all
     when the writer is abandoned (a failed checksum), and a rename there is a copy."""
-    if storage.local_path(final) is None:
+    if storage.root.startswith("s3://"):  # by the root: local_path would lstat every part
         return final
     return f"{staging_dir(txn_id)}/{rowset_id}.{final.rsplit('/', 1)[-1]}"
 

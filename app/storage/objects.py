@@ -319,13 +319,3 @@ class ObjectStorage:
             raise FileNotFoundError(f"no object {src_path} under {src.root}") from None
         except Exception as exc:
             raise self._unavailable("copy", f"{src.root}/{src_path} to {dst_path}", exc) from None
-
-    def etag(self, path: str) -> str | None:
-        """The store's entity tag of the object at ``path`` (its MD5 for a single-part upload),
-        None if missing."""
-        try:
-            return obstore.head(self.store, self._key(path)).get("e_tag")
-        except _MISSING:
-            return None
-        except Exception as exc:
-            raise self._unavailable("stat", path, exc) from None
