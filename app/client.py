@@ -24,6 +24,7 @@ import pyarrow as pa
 
 from app import evolve, partitions, read
 from app import export as _export
+from app.backup.handle import RepositoryHandle
 from app.catalog import model
 from app.cluster import Cluster, PartitionSpec
 from app.config import Settings, load_settings
@@ -291,10 +292,18 @@ class Replicator:
             timeout_sec=timeout_sec,
             overwrite=overwrite,
         )
+        return self._job_of(cluster, job_id, created)
+
+    def _job_of(self, cluster: str, job_id: int, created: bool) -> Job:
         job = Job(self, cluster, job_id)
         if created and not job.state.final:
             self.nudge(cluster, job_id)
         return job
+
+    def repository(self, url: str) -> RepositoryHandle[Job]:
+        """A backup repository (a directory, or ``s3://BUCKET/PREFIX``): back up into it,
+        restore from it, list, verify and prune it (app/backup/handle.py)."""
+        return RepositoryHandle(self.settings, url, self._job_of)
 
     def dry_run(
         self,

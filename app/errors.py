@@ -86,6 +86,11 @@ class TargetDiverged(UserError):
     replace those rows. Refused unless the caller asks for an overwrite."""
 
 
+class CorruptBackup(UserError):
+    """A backup repository holds a manifest that does not parse or check out, or lacks or
+    garbles an object a backup needs: ``backup verify`` names what."""
+
+
 class AccessDenied(UserError):
     """A service refused our credentials (Postgres: a wrong user or password): fix the settings;
     trying again as we are cannot help."""

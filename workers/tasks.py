@@ -162,6 +162,18 @@ def apply(self: Task, cluster: str, job_id: int, task_ids: list[int]) -> dict[st
     return _run(self, TaskKind.APPLY, cluster, job_id, task_ids)
 
 
+@celery.task(name="backup.snapshot", bind=True, ignore_result=True)
+def backup_snapshot(self: Task, cluster: str, job_id: int, task_ids: list[int]) -> dict[str, Any]:
+    """A backup's snapshots: choose rowsets and place holds, as a replication's (source)."""
+    return _run(self, TaskKind.SNAPSHOT, cluster, job_id, task_ids)
+
+
+@celery.task(name="backup.upload", bind=True, ignore_result=True)
+def backup_upload(self: Task, cluster: str, job_id: int, task_ids: list[int]) -> dict[str, Any]:
+    """Upload the objects a backup's repository lacks (the source backend holding the files)."""
+    return _run(self, TaskKind.APPLY, cluster, job_id, task_ids)
+
+
 @celery.task(name="replication.cleanup", ignore_result=True)
 def cleanup(cluster: str, job_id: int, backend: str) -> dict[str, Any]:
     """Remove what an aborted job left on this target backend (runs on its host)."""

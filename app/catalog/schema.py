@@ -194,6 +194,8 @@ jobs = Table(
     metadata,
     Column("id", BigInteger, primary_key=True),
     Column("label", Text, nullable=False, unique=True),
+    # REPLICATION | BACKUP (app/replication/state.py JobKind): which flow the coordinator runs.
+    Column("kind", Text, nullable=False, server_default="REPLICATION"),
     Column("state", Text, nullable=False, server_default="INITIALIZING"),
     Column("src_cluster", Text, nullable=False),
     Column("src_table", Text, nullable=False),

@@ -20,6 +20,8 @@ from typing import Any
 import sqlalchemy as sa
 
 from app import txn as txns
+from app.backup import flow as backup_flow
+from app.backup import view as restore_view
 from app.catalog import model
 from app.catalog import schema as s
 from app.catalog.engine import scan_engine
@@ -29,12 +31,13 @@ from app.errors import ReplicatorError, UserError, redact
 from app.queues import queue_name
 from app.replication import changed, due, finish, placement, taskrows
 from app.replication.applies import start_applies
-from app.replication.plan import Plan, TablePair, make_plan
+from app.replication.plan import TablePair, make_plan
 from app.replication.state import (
     ACTIVE_STATES,
     Action,
     Decision,
     JobFacts,
+    JobKind,
     JobState,
     Outcome,
     Result,
@@ -55,11 +58,17 @@ class Message:
     job_id: int
     task_ids: tuple[int, ...]
     backend: str | None = None  # for a clean-up: the backend whose storage it cleans
+    job_kind: JobKind = JobKind.REPLICATION
 
     @property
     def task(self) -> str:
-        """The worker task's name: replication.snapshot, .apply or .cleanup."""
-        return f"replication.{'cleanup' if self.kind is None else self.kind.lower()}"
+        """The worker task's name: replication.snapshot, .apply or .cleanup; a backup's are
+        backup.snapshot and backup.upload (Flower and the metrics tell them apart by it)."""
+        if self.kind is None:
+            return "replication.cleanup"
+        if self.job_kind is JobKind.BACKUP:
+            return "backup.snapshot" if self.kind is TaskKind.SNAPSHOT else "backup.upload"
+        return f"replication.{self.kind.lower()}"
 
 
 @dataclass
@@ -122,8 +131,8 @@ class Coordinator:
                     taskrows.forget_tokens(conn, job.id)
                 result.state = decision.to
                 result.finished = decision.to.final
-        if cleanup:
-            self._cleanup(dst, job, cleanup)
+        if cleanup or result.finished:
+            self._cleanup(dst, job, cleanup, result.finished)
         return result
 
     def _perform(
@@ -137,21 +146,28 @@ class Coordinator:
     ) -> Result | None:
         """Perform the decision's actions in order; stop at the first that reports a Result."""
         phase = decision.to if decision.to in ACTIVE_STATES else JobState(job.state)
+        # A backup plans, starts its second phase and commits its own way (app/backup/flow.py).
+        backup = job.kind == JobKind.BACKUP
         for action in decision.actions:
             if action is Action.PLAN:
-                return self._plan(conn, job, dst)
+                return (
+                    backup_flow.plan(self.settings, conn, job)
+                    if backup
+                    else self._plan(conn, job, dst)
+                )
             if action is Action.COMMIT:
-                return self._commit(conn, job)
+                return backup_flow.commit(conn, job) if backup else self._commit(conn, job)
             if action is Action.START_APPLY:
-                start_applies(conn, job.id, dst.name)
+                (backup_flow.start_uploads if backup else start_applies)(conn, job.id, dst.name)
             elif action is Action.DISPATCH:
                 for kind in TaskKind.open_in(phase):
-                    result.messages += self._dispatch(conn, dst.name, job.id, kind)
+                    result.messages += self._dispatch(conn, dst.name, job, kind)
             elif action is Action.ABORT:
                 finish.abort_txn(conn, job.txn_id, decision.reason)
                 taskrows.cancel_open(conn, job.id)
                 cleanup.append(Action.ABORT)
-                if job.txn_id is not None:
+                # A backup wrote nothing on any backend; its uploaded objects stay for a rerun.
+                if job.txn_id is not None and not backup:
                     result.messages += self._cleanups(conn, dst.name, job.id)
             elif action is Action.RELEASE:
                 cleanup.append(Action.RELEASE)
@@ -235,7 +251,7 @@ class Coordinator:
         )
         conn.execute(sa.update(s.jobs).where(s.jobs.c.id == job.id).values(txn_id=txn.id))
         unchanged = changed.drop_unchanged(src, plan)
-        self._record_plan(conn, job.id, plan, src)
+        placement.record_plan(conn, job.id, plan, src, dst.name)
         modes = sorted({p.mode.lower() for p in plan.partitions})
         replaced = (
             f"; OVERWRITING partitions {', '.join(plan.overwritten)} that were written on the "
@@ -252,48 +268,6 @@ class Coordinator:
             f"transaction {txn.label}{replaced}",
         )
 
-    def _record_plan(self, conn: sa.Connection, job_id: int, plan: Plan, src: Cluster) -> None:
-        conn.execute(
-            sa.insert(s.job_partitions),
-            [
-                {
-                    "job_id": job_id,
-                    "partition_name": p.name,
-                    "src_partition_id": p.src_partition_id,
-                    "dst_partition_id": p.dst_partition_id,
-                    "src_version": p.src_version,
-                    "src_epoch": p.src_epoch,
-                    "dst_version": p.dst_version,
-                    "dst_epoch": p.dst_epoch,
-                    "mode": p.mode,
-                }
-                for p in plan.partitions
-            ],
-        )
-        with src.engine.connect() as sconn:
-            src_backends = model.list_backends(sconn)
-
-        def queue_of(backend_id: int) -> str:
-            return queue_name(src.name, src_backends[backend_id].name)
-
-        depths = placement.queue_depths(conn, [queue_of(b) for b in src_backends])
-        rows = []
-        for t, candidates in zip(
-            plan.tablets, placement.place(plan.tablets, queue_of, depths), strict=True
-        ):
-            rows.append(
-                {
-                    "job_id": job_id,
-                    "partition_name": t.partition,
-                    "bucket": t.bucket,
-                    "src_tablet_id": t.src_tablet_id,
-                    "dst_tablet_id": t.dst_tablet_id,
-                    "src_backend_ids": candidates,
-                    "queue": queue_of(candidates[0]),
-                }
-            )
-        taskrows.insert(conn, TaskKind.SNAPSHOT, rows)
-
     def _commit(self, conn: sa.Connection, job: Any) -> Result:
         try:
             with conn.begin_nested():  # a refused commit leaves no trace
@@ -305,8 +279,9 @@ class Coordinator:
         return Result(Action.COMMIT, Outcome.OK, f"committed: {detail}")
 
     def _dispatch(
-        self, conn: sa.Connection, cluster: str, job_id: int, kind: TaskKind
+        self, conn: sa.Connection, cluster: str, job: Any, kind: TaskKind
     ) -> list[Message]:
+        job_id, job_kind = job.id, JobKind(job.kind)
         # Tasks that ran out of attempts fail the job instead of looping for ever.
         taskrows.give_up(conn, job_id, kind, self.settings.task_max_attempts)
         due = taskrows.mark_due(conn, job_id, kind, self.settings.task_queued_timeout_sec)
@@ -320,7 +295,9 @@ class Coordinator:
             chunks = max(math.ceil(len(ids) / self.settings.tablets_per_message), min(4, len(ids)))
             size = math.ceil(len(ids) / chunks)
             for i in range(0, len(ids), size):
-                messages.append(Message(kind, queue, cluster, job_id, tuple(ids[i : i + size])))
+                messages.append(
+                    Message(kind, queue, cluster, job_id, tuple(ids[i : i + size]), None, job_kind)
+                )
         return messages
 
     def _cleanups(self, conn: sa.Connection, cluster: str, job_id: int) -> list[Message]:
@@ -331,7 +308,7 @@ class Coordinator:
             for b in model.list_backends(conn).values()
         ]
 
-    def _cleanup(self, dst: Cluster, job: Any, actions: list[Action]) -> None:
+    def _cleanup(self, dst: Cluster, job: Any, actions: list[Action], finished: bool) -> None:
         """After the tick's transaction: remove what an aborted job left on the target, and
         release the source holds of a finished job (each step on its own: a target that cannot
         be cleaned now must not keep the source's files pinned)."""
@@ -340,8 +317,12 @@ class Coordinator:
         steps: list[tuple[str, Callable[[], object]]] = [
             ("hold release", lambda: finish.release_holds(src, dst.name, job.id))
         ]
-        if Action.ABORT in actions and job.txn_id is not None:
+        if Action.ABORT in actions and job.txn_id is not None and job.kind != JobKind.BACKUP:
             steps.append(("target catalog", lambda: finish.forget_target(dst, job.txn_id)))
+        if finished and restore_view.is_view(job.src_cluster):  # a restore's source goes too
+            steps.append(
+                ("restore source", lambda: restore_view.drop(self.settings, job.src_cluster))
+            )
         for what, run in steps:
             try:
                 run()

@@ -15,7 +15,7 @@ from app.errors import InvalidRequest, NotFound
 from app.replication import taskrows
 from app.replication.progress import KindProgress
 from app.replication.progress import progress as task_progress
-from app.replication.state import ACTIVE_STATES, JobState
+from app.replication.state import ACTIVE_STATES, JobKind, JobState
 from app.replication.submit import submit as submit
 from app.replication.taskrows import TaskKind
 
@@ -62,6 +62,8 @@ class JobRecord:
     message: str | None
     created_at: dt.datetime
     finished_at: dt.datetime | None
+    kind: JobKind = JobKind.REPLICATION
+    backup: str | None = None  # a backup job's backup name (its ``dst`` is the repository)
 
     @property
     def ref(self) -> str:
@@ -105,19 +107,23 @@ def get(settings: Settings, cluster: str, job_id: int) -> JobRecord:
 
 
 def _record(cluster: str, row: Any) -> JobRecord:
+    kind = JobKind(row.kind)
+    backup = kind is JobKind.BACKUP
     return JobRecord(
         cluster=cluster,
         id=row.id,
         label=row.label,
         state=JobState(row.state),
         src=f"{row.src_cluster}:{row.src_table}",
-        dst=f"{cluster}:{row.dst_table}",
+        dst=f"{row.options['repo']} {row.dst_table}" if backup else f"{cluster}:{row.dst_table}",
         options=row.options,
         txn_id=row.txn_id,
         cancel_requested=row.cancel_requested,
         message=row.message,
         created_at=row.created_at,
         finished_at=row.finished_at,
+        kind=kind,
+        backup=row.dst_table if backup else None,
     )
 
 

@@ -12,8 +12,13 @@ from collections.abc import Callable, Sequence
 
 import sqlalchemy as sa
 
+from app.backup.view import is_view
+from app.catalog import model
 from app.catalog import schema as s
-from app.replication.plan import TabletPair
+from app.cluster import Cluster
+from app.queues import queue_name
+from app.replication import taskrows
+from app.replication.plan import Plan, TabletPair
 from app.replication.taskrows import OPEN_STATES, TaskKind
 
 
@@ -52,3 +57,52 @@ def rotate(items: list[int], n: int) -> list[int]:
         return items
     k = n % len(items)
     return items[k:] + items[:k]
+
+
+def record_plan(conn: sa.Connection, job_id: int, plan: Plan, src: Cluster, dst_name: str) -> None:
+    """The plan's partitions (job_partitions) and a snapshot task per tablet, on the queue of
+    the least loaded source replica. A restore's source (a repository seen as a cluster) has
+    no workers of its own: its snapshots, which only read the catalog and ask the repository
+    what it holds, run on the target's backends' queues instead, spread over them."""
+    conn.execute(
+        sa.insert(s.job_partitions),
+        [
+            {
+                "job_id": job_id,
+                "partition_name": p.name,
+                "src_partition_id": p.src_partition_id,
+                "dst_partition_id": p.dst_partition_id,
+                "src_version": p.src_version,
+                "src_epoch": p.src_epoch,
+                "dst_version": p.dst_version,
+                "dst_epoch": p.dst_epoch,
+                "mode": p.mode,
+            }
+            for p in plan.partitions
+        ],
+    )
+    with src.engine.connect() as sconn:
+        src_backends = model.list_backends(sconn)
+
+    def queue_of(backend_id: int) -> str:
+        return queue_name(src.name, src_backends[backend_id].name)
+
+    depths = queue_depths(conn, [queue_of(b) for b in src_backends])
+    here = []
+    if is_view(src.name):
+        here = [queue_name(dst_name, b.name) for b in model.list_backends(conn).values()
+                if b.state == "ACTIVE"]  # fmt: skip
+    rows: list[dict[str, object]] = []
+    for t, candidates in zip(plan.tablets, place(plan.tablets, queue_of, depths), strict=True):
+        rows.append(
+            {
+                "job_id": job_id,
+                "partition_name": t.partition,
+                "bucket": t.bucket,
+                "src_tablet_id": t.src_tablet_id,
+                "dst_tablet_id": t.dst_tablet_id,
+                "src_backend_ids": candidates,
+                "queue": queue_of(candidates[0]) if not here else here[len(rows) % len(here)],
+            }
+        )
+    taskrows.insert(conn, TaskKind.SNAPSHOT, rows)

@@ -13,6 +13,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from app.backup.repo import VIEW_PREFIX, Repository
 from app.catalog import model
 from app.catalog import schema as s
 from app.catalog.arrays import any_of
@@ -21,9 +22,10 @@ from app.errors import SourceDataGone, StorageUnavailable
 from app.replication import taskrows
 from app.replication.finish import hold_owner
 from app.replication.runner import BatchOutcome, TaskRunner
-from app.replication.state import JobState
+from app.replication.state import JobKind, JobState
 from app.replication.taskrows import Claimed
 from app.storage import holds
+from app.storage.checksum import FileMeta
 from app.storage.client import rowset_dir, storage_for
 from app.storage.objects import is_object_root
 from app.storage.rowsets import RowsetState
@@ -50,7 +52,7 @@ def snapshot_batch(runner: TaskRunner, job: Any, claims: list[Claimed], out: Bat
         with src.engine.begin() as conn:
             backends = model.list_backends(conn)
             done = _manifests(conn, plans, claims, backends, failed)
-            in_store = {b.id for b in backends.values() if is_object_root(b.storage_root)}
+            in_store = {b.id for b in backends.values() if not_served(b.storage_root)}
             # Rounded up: a token never expires before its job's transaction does.
             _grant(runner, job, done, owner, math.ceil(deadline.timestamp()), in_store)
             # A hold must outlive the job's transaction, which aborts at its timeout and then
@@ -82,6 +84,12 @@ def snapshot_batch(runner: TaskRunner, job: Any, claims: list[Claimed], out: Bat
         runner.fail_all([claim], error, out)
 
 
+def not_served(root: str) -> bool:
+    """A root that no transfer server serves: object storage, and a restore's repository
+    (app/backup/view.py); apply tasks read those from the store or the repository itself."""
+    return is_object_root(root) or root.startswith(VIEW_PREFIX)
+
+
 def _grant(
     runner: TaskRunner,
     job: Any,
@@ -100,7 +108,11 @@ def _grant(
     for d in done:
         m = d["manifest"]
         replicas = [*m["src_backend_ids"], *m["fallback_backend_ids"]]
-        if settings.transfer_mode == "shared" or all(int(b) in in_store for b in replicas):
+        if (
+            job.kind == JobKind.BACKUP  # uploaded by the backends that hold the files
+            or settings.transfer_mode == "shared"
+            or all(int(b) in in_store for b in replicas)
+        ):
             d["transfer_token"] = None
             continue
         secret = secret or settings.transfer_secret(job.src_cluster)
@@ -253,17 +265,11 @@ def order_sources(
     bad: list[model.Backend] = []
     unreachable: list[model.Backend] = []
     for backend in candidates:
-        storage = storage_for(backend.storage_root)
         try:
-            storage.check()
+            complete = _holds_all(backend.storage_root, rowsets)
         except StorageUnavailable:
             unreachable.append(backend)
             continue
-        complete = all(
-            storage.size(f"{rowset_dir(r.tablet_id, r.id)}/{f['name']}") == int(f["size"])
-            for r in rowsets
-            for f in r.files
-        )
         (good if complete else bad).append(backend)
     if not good and unreachable:
         # A storage root that cannot be reached may come back: worth another attempt.
@@ -277,3 +283,19 @@ def order_sources(
             f"(tried {', '.join(b.name for b in candidates)})"
         )
     return good, bad + unreachable
+
+
+def _holds_all(root: str, rowsets: list[model.RowsetInfo]) -> bool:
+    """Whether the replica at ``root`` has every file of ``rowsets`` at its size; a restore's
+    repository has them as objects named by content. StorageUnavailable if it cannot say."""
+    if root.startswith(VIEW_PREFIX):
+        repo = Repository(root.removeprefix(VIEW_PREFIX))
+        repo.check()
+        return all(repo.has(FileMeta.from_json(f)) for r in rowsets for f in r.files)
+    storage = storage_for(root)
+    storage.check()
+    return all(
+        storage.size(f"{rowset_dir(r.tablet_id, r.id)}/{f['name']}") == int(f["size"])
+        for r in rowsets
+        for f in r.files
+    )

@@ -6,7 +6,8 @@ TLS (``http`` is the same without TLS, only when asked for). ``shared`` reads th
 root directly, for roots that every host really mounts. A source root in object storage is read
 from the store itself (or copied inside it, when the target's root is in the same store). Either
 way the source's addresses and roots come from the source cluster's catalog, never from a
-manifest, and every name that came from the source is validated before it is used.
+manifest, and every name that came from the source is validated before it is used. A
+restore's source is a backup repository (``RepositorySource``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from app import broker, faults
+from app.backup.repo import VIEW_PREFIX, Repository, object_key
 from app.catalog import model
 from app.cluster import Cluster
 from app.config import Settings
@@ -57,11 +59,15 @@ class SharedRoot:
     name: str
     storage: StorageClient
 
+    def path(self, tablet: int, rowset: str, meta: FileMeta) -> str:
+        """Where the file is under this replica's root."""
+        return f"{rowset_dir(tablet, rowset)}/{meta.name}"
+
     def fetch(
         self, tablet: int, rowset: str, meta: FileMeta, target: StorageClient, staged: str,
         on_progress: Progress,
     ) -> int:  # fmt: skip
-        path = f"{rowset_dir(tablet, rowset)}/{meta.name}"
+        path = self.path(tablet, rowset, meta)
         with self.storage.open_read(path) as raw, target.open_write(staged) as out:
             fin = _Corrupting(raw, meta.size // 2) if faults.fire("transfer.corrupt") else raw
             return copy_verified(fin, out, meta, on_progress=on_progress)  # type: ignore[arg-type]
@@ -87,13 +93,24 @@ class ObjectSource(SharedRoot):
             and target.where.same_store(src.where)
         ):
             return super().fetch(tablet, rowset, meta, target, staged, on_progress)
-        size = target.copy_from(src, f"{rowset_dir(tablet, rowset)}/{meta.name}", staged)
+        size = target.copy_from(src, self.path(tablet, rowset, meta), staged)
         if size != meta.size:
             raise ChecksumMismatch(
                 f"file {meta.name}: the store copied {size} bytes, the manifest says {meta.size}"
             )
         on_progress(0)
         return 0
+
+
+@dataclass
+class RepositorySource(ObjectSource):
+    """A restore's source: a backup repository, whose objects are named by their content
+    (app/backup/repo.py). Read from the repository itself, or copied inside the store when
+    the target's root is in the same one; a repository that is a directory must be mounted
+    where the target's workers run."""
+
+    def path(self, tablet: int, rowset: str, meta: FileMeta) -> str:
+        return object_key(meta)
 
 
 @dataclass
@@ -151,6 +168,10 @@ def sources_for(
         backend = backends.get(int(b))
         if backend is None:
             continue  # decommissioned and removed since the snapshot
+        if backend.storage_root.startswith(VIEW_PREFIX):
+            repo = Repository(backend.storage_root.removeprefix(VIEW_PREFIX))
+            out.append(RepositorySource(backend.id, backend.name, repo.storage))
+            continue
         if is_object_root(backend.storage_root):
             out.append(ObjectSource(backend.id, backend.name, ObjectStorage(backend.storage_root)))
             continue

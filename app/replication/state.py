@@ -39,6 +39,18 @@ class JobState(StrEnum):
         return self in (JobState.COMMITTED, JobState.ABORTED)
 
 
+class JobKind(StrEnum):
+    """What a job moves (``jobs.kind``); both kinds take the states and edges below.
+
+    REPLICATION: a table's partitions from a source cluster into a target cluster, where the job
+    lives. BACKUP: a table's partitions into a repository (app/backup/); the job lives in the
+    cluster it backs up, its snapshots are a replication's, its second phase uploads from the
+    source backends, and its commit writes the backup's manifest."""
+
+    REPLICATION = "REPLICATION"
+    BACKUP = "BACKUP"
+
+
 ACTIVE_STATES = (JobState.INITIALIZING, JobState.SNAPSHOTING, JobState.REPLICATING)
 
 # Every edge the machine may take; anything else is a bug.

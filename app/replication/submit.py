@@ -50,9 +50,11 @@ def submit(
     overwrite: bool = False,
     repair: list[str] | None = None,
     schema_changes: list[dict[str, Any]] | None = None,
+    restore: dict[str, Any] | None = None,
 ) -> tuple[str, int, bool]:
     """Validate, plan and record a job; returns (cluster, job id, created). Bad input: a
-    UserError, nothing left behind (see above). ``repair``, ``schema_changes``: app/sync."""
+    UserError, nothing left behind (see above). ``repair``, ``schema_changes``: app/sync;
+    ``restore``: app/backup/restore.py."""
     pair = TablePair.parse(src, dst)
     _check_arguments(label, replication_num, timeout_sec)
     src_c, dst_c = Cluster(settings, pair.src_cluster), Cluster(settings, pair.dst_cluster)
@@ -63,7 +65,7 @@ def submit(
         "create_target": create_target,
         "replication_num": replication_num,
         "timeout_sec": timeout_sec,
-    } | _flags(overwrite, repair, schema_changes)
+    } | _flags(overwrite, repair, schema_changes, restore)
     digest = _digest(pair, options)
     label = label or f"job-{uuid.uuid4().hex[:12]}"
 
@@ -97,14 +99,19 @@ def submit(
 
 
 def _flags(
-    overwrite: bool, repair: list[str] | None, schema_changes: list[dict[str, Any]] | None
+    overwrite: bool,
+    repair: list[str] | None,
+    schema_changes: list[dict[str, Any]] | None,
+    restore: dict[str, Any] | None,
 ) -> dict[str, Any]:
     """Options present only when asked for, so that earlier jobs' labels keep their digest.
-    ``schema_changes``: the source's alters the job replays on the target at its commit."""
+    ``schema_changes``: the source's alters the job replays on the target at its commit;
+    ``restore``: the repository, backup and versions a restore reads."""
     return (
         ({"overwrite": True} if overwrite else {})
         | ({"repair": sorted(repair)} if repair else {})
         | ({"schema_changes": schema_changes} if schema_changes else {})
+        | ({"restore": restore} if restore else {})
     )
 
 

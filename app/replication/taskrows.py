@@ -58,7 +58,10 @@ ALLOWED = {
 
 class TaskKind(StrEnum):
     SNAPSHOT = "SNAPSHOT"  # runs on a source backend's queue
-    APPLY = "APPLY"  # runs on a target backend's queue
+    # Writes a snapshot's files where the job puts them: a target replica (a replication: on
+    # the target backend's queue), or the repository (a backup: on the queue of the source
+    # backend that holds them, whose files only its host can read).
+    APPLY = "APPLY"
 
     @property
     def phases(self) -> tuple[JobState, ...]:

@@ -1,4 +1,5 @@
-"""What a backend worker runs for one message: a batch of snapshot or apply tasks of one job.
+"""What a backend worker runs for one message: a batch of snapshot, apply or upload tasks of
+one job.
 
 The tasks are claimed with one statement (``runner``), worked on by ``snapshot`` or ``apply``,
 and their results committed in chunks, so a message of many small tablets costs a handful of
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import logging
 
+from app.backup.upload import upload_batch
 from app.cluster import Cluster
 from app.config import Settings
 from app.errors import LeaseLost
@@ -18,6 +20,7 @@ from app.replication.coordinator import Message
 from app.replication.finish import clean_backend
 from app.replication.runner import BatchOutcome, ProgressFn, TaskRunner
 from app.replication.snapshot import snapshot_batch
+from app.replication.state import JobKind
 from app.replication.taskrows import TaskKind
 
 log = logging.getLogger(__name__)
@@ -35,6 +38,8 @@ def run_message(
     try:
         if kind is TaskKind.SNAPSHOT:
             snapshot_batch(runner, job, claims, out)
+        elif job.kind == JobKind.BACKUP:
+            upload_batch(runner, job, claims, out, progress)
         else:
             apply_batch(runner, job, claims, out, progress)
     except LeaseLost as exc:  # another attempt owns the tasks, or the job ended: stop quietly

@@ -36,7 +36,13 @@ def normalize(root: str) -> str:
     return ObjectRoot.parse(root).canonical() if is_object_root(root) else os.path.abspath(root)
 
 
+# A backend of a restore's source catalog reads a backup repository (app/backup/view.py); its
+# root is the repository's URL behind this prefix, and overlaps what the repository overlaps.
+VIEW_PREFIX = "repo+"
+
+
 def _overlap(a: str, b: str) -> bool:
+    a, b = a.removeprefix(VIEW_PREFIX), b.removeprefix(VIEW_PREFIX)
     if is_object_root(a) or is_object_root(b):
         return (
             is_object_root(a)
@@ -107,3 +113,15 @@ def check_new_root(settings: Settings, cluster: str, backend: str, root: str) ->
                 f"{other_cluster}:{other_backend}; roots of different backends must be neither "
                 "the same nor inside one another"
             )
+
+
+def check_repository(settings: Settings, cluster: str, repo: str) -> None:
+    """Refuse a backup repository that overlaps a backend's storage root: GC there would take
+    its objects for orphans, and a backup would read its own repository as table data."""
+    for other_cluster, other_backend, other_root in _known_roots(settings, cluster):
+        if not other_root.startswith(VIEW_PREFIX) and _overlap(repo, other_root):
+            raise InvalidRequest(
+                f"repository {repo} overlaps {other_root}, the storage root of backend "
+                f"{other_cluster}:{other_backend}; give the repository a place of its own"
+            )
+    make_root(repo)

@@ -1,0 +1,320 @@
+"""Backups and restores with a real SeaweedFS repository, real workers and real Postgres.
+
+The source cluster ``bksrc`` keeps its files in directories; the repository is a prefix of the
+suite's bucket (and, once, a directory). Each restore goes into a cluster of its own, and the
+restored table is compared with the source two ways: the project's per-partition checksum
+(every row read back and hashed) and the rows themselves, sorted.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pyarrow as pa
+import pytest
+
+from app.backup.handle import RepositoryHandle
+from app.client import ClusterHandle, Job, Replicator
+from app.config import Settings
+from app.errors import CorruptBackup, InvalidRequest, NotFound
+from app.replication.state import JobState
+from app.storage.objects import ObjectStorage
+from frontends.connect import replicator as connect
+from tests.harness import RedisServer, SeaweedServer, Workers
+from tests.integration.rig import create_test_table, rows
+
+BUCKET = "olaptest"
+TABLE = "sales.orders"
+
+
+@dataclass
+class Rig:
+    replicator: Replicator
+    src: ClusterHandle
+    base: Path
+    workers: Workers
+    prefix: str
+    clusters: list[str] = field(default_factory=list)
+
+    def repo(self, name: str) -> RepositoryHandle[Job]:
+        return self.replicator.repository(f"s3://{BUCKET}/{self.prefix}/{name}")
+
+    def fresh(self, name: str) -> ClusterHandle:
+        """A target cluster made for one restore (its workers were started with the rig)."""
+        assert name in self.clusters
+        return self.replicator.cluster(name)
+
+
+TARGETS = ["bkdst1", "bkdst2", "bkdst3", "bkdst4", "bkdst5"]
+
+
+@pytest.fixture(scope="module")
+def rig(
+    settings: Settings,
+    test_env: dict[str, str],
+    seaweed: SeaweedServer,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Rig]:
+    base = tmp_path_factory.mktemp("backup")
+    redis = RedisServer(base / "redis").start()
+    settings = settings.with_overrides(broker_url=redis.url, transfer_mode="shared")
+    replicator = connect(settings)
+    names = ["bksrc", *TARGETS]
+    for name in names:
+        handle = replicator.cluster(name)
+        handle.init()
+        for b in ("be1", "be2"):
+            handle.add_backend(b, str(base / name / b))
+    env = dict(test_env) | seaweed.env()
+    env["REPLICATOR_BROKER_URL"] = redis.url
+    env["REPLICATOR_TRANSFER_MODE"] = "shared"
+    env["REPLICATOR_COORDINATOR_CLUSTERS"] = ",".join(names)
+    workers = Workers(env, base / "logs")
+    try:
+        for name in names:
+            for b in ("be1", "be2"):
+                workers.backend(name, b)
+        workers.coordinator()
+        workers.wait_ready()
+        rig = Rig(replicator, replicator.cluster("bksrc"), base, workers,
+                  f"bk-{uuid.uuid4().hex[:8]}", list(TARGETS))  # fmt: skip
+        yield rig
+    finally:
+        workers.stop_all()
+        redis.stop()
+
+
+def _content(
+    handle: ClusterHandle, table: str, parts: list[str] | None = None
+) -> list[tuple[str, int, str]]:
+    return [(c.partition, c.rows, c.checksum) for c in handle.checksum(table, parts)]
+
+
+def _sorted_rows(handle: ClusterHandle, table: str, parts: list[str] | None = None) -> pa.Table:
+    return handle.scan(table, parts).sort_by([("id", "ascending"), ("day", "ascending")])
+
+
+def _committed(job: Job, timeout: float = 120) -> Job:
+    job.wait(timeout)
+    assert job.state is JobState.COMMITTED, job.message
+    return job
+
+
+def _objects(rig: Rig, repo: str) -> dict[str, int]:
+    store = ObjectStorage(f"s3://{BUCKET}/{rig.prefix}/{repo}")
+    return {p: store.size(p) or 0 for p, _ in store.walk_files("objects")}
+
+
+@pytest.fixture(scope="module")
+def history(rig: Rig) -> dict[str, object]:
+    """Two backups of one table: a full one, then an incremental one after +2% rows in one
+    partition; what the source held at each, by checksum and by rows."""
+    create_test_table(rig.src, TABLE, buckets=2, replication_num=2)
+    rig.src.load(TABLE, rows(20_000, seed=1), label="bk-load-1")
+    rig.src.load(TABLE, rows(20_000, seed=2), label="bk-load-2")
+    repo = rig.repo("main")
+    first_state = _content(rig.src, TABLE)
+    first_rows = _sorted_rows(rig.src, TABLE)
+    first_parts = {p.name: p.visible_version for p in rig.src.partitions(TABLE)}
+    first = _committed(repo.backup(f"bksrc:{TABLE}"))
+    objects_after_first = _objects(rig, "main")
+    extra = rows(800, seed=3).filter(pa.compute.less(pa.compute.field("day"), pa.scalar(
+        __import__("datetime").date(2023, 4, 1))))  # fmt: skip
+    rig.src.load(TABLE, extra, label="bk-load-3")  # only p2023q1 changes
+    second = _committed(repo.backup(f"bksrc:{TABLE}"))
+    return {
+        "repo": repo,
+        "first": first,
+        "second": second,
+        "first_state": first_state,
+        "first_rows": first_rows,
+        "first_parts": first_parts,
+        "objects_after_first": objects_after_first,
+    }
+
+
+def test_a_backup_lists_every_object_and_uploads_each_once(rig: Rig, history: dict) -> None:
+    repo = history["repo"]
+    listing = repo.backups(TABLE)
+    assert [m.name for m in listing.backups] == [
+        history["first"].record.backup,
+        history["second"].record.backup,
+    ]
+    first = listing.backups[0]
+    # The first backup uploaded every byte its manifest names; the repository holds just those.
+    assert first.uploaded_bytes == first.bytes > 0
+    assert sorted(history["objects_after_first"]) == sorted(first.objects())
+    assert sum(history["objects_after_first"].values()) == first.bytes
+
+
+def test_an_incremental_backup_uploads_only_the_new_rowsets(rig: Rig, history: dict) -> None:
+    first, second = history["repo"].backups(TABLE).backups
+    new = set(second.objects()) - set(first.objects())
+    assert new, "the third load made new rowsets"
+    new_bytes = sum(second.objects()[k].size for k in new)
+    assert second.uploaded_objects == len(new)
+    assert second.uploaded_bytes == new_bytes
+    assert new_bytes < 0.1 * second.bytes
+    # Only p2023q1 moved on.
+    v1 = {p.name: p.version for p in first.partitions}
+    v2 = {p.name: p.version for p in second.partitions}
+    assert {n for n in v2 if v2[n] != v1[n]} == {"p2023q1"}
+
+
+def test_each_backup_restores_to_what_the_source_held_then(rig: Rig, history: dict) -> None:
+    repo = history["repo"]
+    dst1, dst2 = rig.fresh("bkdst1"), rig.fresh("bkdst2")
+    _committed(repo.restore(TABLE, to="bkdst1", backup=history["first"].record.backup))
+    assert _content(dst1, TABLE) == history["first_state"]
+    assert _sorted_rows(dst1, TABLE).equals(history["first_rows"])
+    _committed(repo.restore(TABLE, to="bkdst2"))  # the newest
+    assert _content(dst2, TABLE) == _content(rig.src, TABLE)
+    assert _sorted_rows(dst2, TABLE).equals(_sorted_rows(rig.src, TABLE))
+    # The restore's source catalog is gone with its job.
+    assert not [c for c in _catalogs(rig) if c.startswith("restore_")]
+
+
+def test_one_partition_restores_at_an_older_version(rig: Rig, history: dict) -> None:
+    """From the newest backup, p2023q1 as it was before the third load (the backup before it
+    is not named: its rowsets are in the newer backup's chain)."""
+    repo = history["repo"]
+    old = history["first_parts"]["p2023q1"]
+    choice = repo.plan_restore(TABLE, partitions=["p2023q1"], version=old)
+    assert choice.manifest.name == history["second"].record.backup
+    dst = rig.fresh("bkdst3")
+    _committed(repo.restore(TABLE, to="bkdst3:sales.q1", partitions=["p2023q1"], version=old))
+    then = [c for c in history["first_state"] if c[0] == "p2023q1"]
+    assert _content(dst, "sales.q1") == then
+    expected = history["first_rows"].filter(
+        pa.compute.less(pa.compute.field("day"), pa.scalar(__import__("datetime").date(2023, 4, 1)))
+    )
+    assert _sorted_rows(dst, "sales.q1").equals(expected)
+    assert [p.name for p in dst.partitions("sales.q1")] == ["p2023q1"]
+
+
+def test_a_restore_at_a_time_takes_the_versions_committed_by_then(rig: Rig, history: dict) -> None:
+    repo = history["repo"]
+    at = history["first"].record.created_at
+    choice = repo.plan_restore(TABLE, at=at)
+    assert choice.versions == history["first_parts"]
+
+
+def test_versions_no_backup_holds_are_refused_in_one_line(rig: Rig, history: dict) -> None:
+    repo = history["repo"]
+    with pytest.raises(NotFound, match="is held at versions"):
+        repo.plan_restore(TABLE, partitions=["p2023q1"], version=99)
+    with pytest.raises(NotFound, match="has no partition p1999"):
+        repo.plan_restore(TABLE, partitions=["p1999"])
+    with pytest.raises(NotFound, match=r"no finished backup of table sales\.nothing"):
+        repo.plan_restore("sales.nothing")
+    with pytest.raises(InvalidRequest, match="not both"):
+        repo.plan_restore(TABLE, version=2, at=history["first"].record.created_at)
+
+
+def _catalogs(rig: Rig) -> list[str]:
+    from app.catalog.engine import discover_clusters
+
+    names = discover_clusters(rig.replicator.settings.dsn_template, [])
+    return names
+
+
+def test_verify_names_a_corrupted_object_and_a_restore_that_needs_it_aborts(
+    rig: Rig, history: dict
+) -> None:
+    repo = history["repo"]
+    assert repo.verify().ok
+    first, second = repo.backups(TABLE).backups
+    key = sorted(set(second.objects()) - set(first.objects()))[0]
+    store = ObjectStorage(f"s3://{BUCKET}/{rig.prefix}/main")
+    with store.open_read(key) as f:
+        good = f.read()
+    bad = bytearray(good)
+    bad[len(bad) // 2] ^= 0xFF
+    with store.open_write(key) as f:
+        f.write(bytes(bad))
+    try:
+        report = repo.verify()
+        assert not report.ok and not report.missing
+        assert len(report.differing) == 1 and report.differing[0].startswith(key)
+        assert second.name in report.differing[0]
+        # The first backup does not need it: still good on its own.
+        assert repo.verify([first.name]).ok
+        # Into a table restored from the first backup: the restore of the second aborts and
+        # leaves it as it was.
+        dst = rig.fresh("bkdst4")
+        _committed(repo.restore(TABLE, to="bkdst4", backup=first.name))
+        before = _content(dst, TABLE)
+        job = repo.restore(TABLE, to="bkdst4", backup=second.name).wait(120)
+        assert job.state is JobState.ABORTED
+        assert "checksum" in (job.message or "")
+        assert _content(dst, TABLE) == before
+    finally:
+        with store.open_write(key) as f:
+            f.write(good)
+    assert repo.verify().ok
+
+
+def test_a_restore_of_a_missing_object_is_refused_before_any_job(rig: Rig, history: dict) -> None:
+    repo = history["repo"]
+    first, second = repo.backups(TABLE).backups
+    key = sorted(set(second.objects()) - set(first.objects()))[0]
+    store = ObjectStorage(f"s3://{BUCKET}/{rig.prefix}/main")
+    with store.open_read(key) as f:
+        good = f.read()
+    store.delete_tree(key)
+    try:
+        report = repo.verify()
+        assert [m.split(" ")[0] for m in report.missing] == [key]
+        jobs_before = len(rig.replicator.jobs("bkdst5"))
+        with pytest.raises(CorruptBackup, match="lacks 1 of the"):
+            repo.restore(TABLE, to="bkdst5")
+        assert len(rig.replicator.jobs("bkdst5")) == jobs_before
+        assert "sales" not in {t.db_name for t in rig.fresh("bkdst5").tables()}
+        assert not [c for c in _catalogs(rig) if c.startswith("restore_")]
+    finally:
+        with store.open_write(key) as f:
+            f.write(good)
+
+
+def test_prune_keeps_what_a_kept_backup_needs(rig: Rig) -> None:
+    """Backup, compact (new files replace old ones), backup again: prune --keep 1 deletes the
+    first backup and only the objects no other backup names; the second still verifies and
+    restores."""
+    table = "sales.pruned"
+    create_test_table(rig.src, table, buckets=2, replication_num=1)
+    rig.src.load(table, rows(5_000, seed=11), label="pr-1")
+    rig.src.load(table, rows(5_000, seed=12), label="pr-2")
+    repo = rig.repo("prune")
+    _committed(repo.backup(f"bksrc:{table}"))
+    rig.src.compact(table, partitions=["p2023q1"])
+    _committed(repo.backup(f"bksrc:{table}"))
+    first, second = repo.backups(table).backups
+    only_first = set(first.objects()) - set(second.objects())
+    assert only_first  # the rowsets compaction replaced
+    dry = repo.prune(keep=1, grace_sec=0, dry_run=True)
+    assert dry.deleted_backups == [first.name] and dry.deleted_objects == len(only_first)
+    assert repo.backups(table).backups == [first, second]  # a dry run changes nothing
+    pruned = repo.prune(keep=1, grace_sec=0)
+    assert pruned.deleted_backups == [first.name]
+    assert pruned.deleted_objects == len(only_first)
+    assert set(_objects(rig, "prune")) == set(second.objects())
+    assert repo.verify().ok
+    dst = rig.fresh("bkdst5")
+    _committed(repo.restore(table, to="bkdst5"))
+    assert _content(dst, table) == _content(rig.src, table)
+    with pytest.raises(InvalidRequest, match="at least 1"):
+        repo.prune(keep=0)
+
+
+def test_a_directory_is_a_repository_too(rig: Rig, history: dict) -> None:
+    repo = rig.replicator.repository(str(rig.base / "dir-repo"))
+    job = _committed(repo.backup(f"bksrc:{TABLE}", partitions=["p2023q2"]))
+    (m,) = repo.backups().backups
+    assert m.name == job.record.backup and [p.name for p in m.partitions] == ["p2023q2"]
+    assert repo.verify().ok
+    dst = rig.fresh("bkdst2")
+    _committed(repo.restore(TABLE, to="bkdst2:sales.q2"))
+    assert _content(dst, "sales.q2") == _content(rig.src, TABLE, ["p2023q2"])
