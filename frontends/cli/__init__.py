@@ -12,14 +12,24 @@ from typing import Any
 import typer
 
 from app.errors import ReplicatorError, UserError, redact
-from frontends.cli import clusters, export, jobs, processes, schema, sync, transfer, watch
+from frontends.cli import (
+    backup,
+    clusters,
+    export,
+    jobs,
+    processes,
+    schema,
+    sync,
+    transfer,
+    watch,
+)  # fmt: skip
 from frontends.cli.apps import cli, err
 from frontends.cli.failures import describe
 from frontends.cli.render import safe
 
 __all__ = [
-    "cli", "clusters", "export", "jobs", "main", "processes", "schema", "sync", "transfer",
-    "watch",
+    "backup", "cli", "clusters", "export", "jobs", "main", "processes", "schema", "sync",
+    "transfer", "watch",
 ]  # fmt: skip
 
 

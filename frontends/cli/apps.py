@@ -33,6 +33,10 @@ sync_cli = typer.Typer(
     no_args_is_help=True, help="Keep a whole database in sync with another cluster's."
 )
 cli.add_typer(sync_cli, name="sync")
+backup_cli = typer.Typer(
+    no_args_is_help=True, help="Back up tables into a repository; list, verify and prune it."
+)
+cli.add_typer(backup_cli, name="backup")
 
 out = Console(soft_wrap=True)
 err = Console(stderr=True)

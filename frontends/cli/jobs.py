@@ -66,7 +66,7 @@ def replicate(
         if job.state == "ABORTED":
             sys.exit(1)
         return
-    _wait_with_bar(job, timeout)
+    wait_with_bar(job, timeout)
     out.print(f"job {safe(job.ref)}: {job.state} - {safe(job.message)}")
     if job.state != "COMMITTED":
         sys.exit(1)
@@ -99,7 +99,7 @@ def print_dry_run(plan: DryRun) -> None:
     )
 
 
-def _wait_with_bar(job: Job, timeout: float) -> None:
+def wait_with_bar(job: Job, timeout: float) -> None:
     """A transient bar of bytes copied on stderr until the job is final or ``timeout`` passes."""
     from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 

@@ -8,8 +8,11 @@ restored table is compared with the source two ways: the project's per-partition
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -37,10 +40,20 @@ class Rig:
     base: Path
     workers: Workers
     prefix: str
+    env: dict[str, str]
     clusters: list[str] = field(default_factory=list)
 
+    def url(self, name: str) -> str:
+        return f"s3://{BUCKET}/{self.prefix}/{name}"
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "frontends.cli", *args],
+            env=self.env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
     def repo(self, name: str) -> RepositoryHandle[Job]:
-        return self.replicator.repository(f"s3://{BUCKET}/{self.prefix}/{name}")
+        return self.replicator.repository(self.url(name))
 
     def fresh(self, name: str) -> ClusterHandle:
         """A target cluster made for one restore (its workers were started with the rig)."""
@@ -71,6 +84,7 @@ def rig(
     env = dict(test_env) | seaweed.env()
     env["REPLICATOR_BROKER_URL"] = redis.url
     env["REPLICATOR_TRANSFER_MODE"] = "shared"
+    env["COLUMNS"] = "250"  # a backup's name in one piece in the tables the CLI prints
     env["REPLICATOR_COORDINATOR_CLUSTERS"] = ",".join(names)
     workers = Workers(env, base / "logs")
     try:
@@ -80,7 +94,7 @@ def rig(
         workers.coordinator()
         workers.wait_ready()
         rig = Rig(replicator, replicator.cluster("bksrc"), base, workers,
-                  f"bk-{uuid.uuid4().hex[:8]}", list(TARGETS))  # fmt: skip
+                  f"bk-{uuid.uuid4().hex[:8]}", env, list(TARGETS))  # fmt: skip
         yield rig
     finally:
         workers.stop_all()
@@ -318,3 +332,97 @@ def test_a_directory_is_a_repository_too(rig: Rig, history: dict) -> None:
     dst = rig.fresh("bkdst2")
     _committed(repo.restore(TABLE, to="bkdst2:sales.q2"))
     assert _content(dst, "sales.q2") == _content(rig.src, TABLE, ["p2023q2"])
+
+
+def test_the_command_line_backs_up_lists_verifies_and_restores(rig: Rig, history: dict) -> None:
+    url = rig.url("cli")
+    res = rig.cli("backup", "create", f"bksrc:{TABLE}", "--repo", url, "-p", "p2023q3", "--wait")
+    assert res.returncode == 0, res.stderr
+    assert "COMMITTED" in res.stdout and "backup " in res.stdout
+    (m,) = rig.replicator.repository(url).backups().backups
+    listed = rig.cli("backup", "list", "--repo", url)
+    assert listed.returncode == 0 and m.name in listed.stdout, listed.stderr
+    shown = rig.cli("backup", "show", m.name, "--repo", url)
+    assert shown.returncode == 0 and "p2023q3" in shown.stdout, shown.stderr
+    verified = rig.cli("backup", "verify", "--repo", url)
+    assert verified.returncode == 0 and "verify ok" in verified.stdout, verified.stderr
+    restored = rig.cli(
+        "restore", "--repo", url, "--table", TABLE, "--to", "bkdst3:sales.q3", "--wait"
+    )
+    assert restored.returncode == 0 and "COMMITTED" in restored.stdout, restored.stderr
+    dst = rig.fresh("bkdst3")
+    assert _content(dst, "sales.q3") == _content(rig.src, TABLE, ["p2023q3"])
+    pruned = rig.cli("backup", "prune", "--repo", url, "--keep", "1", "--dry-run")
+    assert pruned.returncode == 0 and "would delete 0 backups" in pruned.stdout, pruned.stderr
+
+
+def _bad_cases(rig: Rig) -> dict[str, tuple[list[str], str]]:
+    url = rig.url("main")
+    inside = str(rig.base / "bksrc" / "be1" / "repo")
+    restore = ["restore", "--repo", url, "--table", TABLE]
+    return {
+        "spec": (["backup", "create", "bksrc", "--repo", url], "must be written CLUSTER:DATABASE"),
+        "table": (["backup", "create", "bksrc:sales.none", "--repo", url], "does not exist"),
+        "partition": (
+            ["backup", "create", f"bksrc:{TABLE}", "--repo", url, "-p", "p1"],
+            "has no partition p1",
+        ),
+        "cluster": (
+            ["backup", "create", f"nocluster:{TABLE}", "--repo", url],
+            "is not initialised",
+        ),
+        "empty repo": (["backup", "create", f"bksrc:{TABLE}", "--repo", ""], "must not be empty"),
+        "inside a root": (["backup", "create", f"bksrc:{TABLE}", "--repo", inside], "overlaps"),
+        "no bucket": (
+            ["backup", "create", f"bksrc:{TABLE}", "--repo", "s3://nobucket/x"],
+            "create the bucket",
+        ),
+        "show unknown": (["backup", "show", "nope", "--repo", url], "no finished backup"),
+        "show bad name": (["backup", "show", "../x", "--repo", url], "is not valid"),
+        "verify unknown": (["backup", "verify", "--repo", url, "nope"], "no finished backup"),
+        "prune what": (["backup", "prune", "--repo", url], "say what to prune"),
+        "prune duration": (
+            ["backup", "prune", "--repo", url, "--older-than", "3x"],
+            "is not a duration",
+        ),
+        "prune keep 0": (["backup", "prune", "--repo", url, "--keep", "0"], "at least 1"),
+        "restore at": ([*restore, "--to", "bkdst5", "--at", "yesterday"], "is not a time"),
+        "restore version 0": ([*restore, "--to", "bkdst5", "--version", "0"], "whole number"),
+        "restore version 99": (
+            [*restore, "--to", "bkdst5", "--version", "99"],
+            "is held at versions",
+        ),
+        "restore both": (
+            [*restore, "--to", "bkdst5", "--version", "2", "--at", "2026-01-01T00:00:00Z"],
+            "not both",
+        ),
+        "restore table": (
+            ["restore", "--repo", url, "--table", "sales.none", "--to", "bkdst5"],
+            "no finished backup of table",
+        ),
+        "restore cluster": ([*restore, "--to", "nocluster"], "is not initialised"),
+        "restore partition": ([*restore, "--to", "bkdst5", "-p", "p1999"], "has no partition"),
+        "restore backup": (
+            [*restore, "--to", "bkdst5", "--backup", "nope"],
+            "no finished backup",
+        ),
+    }
+
+
+def test_bad_input_is_one_line_exit_2_and_changes_nothing(rig: Rig, history: dict) -> None:
+    cases = _bad_cases(rig)
+    jobs = {c: len(rig.replicator.jobs(c)) for c in ["bksrc", "bkdst5"]}
+    objects = _objects(rig, "main")
+    catalogs = set(_catalogs(rig))
+    with ThreadPoolExecutor(4) as pool:
+        results = {n: pool.submit(rig.cli, *args) for n, (args, _) in cases.items()}
+    for name, future in results.items():
+        res = future.result()
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2, (name, res.stderr)
+        assert len(lines) == 1 and lines[0].startswith("error: "), (name, res.stderr)
+        assert cases[name][1] in lines[0], (name, lines[0])
+    assert {c: len(rig.replicator.jobs(c)) for c in ["bksrc", "bkdst5"]} == jobs
+    assert _objects(rig, "main") == objects
+    assert set(_catalogs(rig)) == catalogs
+    assert not (rig.base / "bksrc" / "be1" / "repo").exists()
