@@ -142,7 +142,7 @@ def backup_verify(
         out.print(f"[red]differs:[/] {safe(line)}")
     for line in report.corrupt:
         out.print(f"[red]bad manifest:[/] {safe(line)}")
-    verdict = "ok" if report.ok else "FAILED"
+    verdict = "ok" if report.ok else "found problems"
     out.print(
         f"verify {verdict}: {len(report.backups)} backups, {report.objects} objects, "
         f"{size(report.bytes)} re-hashed; {len(report.missing)} missing, "

@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection, Engine
 from app.queues import queue_name
 from app.replication.progress import StateStats
 from app.replication.progress import stats as task_stats
+from app.replication.state import JobKind
 from app.replication.taskrows import TaskKind
 from frontends.metrics.families import (
     ACTIVE_STATES,
@@ -26,7 +27,7 @@ from frontends.metrics.families import (
 Settled = dict[tuple[str, int], "JobAgg"]  # (cluster, job id) -> aggregates that no longer change
 
 JOBS_SQL = sa.text(
-    "SELECT id, state, dst_table, "
+    "SELECT id, kind, state, src_table, dst_table, "
     "extract(epoch FROM now() - created_at) AS age, "
     "extract(epoch FROM finished_at - created_at) AS took, "
     "extract(epoch FROM finished_at) AS finished, "
@@ -70,7 +71,8 @@ class JobAgg:
 LAG_TABLES_SQL = sa.text(
     """
     SELECT DISTINCT ON (dst_table) dst_table, src_cluster, src_table
-    FROM jobs ORDER BY dst_table, id DESC
+    FROM jobs WHERE kind = 'REPLICATION' AND src_cluster NOT LIKE 'restore\\_%'
+    ORDER BY dst_table, id DESC
     """
 )
 
@@ -109,6 +111,9 @@ class ClusterScrape:
     lag_tables: list[tuple[str, str, str]] = field(default_factory=list)  # dst, src cluster, src
     dst_partitions: dict[str, dict[str, int]] = field(default_factory=dict)
     sync: list[Any] = field(default_factory=list)  # rows of SYNC_SQL
+    # Backups (jobs of kind BACKUP: this cluster backed up): by state; upload bytes per table.
+    backup_jobs: dict[str, int] = field(default_factory=dict)
+    backup_bytes: dict[str, int] = field(default_factory=dict)
 
 
 def _kind_agg(st: StateStats) -> KindAgg:
@@ -180,10 +185,17 @@ def _sum_up(sc: ClusterScrape, jobs: Sequence[Any], aggs: dict[int, JobAgg]) -> 
     for kind in TASK_KINDS:
         sc.per_kind[kind] = KindAgg()
         sc.active_kind[kind] = KindAgg()
+    sc.backup_jobs = dict.fromkeys(JOB_STATES, 0)
     for j in jobs:
-        sc.jobs_by_state[j.state] = sc.jobs_by_state.get(j.state, 0) + 1
         agg = aggs[j.id]
         apply = agg.kinds.get(TaskKind.APPLY, KindAgg())
+        if j.kind == JobKind.BACKUP:  # its own families; a restore is a replication
+            sc.backup_jobs[j.state] += 1
+            sc.backup_bytes[j.src_table] = sc.backup_bytes.get(j.src_table, 0) + apply.bytes_done
+            if j.state in ACTIVE_STATES:
+                sc.active_jobs.append((j.id, f"backup {j.src_table}", apply))
+            continue
+        sc.jobs_by_state[j.state] = sc.jobs_by_state.get(j.state, 0) + 1
         sc.per_table.setdefault(j.dst_table, KindAgg()).add(apply)
         for kind, k in agg.kinds.items():
             sc.per_kind.setdefault(kind, KindAgg()).add(k)

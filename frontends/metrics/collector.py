@@ -153,6 +153,10 @@ class ReplicatorCollector(Collector):
         for table, k in sorted(sc.per_table.items()):
             fam["replicator_replicated_bytes"].add_metric([c, table], k.bytes_done)
             fam["replicator_replicated_files"].add_metric([c, table], k.files_done)
+        for state, n in sc.backup_jobs.items():
+            fam["replicator_backup_jobs"].add_metric([c, state], n)
+        for table, n in sorted(sc.backup_bytes.items()):
+            fam["replicator_backup_bytes"].add_metric([c, table], n)
         for table, at in sorted(sc.last_commit.items()):
             fam["replicator_table_last_commit_timestamp_seconds"].add_metric([c, table], at)
         for kind in sorted(sc.per_kind):

@@ -53,6 +53,17 @@ FAMILIES: dict[str, tuple[str, str, tuple[str, ...]]] = {
         "Target replicas of a running job: applied and total.",
         ("cluster", "job_ref", "table", "kind"),
     ),
+    "replicator_backup_jobs": (
+        "gauge",
+        "Backup jobs kept in the backed-up cluster's catalog, by state.",
+        ("cluster", "state"),
+    ),
+    "replicator_backup_bytes": (
+        "counter",
+        "Bytes of a table's rowset files its backups' upload tasks put in the repository or "
+        "found there already.",
+        ("cluster", "table"),
+    ),
     "replicator_replicated_bytes": (
         "counter",
         "Bytes installed on target replicas (sum of bytes_done of APPLY tasks).",

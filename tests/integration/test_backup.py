@@ -26,7 +26,7 @@ from app.errors import CorruptBackup, InvalidRequest, NotFound
 from app.replication.state import JobState
 from app.storage.objects import ObjectStorage
 from frontends.connect import replicator as connect
-from tests.harness import RedisServer, SeaweedServer, Workers
+from tests.harness import RedisServer, SeaweedServer, Workers, free_port
 from tests.integration.rig import create_test_table, rows
 
 BUCKET = "olaptest"
@@ -426,3 +426,31 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(rig: Rig, history: dic
     assert _objects(rig, "main") == objects
     assert set(_catalogs(rig)) == catalogs
     assert not (rig.base / "bksrc" / "be1" / "repo").exists()
+
+
+def test_metrics_show_backups_apart_and_restores_as_replications(rig: Rig, history: dict) -> None:
+    from frontends import metrics
+    from tests.integration.test_metrics import one, scrape
+
+    server, thread = metrics.serve(
+        rig.replicator.settings, port=free_port(), addr="127.0.0.1", consumers_ttl=0.0
+    )
+    try:
+        s = scrape(f"http://127.0.0.1:{server.server_port}/metrics")
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+    # A restore's source catalog is gone: no lag to read there, and the scrape is whole.
+    assert one(s, "replicator_up") == 1
+    first, second = history["repo"].backups(TABLE).backups
+    assert one(s, "replicator_backup_jobs", cluster="bksrc", state="COMMITTED") >= 2
+    assert one(s, "replicator_backup_bytes_total", cluster="bksrc", table=TABLE) >= (
+        first.bytes + second.bytes
+    )
+    # Backups are not replication jobs of bksrc; restores are replications into their targets.
+    assert one(s, "replicator_jobs", cluster="bksrc", state="COMMITTED") == 0
+    restored = _content(rig.fresh("bkdst1"), TABLE)
+    assert (
+        restored and one(s, "replicator_replicated_bytes_total", cluster="bkdst1", table=TABLE) > 0
+    )
