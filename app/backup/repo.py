@@ -17,6 +17,7 @@ every object is verified against its name's size and checksum as it is read.
 from __future__ import annotations
 
 import contextlib
+import os
 import re
 import uuid
 from collections.abc import Callable, Iterator
@@ -72,6 +73,15 @@ class Repository:
     def check(self) -> None:
         """StorageUnavailable unless the repository's root answers now."""
         self.storage.check()
+
+    def _readable(self) -> None:
+        """A directory that is not there holds no backups: a mistyped path, said as such (an
+        object store that does not answer may come back: StorageUnavailable, from the read)."""
+        if not self.in_object_storage and not os.path.isdir(self.url):
+            raise InvalidRequest(
+                f"repository {self.url} is not a directory: give the directory (or "
+                "s3://BUCKET/PREFIX) the backups were made into"
+            )
 
     # -- objects -----------------------------------------------------------------------------
     def has(self, meta: FileMeta) -> bool:
@@ -139,6 +149,7 @@ class Repository:
     def read_manifest_text(self, name: str) -> str | None:
         """The manifest's text; None if no finished backup has that name."""
         path = f"{BACKUPS}/{check_backup_name(name)}/{MANIFEST}"
+        self._readable()
         size = self.storage.size(path)
         if size is None:
             return None
@@ -153,6 +164,7 @@ class Repository:
 
     def names(self) -> list[str]:
         """Names of the finished backups (those whose manifest is written), sorted."""
+        self._readable()
         return [
             n
             for n in self.storage.list_dirs(BACKUPS)

@@ -72,12 +72,23 @@ class ReusedStore:
 Store = SeaweedServer | ReusedStore
 
 
-def start_store() -> Future[Store]:
-    """Reuse the store the environment names, or start one in the background (about 9 s)
-    while the data is generated and loaded; a started one's pid is recorded at once, so
-    ``make demo-down`` stops it whatever happens next."""
+def plan_store() -> Store:
+    """The store of the last steps: the one ``AWS_ENDPOINT_URL`` names, or a SeaweedFS of the
+    demo's own, not started yet: its address and keys are known already, so every worker is
+    given them when it starts (dr's workers upload dr's backup)."""
+    if os.environ.get("AWS_ENDPOINT_URL"):
+        return ReusedStore(os.environ["AWS_ENDPOINT_URL"])
+    return SeaweedServer(STORE_DIR, port=S3_PORT if port_free(S3_PORT) else free_port())
+
+
+def start_store(store: Store) -> Future[Store]:
+    """Check the reused store, or start ours in the background (about 9 s) while the data is
+    generated and loaded; a started one's pid is recorded at once, so ``make demo-down`` stops
+    it whatever happens next."""
     pool = ThreadPoolExecutor(1, thread_name_prefix="seaweedfs")
-    return pool.submit(_reuse_store if os.environ.get("AWS_ENDPOINT_URL") else _start_store)
+    if isinstance(store, ReusedStore):
+        return pool.submit(_reuse_store, store)
+    return pool.submit(_start_store, store)
 
 
 def copy_to_lake(
@@ -114,27 +125,25 @@ def copy_to_lake(
     return LakeResult(report, equal, root)
 
 
-def _reuse_store() -> ReusedStore:
+def _reuse_store(store: ReusedStore) -> ReusedStore:
     """The store the environment names, if it answers for the demo's bucket; what an earlier
     demo left in the lake's prefixes is removed (its catalog was dropped with the others)."""
-    endpoint = os.environ["AWS_ENDPOINT_URL"]
     try:
         for b in LAKE_BACKENDS:
-            store = ObjectStorage(f"s3://{BUCKET}/{LAKE}/{b}")
-            store.check()
-            store.delete_tree("data")
-            store.delete_tree("staging")
+            objects = ObjectStorage(f"s3://{BUCKET}/{LAKE}/{b}")
+            objects.check()
+            objects.delete_tree("data")
+            objects.delete_tree("staging")
     except ReplicatorError as exc:
         raise SetupError(
-            f"AWS_ENDPOINT_URL names {endpoint}, which does not serve bucket {BUCKET} with these "
-            f"keys ({one_line(exc)}); create the bucket there, or unset AWS_ENDPOINT_URL and the "
-            "demo starts a SeaweedFS of its own"
+            f"AWS_ENDPOINT_URL names {store.endpoint}, which does not serve bucket {BUCKET} with "
+            f"these keys ({one_line(exc)}); create the bucket there, or unset AWS_ENDPOINT_URL "
+            "and the demo starts a SeaweedFS of its own"
         ) from None
-    return ReusedStore(endpoint)
+    return store
 
 
-def _start_store() -> SeaweedServer:
-    store = SeaweedServer(STORE_DIR, port=S3_PORT if port_free(S3_PORT) else free_port())
+def _start_store(store: SeaweedServer) -> SeaweedServer:
     STORE_PID_DIR.mkdir(parents=True, exist_ok=True)
     store.start(on_spawn=lambda pid: (STORE_PID_DIR / "seaweedfs.pid").write_text(f"{pid}\n"))
     store.make_bucket(BUCKET)

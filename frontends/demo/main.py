@@ -12,6 +12,7 @@ from app.client import ClusterHandle, Replicator
 from app.config import Settings, load_settings
 from app.errors import ReplicatorError, UserError
 from frontends.connect import replicator as connect
+from frontends.demo.backup import backup_and_restore
 from frontends.demo.common import (
     BACKENDS,
     BUCKETS,
@@ -30,7 +31,7 @@ from frontends.demo.common import (
     one_line,
     rel,
 )
-from frontends.demo.lake import copy_to_lake, start_store
+from frontends.demo.lake import copy_to_lake, plan_store, start_store
 from frontends.demo.processes import start_processes, stop_processes, wait_ready, worker_env
 from frontends.demo.replication import JobReport, checksums, replicate
 from frontends.demo.setup import (
@@ -60,7 +61,8 @@ def run() -> int:
     replicator, transfer, ports = _fresh_clusters(settings)
 
     steps.begin(2, "Workers", "workers")
-    procs, flower_port = start_processes(transfer.env, ports)
+    store = plan_store()  # for the last steps; the workers are told its address and keys
+    procs, flower_port = start_processes(transfer.env | store.env(), ports)
     console.print(
         f"  starting in the background: a transfer server per cluster "
         f"({', '.join(f'{c} :{p}' for c, p in ports.items())}), "
@@ -69,7 +71,7 @@ def run() -> int:
     )
     _say_how_bytes_travel(transfer)
 
-    store = start_store()  # for the last step; starts while the data is loaded
+    starting = start_store(store)  # while the data is loaded
 
     steps.begin(3, f"Data: TPC-H lineitem into {SOURCE}", "data")
     prod, rest = _first_load(replicator, sf)
@@ -83,12 +85,15 @@ def run() -> int:
     steps.begin(6, f"Verify: checksum {TABLE} on {SOURCE} and {TARGET}", "verify")
     equal, table = checksums(replicator)
     console.print(table)
-    in_lake = None
+    in_lake = backed_up = None
     if equal and all(j.state == "COMMITTED" for j in jobs):
         steps.begin(7, f"Lake: {TARGET}:{TABLE} into object storage (S3)", "lake")
-        in_lake = copy_to_lake(replicator, worker_env(transfer.env), store)
+        in_lake = copy_to_lake(replicator, worker_env(transfer.env), starting)
+    if in_lake is not None and in_lake.equal:
+        steps.begin(8, f"Backup: {TARGET}:{TABLE} into the store, one partition restored", "backup")
+        backed_up = backup_and_restore(replicator, starting.result())
     steps.end()
-    return print_summary(jobs, equal, flower_url, flower_ok, steps, in_lake)
+    return print_summary(jobs, equal, flower_url, flower_ok, steps, in_lake, backed_up)
 
 
 def _first_and_last_queue() -> str:

@@ -9,6 +9,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from app.units import MB
+from frontends.demo.backup import BackupResult
 from frontends.demo.common import LOG_DIR, SOURCE, TABLE, TARGET, console, rel
 from frontends.demo.lake import LakeResult
 from frontends.demo.replication import JobReport
@@ -49,6 +50,7 @@ def print_summary(
     flower_ok: bool,
     steps: Steps,
     lake: LakeResult | None = None,
+    backup: BackupResult | None = None,
 ) -> int:
     """Print the summary; returns the demo's exit code."""
     console.rule("[bold]Summary")
@@ -74,8 +76,19 @@ def print_summary(
             + ("[green]equal[/]" if lake.equal else "[red]NOT equal[/]")
             + f" to {TARGET}:{TABLE}"
         )
+    if backup is not None:
+        console.print(
+            f"  backup: {TARGET}:{TABLE} backed up as {escape(backup.backup)} "
+            f"({backup.bytes / MB:.1f} MB, {backup.seconds:.1f}s, {backup.state}); partition "
+            f"{backup.partition} v{backup.version} restored ({backup.restore_state}, "
+            f"{backup.restore_seconds:.1f}s), "
+            + ("[green]equal[/]" if backup.equal else "[red]NOT equal[/]")
+        )
     console.print(f"  demo time {steps.total:.0f}s: {steps.line()}")
     console.print("  [bold]make demo-down[/] stops the workers, Flower and SeaweedFS")
+    if backup is not None and not backup.ok:
+        console.print(f"[red]demo failed:[/] the backup step: {escape(backup.message or '')}")
+        return 1
     if lake is not None and not lake.equal:
         why = f"job {lake.report.ref} {lake.report.state}: {lake.report.message or 'no message'}"
         console.print(f"[red]demo failed:[/] the lake step: {escape(why)}")

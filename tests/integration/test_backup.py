@@ -377,6 +377,7 @@ def _bad_cases(rig: Rig) -> dict[str, tuple[list[str], str]]:
             ["backup", "create", f"bksrc:{TABLE}", "--repo", "s3://nobucket/x"],
             "create the bucket",
         ),
+        "list no dir": (["backup", "list", "--repo", str(rig.base / "nowhere")], "not a directory"),
         "show unknown": (["backup", "show", "nope", "--repo", url], "no finished backup"),
         "show bad name": (["backup", "show", "../x", "--repo", url], "is not valid"),
         "verify unknown": (["backup", "verify", "--repo", url, "nope"], "no finished backup"),
