@@ -56,6 +56,7 @@ from bench.common import (
     machine_info,
     parquet_rows,
     retry_busy,
+    sync_disks,
     total_bytes,
     write_section,
 )
@@ -70,6 +71,7 @@ from bench.run import (
     load_parallel,
     log,
     phases,
+    proc_cpu,
     running,
     start_backend_workers,
     start_run,
@@ -100,6 +102,9 @@ class Rig:
 def rclone_up(rig: Rig, transfers: int, prefix: str) -> dict[str, Any]:
     """One ``rclone copy`` of the source backends' data/ directories into ``prefix`` of the
     bucket: seconds, and the CPU seconds of the rclone process."""
+    assert rig.seaweed.proc is not None
+    sync_disks()
+    weed = proc_cpu(rig.seaweed.proc.pid)
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     seconds = _rclone(
         rig.seaweed, "copy", "--transfers", str(transfers), "--include", "/be*/data/**",
@@ -107,22 +112,25 @@ def rclone_up(rig: Rig, transfers: int, prefix: str) -> dict[str, Any]:
     )  # fmt: skip
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    weed = proc_cpu(rig.seaweed.proc.pid) - weed
     log(f"backup: rclone copy --transfers {transfers} ({prefix}) {seconds:.2f}s")
-    return {"transfers": transfers, "seconds": round(seconds, 2), "cpu_seconds": round(cpu, 2)}
+    return {"transfers": transfers, "seconds": round(seconds, 2),
+            "cpu_seconds": {"rclone": round(cpu, 2), "seaweedfs": round(weed, 2)}}  # fmt: skip
 
 
 def timed_job(
     rig: Rig, label: str, submit: Callable[[], Job], dst: BenchCluster, timeout: float = 900
 ) -> dict[str, Any]:
     """submit -> COMMITTED of a backup (``dst`` is then the source) or restore job, as a client
-    sees it, with the CPU seconds of the processes that took part; a job that does not commit
-    fails the run."""
+    sees it (after a ``sync``, as each rclone run), with the CPU seconds of the processes that
+    took part; a job that does not commit fails the run."""
     roles = cpu_roles(rig.run, rig.workers, rig.src, dst)
     if dst is rig.src:
         del roles["target workers"]
     assert rig.seaweed.proc is not None
     pid = rig.seaweed.proc.pid
     roles["seaweedfs"] = lambda: [pid]
+    sync_disks()
     meter = CpuMeter(roles)
     profiles = ProfileWindow(rig.run, label)
     wall = time.time()
@@ -261,6 +269,7 @@ def measure(run: Run, seaweed: SeaweedServer, args: argparse.Namespace) -> dict[
     t_start, load_at_start = time.perf_counter(), os.getloadavg()
     files = lineitem_files(args.scale, args.parts)
     rows_in = parquet_rows(files)
+    log(f"backup: lineitem SF{args.scale:g}, {rows_in:,} rows in {len(files)} files ready")
     with contextlib.ExitStack() as stack:
         src = run.cluster(stack, "bksrc", 2)
         part = stack.enter_context(bench_cluster("bkpart", 2, run.settings))
@@ -347,7 +356,10 @@ def _section(result: dict[str, Any], machine: dict[str, str], argv: str) -> str:
             "backends, one worker process each. Backups: submit -> COMMITTED; every byte "
             "hashed (xxh3) on its way up. rclone copy: the same rowset files from the source's "
             "data/ directories to another prefix of the same bucket (MD5 of each upload checked "
-            "by rclone), 4 and 8 transfers, before and after the backup; the best is compared.",
+            "by rclone), 4 and 8 transfers, before and after the backup; the best is compared. "
+            "Each timed step starts after `sync`. Restores: one partition, then all, of the "
+            "first backup, each into a fresh cluster; submit -> COMMITTED, the submit's object "
+            "check and source catalog included.",
             "",
             "| point | measured | ratio | target | met? |",
             "| --- | --- | --- | --- | --- |",

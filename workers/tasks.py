@@ -174,6 +174,18 @@ def backup_upload(self: Task, cluster: str, job_id: int, task_ids: list[int]) ->
     return _run(self, TaskKind.APPLY, cluster, job_id, task_ids)
 
 
+@celery.task(name="restore.snapshot", bind=True, ignore_result=True)
+def restore_snapshot(self: Task, cluster: str, job_id: int, task_ids: list[int]) -> dict[str, Any]:
+    """A restore's snapshots: ask the repository for the manifest's objects (target backend)."""
+    return _run(self, TaskKind.SNAPSHOT, cluster, job_id, task_ids)
+
+
+@celery.task(name="restore.apply", bind=True, ignore_result=True)
+def restore_apply(self: Task, cluster: str, job_id: int, task_ids: list[int]) -> dict[str, Any]:
+    """Fetch a restore's objects from the repository, verified, onto a target replica."""
+    return _run(self, TaskKind.APPLY, cluster, job_id, task_ids)
+
+
 @celery.task(name="replication.cleanup", ignore_result=True)
 def cleanup(cluster: str, job_id: int, backend: str) -> dict[str, Any]:
     """Remove what an aborted job left on this target backend (runs on its host)."""

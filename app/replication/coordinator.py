@@ -58,17 +58,25 @@ class Message:
     job_id: int
     task_ids: tuple[int, ...]
     backend: str | None = None  # for a clean-up: the backend whose storage it cleans
-    job_kind: JobKind = JobKind.REPLICATION
+    # Which worker tasks carry it, so Flower and the logs tell the flows apart: replication,
+    # backup (snapshot and upload) or restore (a replication from a repository).
+    flow: str = "replication"
 
     @property
     def task(self) -> str:
-        """The worker task's name: replication.snapshot, .apply or .cleanup; a backup's are
-        backup.snapshot and backup.upload (Flower and the metrics tell them apart by it)."""
+        """The worker task's name: replication.snapshot, .apply or .cleanup; backup.snapshot,
+        backup.upload; restore.snapshot, restore.apply."""
         if self.kind is None:
             return "replication.cleanup"
-        if self.job_kind is JobKind.BACKUP:
-            return "backup.snapshot" if self.kind is TaskKind.SNAPSHOT else "backup.upload"
-        return f"replication.{self.kind.lower()}"
+        if self.flow == "backup" and self.kind is TaskKind.APPLY:
+            return "backup.upload"
+        return f"{self.flow}.{self.kind.lower()}"
+
+
+def flow_of(job: Any) -> str:
+    if job.kind == JobKind.BACKUP:
+        return "backup"
+    return "restore" if job.options.get("restore") else "replication"
 
 
 @dataclass
@@ -281,7 +289,7 @@ class Coordinator:
     def _dispatch(
         self, conn: sa.Connection, cluster: str, job: Any, kind: TaskKind
     ) -> list[Message]:
-        job_id, job_kind = job.id, JobKind(job.kind)
+        job_id, flow = job.id, flow_of(job)
         # Tasks that ran out of attempts fail the job instead of looping for ever.
         taskrows.give_up(conn, job_id, kind, self.settings.task_max_attempts)
         due = taskrows.mark_due(conn, job_id, kind, self.settings.task_queued_timeout_sec)
@@ -296,7 +304,7 @@ class Coordinator:
             size = math.ceil(len(ids) / chunks)
             for i in range(0, len(ids), size):
                 messages.append(
-                    Message(kind, queue, cluster, job_id, tuple(ids[i : i + size]), None, job_kind)
+                    Message(kind, queue, cluster, job_id, tuple(ids[i : i + size]), None, flow)
                 )
         return messages
 

@@ -442,6 +442,15 @@ def test_metrics_show_backups_apart_and_restores_as_replications(rig: Rig, histo
         server.shutdown()
         server.server_close()
         thread.join(5)
+    # Flower names the tasks as the worker logs do: each flow its own.
+    for cluster, task in [("bksrc", "backup.snapshot"), ("bksrc", "backup.upload"),
+                          ("bkdst1", "restore.snapshot"), ("bkdst1", "restore.apply")]:  # fmt: skip
+        logs = [
+            p.log.read_text()
+            for n, p in rig.workers.procs.items()
+            if n.startswith(f"be.{cluster}.")
+        ]
+        assert any(f"Task {task}[" in text for text in logs), (cluster, task)
     # A restore's source catalog is gone: no lag to read there, and the scrape is whole.
     assert one(s, "replicator_up") == 1
     first, second = history["repo"].backups(TABLE).backups
