@@ -74,10 +74,10 @@ def submit_restore(
             restore=restore,
         )
     except BaseException:
-        view.drop(settings, src_cluster)
+        view.drop(settings, src_cluster, src_table)
         raise
     if not created or _finished(dst, job_id):  # up to date already: no job reads the source
-        view.drop(settings, src_cluster)
+        view.drop(settings, src_cluster, src_table)
     return cluster, job_id, created, choice
 
 

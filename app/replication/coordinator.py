@@ -329,7 +329,10 @@ class Coordinator:
             steps.append(("target catalog", lambda: finish.forget_target(dst, job.txn_id)))
         if finished and restore_view.is_view(job.src_cluster):  # a restore's source goes too
             steps.append(
-                ("restore source", lambda: restore_view.drop(self.settings, job.src_cluster))
+                (
+                    "restore source",
+                    lambda: restore_view.drop(self.settings, job.src_cluster, job.src_table),
+                )
             )
         for what, run in steps:
             try:

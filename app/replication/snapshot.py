@@ -9,6 +9,8 @@ timeout and then releases them), so a dead job never pins files for ever.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import sqlalchemy as sa
@@ -291,11 +293,24 @@ def _holds_all(root: str, rowsets: list[model.RowsetInfo]) -> bool:
     if root.startswith(VIEW_PREFIX):
         repo = Repository(root.removeprefix(VIEW_PREFIX))
         repo.check()
-        return all(repo.has(FileMeta.from_json(f)) for r in rowsets for f in r.files)
+        metas = [FileMeta.from_json(f) for r in rowsets for f in r.files]
+        return all(_each(repo.has, metas))
     storage = storage_for(root)
     storage.check()
-    return all(
-        storage.size(f"{rowset_dir(r.tablet_id, r.id)}/{f['name']}") == int(f["size"])
+    wanted = [
+        (f"{rowset_dir(r.tablet_id, r.id)}/{f['name']}", int(f["size"]))
         for r in rowsets
         for f in r.files
-    )
+    ]
+    if not is_object_root(root):  # a stat each: nothing to wait for
+        return all(storage.size(path) == size for path, size in wanted)
+    return all(_each(lambda w: storage.size(w[0]) == w[1], wanted))
+
+
+def _each(ask: Callable[[Any], bool], items: list[Any]) -> list[bool]:
+    """``ask`` of every item, 16 requests at a time: a store answers a HEAD in milliseconds,
+    and one after another they made most of a restore's snapshot phase (80 files: 0.4 s)."""
+    if len(items) <= 1:
+        return [ask(i) for i in items]
+    with ThreadPoolExecutor(min(16, len(items)), thread_name_prefix="head") as pool:
+        return list(pool.map(ask, items))

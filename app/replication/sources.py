@@ -162,7 +162,10 @@ def sources_for(
     settings: Settings, src_cluster: str, backend_ids: list[int], token: str | None
 ) -> list[Source]:
     """The task's source replicas, in the order to try, as this host reaches them."""
-    backends = _backends(Cluster(settings, src_cluster))
+    cluster = Cluster(settings, src_cluster)
+    backends = _backends(cluster)
+    if any(int(b) not in backends for b in backend_ids):  # added since they were read: again
+        backends = _backends(cluster, fresh=True)
     out: list[Source] = []
     for b in backend_ids:
         backend = backends.get(int(b))
@@ -199,9 +202,9 @@ BACKENDS_TTL_SEC = 5.0
 _backends_seen: dict[str, tuple[float, dict[int, model.Backend]]] = {}
 
 
-def _backends(cluster: Cluster) -> dict[int, model.Backend]:
+def _backends(cluster: Cluster, fresh: bool = False) -> dict[int, model.Backend]:
     seen = _backends_seen.get(cluster.dsn)
-    if seen is not None and time.monotonic() - seen[0] < BACKENDS_TTL_SEC:
+    if not fresh and seen is not None and time.monotonic() - seen[0] < BACKENDS_TTL_SEC:
         return seen[1]
     with cluster.engine.connect() as conn:
         backends = model.list_backends(conn)

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pytest
 
 from app.backup.handle import RepositoryHandle
+from app.backup.view import VIEW_CLUSTER
 from app.client import ClusterHandle, Job, Replicator
 from app.config import Settings
 from app.errors import CorruptBackup, InvalidRequest, NotFound
@@ -188,7 +189,7 @@ def test_each_backup_restores_to_what_the_source_held_then(rig: Rig, history: di
     assert _content(dst2, TABLE) == _content(rig.src, TABLE)
     assert _sorted_rows(dst2, TABLE).equals(_sorted_rows(rig.src, TABLE))
     # The restore's source catalog is gone with its job.
-    assert not [c for c in _catalogs(rig) if c.startswith("restore_")]
+    assert _view_tables(rig) == []
 
 
 def test_one_partition_restores_at_an_older_version(rig: Rig, history: dict) -> None:
@@ -231,8 +232,14 @@ def test_versions_no_backup_holds_are_refused_in_one_line(rig: Rig, history: dic
 def _catalogs(rig: Rig) -> list[str]:
     from app.catalog.engine import discover_clusters
 
-    names = discover_clusters(rig.replicator.settings.dsn_template, [])
-    return names
+    return discover_clusters(rig.replicator.settings.dsn_template, [])
+
+
+def _view_tables(rig: Rig) -> list[str]:
+    """The tables left in the restores' source catalog (each restore's is dropped at its end)."""
+    if VIEW_CLUSTER not in _catalogs(rig):
+        return []
+    return [t.full_name for t in rig.replicator.cluster(VIEW_CLUSTER).tables()]
 
 
 def test_verify_names_a_corrupted_object_and_a_restore_that_needs_it_aborts(
@@ -287,7 +294,7 @@ def test_a_restore_of_a_missing_object_is_refused_before_any_job(rig: Rig, histo
             repo.restore(TABLE, to="bkdst5")
         assert len(rig.replicator.jobs("bkdst5")) == jobs_before
         assert "sales" not in {t.db_name for t in rig.fresh("bkdst5").tables()}
-        assert not [c for c in _catalogs(rig) if c.startswith("restore_")]
+        assert _view_tables(rig) == []
     finally:
         with store.open_write(key) as f:
             f.write(good)
@@ -352,6 +359,10 @@ def test_the_command_line_backs_up_lists_verifies_and_restores(rig: Rig, history
     assert restored.returncode == 0 and "COMMITTED" in restored.stdout, restored.stderr
     dst = rig.fresh("bkdst3")
     assert _content(dst, "sales.q3") == _content(rig.src, TABLE, ["p2023q3"])
+    jobs = rig.cli("jobs", "--cluster", "bksrc")
+    assert jobs.returncode == 0 and m.name in jobs.stdout, jobs.stderr
+    shown_job = rig.cli("job", "show", f"bksrc:{m.job_id}")
+    assert shown_job.returncode == 0 and "COMMITTED" in shown_job.stdout, shown_job.stderr
     pruned = rig.cli("backup", "prune", "--repo", url, "--keep", "1", "--dry-run")
     assert pruned.returncode == 0 and "would delete 0 backups" in pruned.stdout, pruned.stderr
 
@@ -415,6 +426,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(rig: Rig, history: dic
     jobs = {c: len(rig.replicator.jobs(c)) for c in ["bksrc", "bkdst5"]}
     objects = _objects(rig, "main")
     catalogs = set(_catalogs(rig))
+    views = _view_tables(rig)
     with ThreadPoolExecutor(4) as pool:
         results = {n: pool.submit(rig.cli, *args) for n, (args, _) in cases.items()}
     for name, future in results.items():
@@ -426,6 +438,7 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(rig: Rig, history: dic
     assert {c: len(rig.replicator.jobs(c)) for c in ["bksrc", "bkdst5"]} == jobs
     assert _objects(rig, "main") == objects
     assert set(_catalogs(rig)) == catalogs
+    assert _view_tables(rig) == views
     assert not (rig.base / "bksrc" / "be1" / "repo").exists()
 
 
