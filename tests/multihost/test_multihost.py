@@ -570,3 +570,25 @@ def test_gc_deletes_stale_files_on_the_hosts_that_hold_them(mh: MultiHost) -> No
         for r in mh.rows(SRC, "SELECT state FROM rowsets WHERE id = ANY(:ids)", ids=list(stale))
     }
     assert states == {"STALE"}
+
+
+def test_a_backup_uploads_on_the_source_host_and_a_restore_applies_on_the_target_host(
+    mh: MultiHost, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The source's files are visible only on its host: its workers upload the backup to the
+    store on the bridge; the target's workers read the restore from there. The restored table
+    equals the source, its checksums read on the target's host."""
+    mh.ensure_running()
+    for key, value in mh.store.env().items():  # this process checks the repository's bucket
+        monkeypatch.setenv(key, value)
+    repo = mh.replicator.repository(f"s3://lake/backups-{time.time_ns()}")
+    backup = committed(repo.backup(f"{SRC}:{TABLE}"))
+    uploaders = {str(t.worker).split("@")[0] for t in backup.tasks() if t.kind == TaskKind.APPLY}
+    assert uploaders and all(w.startswith(f"be.{SRC}.") for w in uploaders), uploaders
+    (m,) = repo.backups().backups
+    assert m.uploaded_bytes == m.bytes > 0
+    restore = committed(repo.restore(TABLE, to=f"{DST}:tpch.restored"))
+    appliers = {str(t.worker).split("@")[0] for t in restore.tasks() if t.kind == TaskKind.APPLY}
+    assert appliers and all(w.startswith(f"be.{DST}.") for w in appliers), appliers
+    assert mh.hostcmd("dst", "checksum", DST, "tpch.restored") == mh.content(SRC, TABLE)
+    record("backup_and_restore_across_hosts", backup_bytes=m.bytes, objects=len(m.objects()))
