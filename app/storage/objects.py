@@ -71,6 +71,11 @@ class ObjectRoot:
     @staticmethod
     def parse(root: str) -> ObjectRoot:
         """The root's parts, validated; InvalidRequest (one line, what to give) otherwise."""
+        if "@" in root:  # said without the root: what is before the @ may be a secret
+            raise InvalidRequest(
+                "an s3:// root carries no credentials (it is kept in catalogs and jobs): put "
+                "them in AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY and give s3://BUCKET/PREFIX"
+            )
         parts = urlsplit(root)
         if parts.scheme != "s3" or not parts.netloc:
             raise InvalidRequest(f"storage root {root!r} is not s3://BUCKET/PREFIX")
@@ -121,6 +126,11 @@ class ObjectRoot:
 
 def _endpoint(url: str, root: str) -> str:
     e = urlsplit(url)
+    if "@" in e.netloc:
+        raise InvalidRequest(
+            "an S3 endpoint carries no credentials: put them in AWS_ACCESS_KEY_ID and "
+            "AWS_SECRET_ACCESS_KEY and give http(s)://HOST[:PORT]"
+        )
     if e.scheme not in ("http", "https") or not e.hostname or e.path not in ("", "/") or e.query:
         raise InvalidRequest(
             f"storage root {root!r}: endpoint {url!r} is not http(s)://HOST[:PORT]"

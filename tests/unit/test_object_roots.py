@@ -41,6 +41,15 @@ def test_a_malformed_root_is_refused_with_what_is_wrong(root: str, says: str) ->
         ObjectRoot.parse(root)
 
 
+@pytest.mark.parametrize(
+    "root", ["s3://AKIAXYZ:s3cr3t@lake/x", "s3://lake/x?endpoint=http://AKIAXYZ:s3cr3t@h:1"]
+)
+def test_a_root_with_credentials_is_refused_without_repeating_them(root: str) -> None:
+    with pytest.raises(InvalidRequest, match="carries no credentials") as exc:
+        ObjectRoot.parse(root)
+    assert "s3cr3t" not in str(exc.value) and "AKIAXYZ" not in str(exc.value)
+
+
 def test_roots_overlap_only_in_one_store_and_one_bucket_along_the_prefix() -> None:
     def root(text: str) -> ObjectRoot:
         return ObjectRoot.parse(text + "?endpoint=http://h:1")
