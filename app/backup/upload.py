@@ -48,6 +48,8 @@ class _Beat:
         self.moved = 0  # bytes that passed through this process
         self.lock = threading.Lock()
         self.last = time.monotonic()
+        # Set once a renewal finds the job ended or cancelled: no thread starts another file.
+        self.stopped = threading.Event()
 
     def __call__(self, n: int) -> None:
         self.throttle(n)
@@ -62,7 +64,11 @@ class _Beat:
             if due:
                 self.last = time.monotonic()
         if due:
-            self.runner.renew(self.claims)
+            try:
+                self.runner.renew(self.claims)
+            except LeaseLost:
+                self.stopped.set()
+                raise
             if self.progress:
                 self.progress(self.done, self.total)
 
@@ -133,6 +139,8 @@ def _upload_one(
 ) -> int | None:
     """Upload one file unless the repository has it: the new object's size, or None if it
     was there (the bytes that came through this process are the beat's count)."""
+    if beat.stopped.is_set():
+        raise LeaseLost("the backup ended or was cancelled; its other uploads stop")
     if repo.has(meta):
         beat.add(meta.size)
         return None
