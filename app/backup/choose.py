@@ -15,8 +15,9 @@ import logging
 from dataclasses import dataclass
 
 from app.backup import manifest as mf
+from app.backup import ops
 from app.backup.repo import Repository, check_backup_name
-from app.errors import CorruptBackup, InvalidRequest, NotFound
+from app.errors import InvalidRequest, NotFound
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +43,10 @@ def held_versions(p: mf.Partition) -> list[int]:
 def manifests_of(repo: Repository, table: str) -> list[mf.Manifest]:
     """The finished backups of ``table`` in the repository, oldest first. A manifest that does
     not check out is left out with a warning (``backup verify`` names it)."""
-    out = []
-    for name in repo.names():
-        text = repo.read_manifest_text(name)
-        if text is None:
-            continue
-        try:
-            m = mf.parse(name, text)
-        except CorruptBackup as exc:
-            log.warning("%s", exc)
-            continue
-        if m.table == table:
-            out.append(m)
-    return sorted(out, key=lambda m: (m.taken_at, m.name))
+    listing = ops.list_backups(repo, table)
+    for line in listing.corrupt:
+        log.warning("%s", line)
+    return listing.backups
 
 
 def load(repo: Repository, name: str) -> mf.Manifest:
@@ -126,13 +118,14 @@ def _versions(
         if not restorable(p, want):
             return (
                 out,
-                f"partition {name} is held at versions {_span(held_versions(p))}, not {want}",
+                f"partition {name} is held at versions {span(held_versions(p))}, not {want}",
             )
         out[name] = want
     return out, None
 
 
-def _span(held: list[int]) -> str:
+def span(held: list[int]) -> str:
+    """Versions for people: ``1..7`` when they run on, else the last few."""
     if not held:
         return "none"
     if held == list(range(held[0], held[-1] + 1)):

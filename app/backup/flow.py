@@ -16,14 +16,13 @@ backup differs only in what these three actions do:
 from __future__ import annotations
 
 import datetime as dt
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import sqlalchemy as sa
 
 from app import txn as txns
 from app.backup import manifest as mf
-from app.backup.repo import Repository
+from app.backup.repo import Repository, object_key
 from app.catalog import model
 from app.catalog import schema as s
 from app.cluster import Cluster
@@ -129,10 +128,8 @@ def commit(conn: sa.Connection, job: Any) -> Result:
     except ReplicatorError as exc:
         return Result(Action.COMMIT, Outcome.REFUSED, str(exc))
     repo = Repository(job.options["repo"])
-    needed = list(manifest.objects().items())
-    with ThreadPoolExecutor(16) as pool:  # one HEAD per object, 16 at a time
-        present = list(pool.map(lambda kv: repo.has(kv[1]), needed))
-    gone = [k for (k, _), ok in zip(needed, present, strict=True) if not ok]
+    needed = manifest.objects()
+    gone = [object_key(m) for m in repo.missing(list(needed.values()))]
     if gone:
         return Result(
             Action.COMMIT,

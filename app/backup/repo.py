@@ -21,6 +21,7 @@ import os
 import re
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 from app.errors import ChecksumMismatch, CorruptBackup, InvalidRequest, StorageUnavailable
 from app.storage import roots
@@ -88,6 +89,16 @@ class Repository:
         """Whether the object for ``meta`` is there, at its size (its bytes are checked by
         ``backup verify`` and by every read, not here: one HEAD per file)."""
         return self.storage.size(object_key(meta)) == meta.size
+
+    def missing(self, metas: list[FileMeta]) -> list[FileMeta]:
+        """Those of ``metas`` whose object is not there at its size: one HEAD each, 16 at a
+        time (a store answers in milliseconds; one after another they made most of a
+        one-partition restore's snapshot phase, 80 files: 0.4 s)."""
+        if len(metas) <= 1:
+            return [m for m in metas if not self.has(m)]
+        with ThreadPoolExecutor(min(16, len(metas)), thread_name_prefix="head") as pool:
+            present = list(pool.map(self.has, metas))
+        return [m for m, ok in zip(metas, present, strict=True) if not ok]
 
     def put(
         self, src: StorageClient, path: str, meta: FileMeta, on_progress: Callable[[int], object]

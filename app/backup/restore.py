@@ -8,7 +8,6 @@ first, and a refused submit drops the source catalog it had built.
 from __future__ import annotations
 
 import datetime as dt
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import sqlalchemy as sa
@@ -115,9 +114,7 @@ def _check_objects(repo: Repository, choice: Choice) -> None:
         if r.end <= choice.versions[p.name]
         for f in r.files
     }
-    with ThreadPoolExecutor(16) as pool:
-        present = list(pool.map(repo.has, needed.values()))
-    missing = [f for f, ok in zip(needed.values(), present, strict=True) if not ok]
+    missing = repo.missing(list(needed.values()))
     if missing:
         raise CorruptBackup(
             f"backup {choice.manifest.name} lacks {len(missing)} of the {len(needed)} objects "

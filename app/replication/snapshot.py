@@ -293,8 +293,7 @@ def _holds_all(root: str, rowsets: list[model.RowsetInfo]) -> bool:
     if root.startswith(VIEW_PREFIX):
         repo = Repository(root.removeprefix(VIEW_PREFIX))
         repo.check()
-        metas = [FileMeta.from_json(f) for r in rowsets for f in r.files]
-        return all(_each(repo.has, metas))
+        return not repo.missing([FileMeta.from_json(f) for r in rowsets for f in r.files])
     storage = storage_for(root)
     storage.check()
     wanted = [

@@ -102,7 +102,7 @@ def backup_show(name: str, repo: Repo) -> None:
 
 
 def _print_manifest(m: Manifest) -> None:
-    from app.backup.choose import held_versions
+    from app.backup.choose import held_versions, span
 
     out.print(
         f"backup {safe(m.name)}: {safe(m.table)} of cluster {safe(m.cluster)}, taken "
@@ -114,16 +114,10 @@ def _print_manifest(m: Manifest) -> None:
         held = held_versions(p)
         rowsets = [r for tab in p.tablets for r in tab.rowsets]
         t.add_row(
-            safe(p.name), str(p.version), _versions(held), str(len(rowsets)),
+            safe(p.name), str(p.version), span(held), str(len(rowsets)),
             str(sum(r.num_rows for r in rowsets)), size(sum(f.size for f in p.files())),
         )  # fmt: skip
     out.print(t)
-
-
-def _versions(held: list[int]) -> str:
-    if held and held == list(range(held[0], held[-1] + 1)):
-        return f"{held[0]}..{held[-1]}"
-    return ", ".join(map(str, held[-6:])) + (" ..." if len(held) > 6 else "")
 
 
 @backup_cli.command("verify")

@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from app.backup.choose import held_versions
+from app.backup.choose import held_versions, span
 from app.client import ClusterHandle, Replicator
 from app.replication.state import JobState
 from app.storage.objects import ObjectStorage
@@ -63,7 +63,7 @@ def backup_and_restore(replicator: Replicator, store: Store) -> BackupResult:
     )
     part = max(m.partitions, key=lambda p: (sum(f.size for f in p.files()), p.name))
     console.print(
-        f"  it can restore partition {part.name} at versions {_span(held_versions(part))}; "
+        f"  it can restore partition {part.name} at versions {span(held_versions(part))}; "
         f"restoring {part.name} at v{part.version} into {TARGET}:{RESTORED}"
     )
     result.partition, result.version = part.name, part.version
@@ -88,9 +88,3 @@ def backup_and_restore(replicator: Replicator, store: Store) -> BackupResult:
 
 def _sums(handle: ClusterHandle, table: str, partition: str) -> list[tuple[int, str]]:
     return [(c.rows, c.checksum) for c in handle.checksum(table, [partition])]
-
-
-def _span(held: list[int]) -> str:
-    if held and held == list(range(held[0], held[-1] + 1)):
-        return f"{held[0]}..{held[-1]}"
-    return ", ".join(map(str, held))
