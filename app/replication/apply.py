@@ -119,13 +119,13 @@ def apply_batch(
         last_flush = time.monotonic()
         # A window's small files come first, in a request or so; then its tasks one by one.
         for window in prefetch.windows(claims):
-            prefetch.prefetch(
+            installed = prefetch.prefetch(
                 runner.settings, job, runner.job_id, window, backends, beat.throttle, beat.ahead
             )
             for claim in window:
                 beat.start(claim)
                 try:
-                    applied.append(_apply_one(runner, job, claim, backends, beat, out))
+                    applied.append(_apply_one(runner, job, claim, backends, beat, installed))
                 except LeaseLost:
                     raise
                 except Exception as exc:  # recorded on that task's row
@@ -171,8 +171,10 @@ def _apply_one(
     claim: Claimed,
     backends: dict[int, model.Backend],
     beat: Heartbeat,
-    out: BatchOutcome,
+    installed: set[tuple[str, str]],
 ) -> _Applied:
+    """Bring the claim's files to the target replica; ``installed``: paths the batch's prefetch
+    wrote already (storage root, path), verified in memory, which need no second look."""
     task = claim.row
     manifest = task.manifest
     target = storage_for(backends[task.dst_backend_id].storage_root)
@@ -190,7 +192,9 @@ def _apply_one(
             names.file_name(meta.name)
             final = f"{rowset_dir(task.dst_tablet_id, dst_rowset)}/{meta.name}"
             staged = receiving_path(target, job.txn_id, dst_rowset, final)
-            if verify_file(target, final, meta):
+            if (target.root, final) in installed:
+                pass
+            elif verify_file(target, final, meta):
                 if claim.attempt > 1 and staged != final:
                     # An earlier attempt may have installed it and left its staged copy.
                     target.delete_tree(staged)
