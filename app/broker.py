@@ -102,6 +102,16 @@ def claim_key(settings: Settings, key: str, ttl_sec: float) -> bool:
     return bool(shared_client(settings).set(key, "1", nx=True, px=ttl_ms))
 
 
+def claim_keys(settings: Settings, keys: list[str], ttl_sec: float) -> list[bool]:
+    """:func:`claim_key` of each key, in one round trip (a pipeline, not a transaction: each
+    claim stands on its own)."""
+    ttl_ms = max(1, int(ttl_sec * 1000))
+    pipe = shared_client(settings).pipeline(transaction=False)
+    for key in keys:
+        pipe.set(key, "1", nx=True, px=ttl_ms)
+    return [bool(ok) for ok in pipe.execute()]
+
+
 def release_key(settings: Settings, key: str) -> None:
     """Give up a claim early (the work it stood for has ended)."""
     shared_client(settings).delete(key)

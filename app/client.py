@@ -28,10 +28,11 @@ from app.backup.handle import RepositoryHandle
 from app.catalog import model
 from app.cluster import Cluster, PartitionSpec
 from app.config import Settings, load_settings
-from app.errors import JobTimeout
+from app.errors import InvalidRequest, JobTimeout
 from app.replication import jobs as _jobs
 from app.replication.dryrun import DryRun, dry_run
 from app.replication.state import JobState
+from app.replication.submit import Request as Request
 from app.schema import ColumnDef
 from app.storage import compaction, gc
 from app.storage.load import Loader, LoadResult, LoadSource
@@ -160,11 +161,17 @@ Notify = Callable[[str, int], None]
 class Job:
     """A replication job, as its target cluster's catalog records it."""
 
-    def __init__(self, replicator: Replicator, cluster: str, job_id: int) -> None:
+    def __init__(
+        self,
+        replicator: Replicator,
+        cluster: str,
+        job_id: int,
+        record: _jobs.JobRecord | None = None,
+    ) -> None:
         self._r = replicator
         self.cluster = cluster
         self.id = job_id
-        self._record = _jobs.get(replicator.settings, cluster, job_id)
+        self._record = record or _jobs.get(replicator.settings, cluster, job_id)
 
     def __repr__(self) -> str:
         return f"<Job {self.ref} {self.state} {self._record.src} -> {self._record.dst}>"
@@ -293,6 +300,28 @@ class Replicator:
             overwrite=overwrite,
         )
         return self._job_of(cluster, job_id, created)
+
+    def replicate_many(self, requests: Sequence[Request]) -> list[Job]:
+        """Submit jobs to one target cluster at once, all or none: each ``Request(src, dst,
+        ...)`` takes the options of :meth:`replicate`. Catalogs are read in a few queries for
+        the whole batch and the jobs recorded in one insert (bench/RESULTS.md, concurrency).
+        A request refused refuses the batch with one UserError; nothing is recorded."""
+        for r in requests:
+            if not isinstance(r, Request) or r.repair or r.schema_changes or r.restore:
+                raise InvalidRequest(
+                    "replicate_many takes app.client.Request(src, dst, ...) items with the "
+                    "options of replicate()"
+                )
+        submitted = _jobs.submit_many(self.settings, list(requests))
+        if not submitted:
+            return []
+        cluster = submitted[0][0]
+        records = _jobs.get_many(self.settings, cluster, [job_id for _, job_id, _ in submitted])
+        jobs = [Job(self, cluster, job_id, records[job_id]) for _, job_id, _ in submitted]
+        for job, (_, _, created) in zip(jobs, submitted, strict=True):
+            if created and not job.state.final:
+                self.nudge(cluster, job.id)
+        return jobs
 
     def _job_of(self, cluster: str, job_id: int, created: bool) -> Job:
         job = Job(self, cluster, job_id)

@@ -23,17 +23,19 @@ from app.storage import gc as storage_gc
 from app.sync import tick as sync
 from app.sync.verify import CheckRequest, check_files
 from workers.celery_app import celery, settings
-from workers.nudge import nudge, nudge_soon
+from workers.nudge import nudge, nudge_many, nudge_soon, tick_started
 
 log = logging.getLogger(__name__)
 
 _clusters_cache: tuple[float, list[str]] = (0.0, [])
 
-# The beat ticks the jobs with something to do (Coordinator.due_jobs, one query per cluster),
+# The beat finds the jobs with something to do (Coordinator.due_jobs, one query per cluster)
 # and a slice of the other active jobs in turn (sweep.py), so that a job whose need due_jobs
-# does not foresee waits about FULL_SWEEP_SEC at most, and no beat ticks more than
-# sweep.MAX_SLICE of them: a beat that ticked all of 1,000 waiting jobs took 4.8 s.
-FULL_SWEEP_SEC = 10.0
+# does not foresee waits about FULL_SWEEP_SEC at most; it ticks none of them itself but sends
+# each a tick message (workers/nudge.py: at most one waits per job), which the coordinator's
+# processes share. A beat that ticked its jobs one after another grew with them: 8.2 s over 144
+# jobs (bench concurrency), during which no other beat ran.
+FULL_SWEEP_SEC = 30.0
 _sweeps: dict[str, Sweep] = {}
 
 
@@ -64,38 +66,56 @@ def _kwargs(m: Message) -> dict[str, Any]:
 
 
 @celery.task(name="replication.tick", bind=True, acks_late=False, ignore_result=True)
-def tick(self: Task, cluster: str | None = None, job_id: int | None = None) -> dict[str, Any]:
-    """Advance one job (a nudge) or every active job of every cluster (the beat)."""
-    coordinator = Coordinator(settings, actor=self.request.hostname or "coordinator")
-    advanced = 0
-    targets: list[tuple[str, int]] = []
-    if cluster is not None and job_id is not None:
-        targets = [(cluster, job_id)]
-    else:
-        for name in clusters():
-            try:
-                due = coordinator.due_jobs(name)
-                swept = _sweeps.setdefault(name, Sweep(FULL_SWEEP_SEC))
-                more = swept.slice(coordinator.active_jobs(name), time.monotonic())
-                targets += [(name, j) for j in dict.fromkeys([*due, *more])]
-            except Exception as exc:
-                log.warning("cannot list jobs of cluster %s: %s", name, exc)
+def tick(
+    self: Task,
+    cluster: str | None = None,
+    job_id: int | None = None,
+    job_ids: list[int] | None = None,
+) -> dict[str, Any]:
+    """Advance one job (a nudge) or a few (the beat's chunks), or send a tick to every job that
+    needs one (the beat itself)."""
     if cluster is None:
-        # The beat's look at the sync policies rides on this tick rather than a beat message of
-        # its own: a second message a second made the coordinator twice as likely to hold an
-        # unacknowledged one when the broker goes away, which kombu's Redis transport can fail
-        # to restore (AttributeError on the torn-down connection: the worker exits).
-        sync_all()
-    for name, jid in targets:
+        return _beat()
+    ids = [job_id] if job_id is not None else list(job_ids or [])
+    coordinator = Coordinator(settings, actor=self.request.hostname or "coordinator")
+    advanced, took = 0, []
+    for jid in ids:
+        t0 = time.perf_counter()
+        tick_started(cluster, jid)
         try:
-            result = coordinator.tick(name, jid)
+            result = coordinator.tick(cluster, jid)
         except Exception as exc:
-            log.warning("tick of job %s:%s failed: %s", name, jid, exc)
+            log.warning("tick of job %s:%s failed: %s", cluster, jid, exc)
             continue
         send(result.messages)
         advanced += bool(result.messages) or result.finished
-        # A transition may make the next one due at once (e.g. plan -> dispatch done already).
-    return {"jobs": len(targets), "advanced": advanced}
+        took.append(round((time.perf_counter() - t0) * 1000, 1))
+    # A chunk says how long each of its jobs took (bench/run.py reads it from the log).
+    return {"jobs": len(ids), "advanced": advanced} | ({"ms": took} if job_id is None else {})
+
+
+def _beat() -> dict[str, Any]:
+    """The beat: one query per cluster names the jobs to tick; they are sent tick messages."""
+    coordinator = Coordinator(settings, actor="beat")
+    found = nudged = open_jobs = 0
+    for name in clusters():
+        try:
+            due = coordinator.due_jobs(name)
+            active = coordinator.active_jobs(name)
+            more = _sweeps.setdefault(name, Sweep(FULL_SWEEP_SEC)).slice(active, time.monotonic())
+        except Exception as exc:
+            log.warning("cannot list jobs of cluster %s: %s", name, exc)
+            continue
+        open_jobs += len(active)
+        chosen = list(dict.fromkeys([*due, *more]))
+        found += len(chosen)
+        nudged += nudge_many(name, chosen)
+    # The beat's look at the sync policies rides on this tick rather than a beat message of
+    # its own: a second message a second made the coordinator twice as likely to hold an
+    # unacknowledged one when the broker goes away, which kombu's Redis transport can fail
+    # to restore (AttributeError on the torn-down connection: the worker exits).
+    sync_all()
+    return {"sweep": found, "open": open_jobs, "nudged": nudged}
 
 
 def advance_here(cluster: str, job_id: int, actor: str) -> None:

@@ -89,15 +89,21 @@ class RowsetInfo:
 
 
 def find_table(conn: sa.Connection, full_name: str, cluster: str = "") -> TableInfo | None:
-    db_name, table_name = split_table_name(full_name)
-    row = conn.execute(
+    return find_tables(conn, [full_name]).get(full_name)
+
+
+def find_tables(conn: sa.Connection, full_names: list[str]) -> dict[str, TableInfo]:
+    """The tables of these names that exist, by name: one query however many are asked."""
+    wanted = {f"{d}.{t}" for d, t in map(split_table_name, full_names)}
+    if not wanted:
+        return {}
+    rows = conn.execute(
         sa.select(s.tables, s.databases.c.name.label("db_name"))
         .join(s.databases, s.databases.c.id == s.tables.c.db_id)
-        .where(s.databases.c.name == db_name, s.tables.c.name == table_name)
-    ).first()
-    if row is None:
-        return None
-    return table_from_row(row._mapping)
+        .where(any_of(s.databases.c.name + "." + s.tables.c.name, wanted))
+    ).all()
+    found = {f"{r.db_name}.{r.name}": table_from_row(r._mapping) for r in rows}
+    return {n: found[n] for n in full_names if n in found}
 
 
 def get_table(conn: sa.Connection, full_name: str, cluster: str = "") -> TableInfo:
@@ -147,12 +153,20 @@ def list_tables(conn: sa.Connection) -> list[TableInfo]:
 
 
 def list_partitions(conn: sa.Connection, table_id: int) -> list[PartitionInfo]:
+    return partitions_of(conn, [table_id])[table_id]
+
+
+def partitions_of(conn: sa.Connection, table_ids: list[int]) -> dict[int, list[PartitionInfo]]:
+    """Each table's partitions, by id: one query however many tables."""
+    out: dict[int, list[PartitionInfo]] = {t: [] for t in table_ids}
     rows = conn.execute(
         sa.select(s.partitions)
-        .where(s.partitions.c.table_id == table_id)
+        .where(any_of(s.partitions.c.table_id, table_ids))
         .order_by(s.partitions.c.id)
     ).all()
-    return [partition_from_row(r._mapping) for r in rows]
+    for r in rows:
+        out[r.table_id].append(partition_from_row(r._mapping))
+    return out
 
 
 def partition_from_row(m: Any) -> PartitionInfo:
@@ -169,8 +183,15 @@ def partition_from_row(m: Any) -> PartitionInfo:
 
 
 def list_tablets(conn: sa.Connection, table_id: int) -> list[TabletInfo]:
+    return tablets_of(conn, [table_id])[table_id]
+
+
+def tablets_of(conn: sa.Connection, table_ids: list[int]) -> dict[int, list[TabletInfo]]:
+    """Each table's tablets with their replicas' backends, by table id: one query."""
+    out: dict[int, list[TabletInfo]] = {t: [] for t in table_ids}
     rows = conn.execute(
         sa.select(
+            s.partitions.c.table_id,
             s.tablets.c.id,
             s.tablets.c.partition_id,
             s.tablets.c.bucket,
@@ -180,11 +201,13 @@ def list_tablets(conn: sa.Connection, table_id: int) -> list[TabletInfo]:
         )
         .join(s.partitions, s.partitions.c.id == s.tablets.c.partition_id)
         .join(s.replicas, s.replicas.c.tablet_id == s.tablets.c.id)
-        .where(s.partitions.c.table_id == table_id)
-        .group_by(s.tablets.c.id)
+        .where(any_of(s.partitions.c.table_id, table_ids))
+        .group_by(s.partitions.c.table_id, s.tablets.c.id)
         .order_by(s.tablets.c.partition_id, s.tablets.c.bucket)
     ).all()
-    return [TabletInfo(r.id, r.partition_id, r.bucket, tuple(r.backend_ids)) for r in rows]
+    for r in rows:
+        out[r.table_id].append(TabletInfo(r.id, r.partition_id, r.bucket, tuple(r.backend_ids)))
+    return out
 
 
 def list_backends(conn: sa.Connection) -> dict[int, Backend]:

@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from app.catalog import schema as s
+from app.catalog.arrays import any_of
 from app.cluster import Cluster
 from app.config import Settings
 from app.errors import InvalidRequest, NotFound
@@ -16,7 +17,9 @@ from app.replication import taskrows
 from app.replication.progress import KindProgress
 from app.replication.progress import progress as task_progress
 from app.replication.state import ACTIVE_STATES, JobKind, JobState
+from app.replication.submit import Request as Request
 from app.replication.submit import submit as submit
+from app.replication.submit import submit_many as submit_many
 from app.replication.taskrows import TaskKind
 
 
@@ -104,6 +107,13 @@ def get(settings: Settings, cluster: str, job_id: int) -> JobRecord:
     if row is None:
         raise NotFound(f"job {cluster}:{job_id} does not exist (see `replicator jobs`)")
     return _record(cluster, row)
+
+
+def get_many(settings: Settings, cluster: str, job_ids: list[int]) -> dict[int, JobRecord]:
+    """The records of these jobs of one cluster, by id, in one query (missing ones left out)."""
+    with Cluster(settings, cluster).engine.connect() as conn:
+        rows = conn.execute(sa.select(s.jobs).where(any_of(s.jobs.c.id, job_ids))).all()
+    return {r.id: _record(cluster, r) for r in rows}
 
 
 def _record(cluster: str, row: Any) -> JobRecord:

@@ -9,10 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlalchemy as sa
-
 from app.catalog import model
-from app.catalog import schema as s
 from app.catalog.model import TableInfo
 from app.cluster import Cluster, PartitionSpec
 from app.errors import (
@@ -23,7 +20,7 @@ from app.errors import (
     VersionConflict,
 )
 from app.evolve import replayed
-from app.storage.rowsets import RowsetState
+from app.replication.catalogread import CatalogRead
 
 
 @dataclass(frozen=True)
@@ -92,9 +89,21 @@ class Plan:
         return not self.partitions
 
 
-def make_plan(
-    src: Cluster,
-    dst: Cluster,
+def make_plan(src: Cluster, dst: Cluster, pair: TablePair, **options: Any) -> Plan:
+    """What replicating ``pair`` would do now: per partition skip, incremental or full, and the
+    tablet pairs. Raises a UserError naming what is wrong; changes nothing. ``options``: those
+    of :func:`plan_from`."""
+    return plan_from(
+        CatalogRead.read(src, [pair.src_table], sizes=True),
+        CatalogRead.read(dst, [pair.dst_table], sizes=False),
+        pair,
+        **options,
+    )
+
+
+def plan_from(
+    source: CatalogRead,
+    target: CatalogRead,
     pair: TablePair,
     *,
     partitions: list[str] | None = None,
@@ -103,25 +112,20 @@ def make_plan(
     repair: list[str] | None = None,
     schema_changes: list[dict[str, Any]] | None = None,
 ) -> Plan:
-    """What replicating ``pair`` would do now: per partition skip, incremental or full, and the
-    tablet pairs. Raises a UserError naming what is wrong; changes nothing."""
-    with src.engine.connect() as conn:
-        src_table = model.find_table(conn, pair.src_table)
-        if src_table is None:
-            raise NotFound(
-                f"source table {pair.src_table} does not exist in cluster {pair.src_cluster!r}"
-            )
-        src_parts = model.list_partitions(conn, src_table.id)
-        src_tablets = model.list_tablets(conn, src_table.id)
-        src_sizes = _sizes(conn, src_table.id)
-    with dst.engine.connect() as conn:
-        dst_table = model.find_table(conn, pair.dst_table)
-        dst_parts = model.list_partitions(conn, dst_table.id) if dst_table else []
-        dst_tablets = model.list_tablets(conn, dst_table.id) if dst_table else []
-        dst_backends = model.list_backends(conn)
+    """:func:`make_plan` from catalogs already read (``source`` with sizes)."""
+    src_table = source.tables.get(pair.src_table)
+    if src_table is None:
+        raise NotFound(
+            f"source table {pair.src_table} does not exist in cluster {pair.src_cluster!r}"
+        )
+    src_parts, src_tablets = source.parts[src_table.id], source.tablets[src_table.id]
+    src_sizes = source.sizes.get(src_table.id, {})
+    dst_table = target.tables.get(pair.dst_table)
+    dst_parts = target.parts[dst_table.id] if dst_table else []
+    dst_tablets = target.tablets[dst_table.id] if dst_table else []
     # Changes the job replays on the target at its commit: the target must then match.
     evolved = replayed(dst_table, schema_changes) if dst_table and schema_changes else dst_table
-    _check_target(pair, src_table, evolved, dst_backends, create_target)
+    _check_target(pair, src_table, evolved, target.backends, create_target)
     plan = Plan(src_table, dst_table)
     dst_by_name = _dst_by_name(src_table, src_parts, dst_table, dst_parts)
     wanted = _wanted(pair, src_parts, partitions)
@@ -352,15 +356,3 @@ def create_target_like(
         buckets=src.buckets,
         replication_num=target_replication_num(dst, src, replication_num),
     )
-
-
-def _sizes(conn: sa.Connection, table_id: int) -> dict[int, int]:
-    """Bytes of visible rowsets per partition (for admission by data size)."""
-    rows = conn.execute(
-        sa.select(s.tablets.c.partition_id, sa.func.coalesce(sa.func.sum(s.rowsets.c.data_size), 0))
-        .join(s.rowsets, s.rowsets.c.tablet_id == s.tablets.c.id)
-        .join(s.partitions, s.partitions.c.id == s.tablets.c.partition_id)
-        .where(s.partitions.c.table_id == table_id, s.rowsets.c.state == RowsetState.VISIBLE)
-        .group_by(s.tablets.c.partition_id)
-    ).all()
-    return {r[0]: int(r[1]) for r in rows}

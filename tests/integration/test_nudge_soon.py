@@ -79,3 +79,48 @@ def test_at_most_one_gc_run_pending_per_backend(test_env: dict[str, str]) -> Non
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got == {"first": [True, False, False], "after": True}
+
+
+PENDING_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import workers.nudge as n
+
+    sent = []
+    n.celery.send_task = lambda name, kwargs, **kw: sent.append(kwargs["job_id"])
+    job = int(sys.argv[1])
+    first = [n.nudge("c", job) for _ in range(3)]  # one tick waits: the others are not sent
+    other = n.nudge("c", job + 1)
+    n.tick_started("c", job)  # the tick began: what happens now needs a tick of its own
+    again = n.nudge("c", job)
+    print(json.dumps({"first": first, "other": other, "again": again, "sent": sent}))
+    """
+)
+
+
+def test_at_most_one_tick_waits_per_job(test_env: dict[str, str]) -> None:
+    """The beat and the workers nudging the same job send one tick message while none has
+    started; a tick that starts gives the job back, so a later change gets its own tick."""
+    out = subprocess.run(
+        [sys.executable, "-c", PENDING_SCRIPT, str(free_port() + 900000)],
+        env=test_env, cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    job = got["sent"][0]
+    assert got["first"] == [True, False, False]
+    assert got["other"] is True and got["again"] is True
+    assert got["sent"] == [job, job + 1, job]
+
+
+def test_without_the_broker_s_keys_a_tick_is_still_sent(test_env: dict[str, str]) -> None:
+    """Redis for the dedupe unreachable: every nudge is sent (kombu then says whether the
+    broker is there); the dedupe is an economy, never a reason to drop a tick."""
+    env = test_env | {"REPLICATOR_BROKER_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    out = subprocess.run(
+        [sys.executable, "-c", PENDING_SCRIPT, "5"], env=env, cwd=REPO, capture_output=True,
+        text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["first"] == [True, True, True] and got["sent"] == [5, 5, 5, 6, 5]
