@@ -265,6 +265,10 @@ def machine_info(pg_version: str | None = None) -> dict[str, str]:
 # -- a private Postgres (for a machine whose shared server is busy) ------------------------
 
 
+def _statements_wanted() -> bool:
+    return os.environ.get("BENCH_PG_STATEMENTS") == "1"
+
+
 class PrivatePostgres:
     """A throw-away Postgres server of the installed version, on its own port, configured like
     the machine's (fsync and synchronous commit on), with room for more connections.
@@ -317,6 +321,8 @@ class PrivatePostgres:
             f"{self.max_connections} -c unix_socket_directories={self.workdir} "
             "-c fsync=on -c synchronous_commit=on -c shared_buffers=128MB"
         )
+        if _statements_wanted():  # BENCH_PG_STATEMENTS=1: what Postgres spent its time on
+            opts += " -c shared_preload_libraries=pg_stat_statements"
         subprocess.run(
             self._as_owner(
                 [
@@ -336,10 +342,29 @@ class PrivatePostgres:
         )
         return self
 
+    def _dump_statements(self) -> None:
+        """The 25 statements that took Postgres the most time, into the run's log directory
+        (postgres-statements.txt; a diagnosis: ``--private-postgres``, BENCH_PG_STATEMENTS=1)."""
+        query = (
+            "CREATE EXTENSION IF NOT EXISTS pg_stat_statements; SELECT round(total_exec_time) AS "
+            "ms, calls, rows, left(regexp_replace(query, '\\s+', ' ', 'g'), 300) FROM "
+            "pg_stat_statements ORDER BY total_exec_time DESC LIMIT 25"
+        )
+        out = subprocess.run(
+            ["psql", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", "-d", "postgres",
+             "-c", query],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+        logs = OUT_DIR / "logs" / self.workdir.name  # the workdir goes with the run
+        logs.mkdir(parents=True, exist_ok=True)
+        (logs / "postgres-statements.txt").write_text(out.stdout + out.stderr)
+
     def postmaster_pid(self) -> int:
         return int((self.data / "postmaster.pid").read_text().split()[0])
 
     def stop(self) -> None:
+        if _statements_wanted():
+            self._dump_statements()
         subprocess.run(
             self._as_owner(
                 [str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"]
