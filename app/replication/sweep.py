@@ -1,10 +1,11 @@
 """The beat's round over the active jobs: a slice of them each beat, in turn.
 
 ``due.due_jobs`` names the jobs a tick would move now, in one query; a need it does not foresee
-is caught by ticking every active job now and then. Ticking all of them in one beat grew with
-the open jobs (1,000 waiting jobs: 4.8 s, during which no beat ran), so each beat ticks a share
-of them instead, sized so that every job comes round about once per ``period`` and bounded by
-``MAX_SLICE``: with more than ``MAX_SLICE`` jobs per ``period`` beats, a round takes longer.
+is caught by ticking every active job now and then. Sending all of them a tick at every beat
+grew with the open jobs (1,000 waiting jobs ticked in one beat: 4.8 s, during which no beat
+ran), so each beat takes a share of them instead, sized so that every job comes round about
+once per ``period`` and bounded by ``MAX_SLICE``: with more than ``MAX_SLICE`` jobs per
+``period`` beats, a round takes longer. The beat sends them tick messages (workers/tasks.py).
 """
 
 from __future__ import annotations

@@ -124,3 +124,37 @@ def test_without_the_broker_s_keys_a_tick_is_still_sent(test_env: dict[str, str]
     assert out.returncode == 0, out.stderr[-2000:]
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["first"] == [True, True, True] and got["sent"] == [5, 5, 5, 6, 5]
+
+
+MANY_SCRIPT = textwrap.dedent(
+    """
+    import json, sys
+    import workers.nudge as n
+
+    sent = []
+    n.celery.send_task = lambda name, kwargs, **kw: sent.append(kwargs)
+    base = int(sys.argv[1])
+    jobs = list(range(base, base + 60))
+    n.nudge("c", base + 1)  # a worker's tick of one of them waits already
+    count = n.nudge_many("c", jobs)
+    again = n.nudge_many("c", jobs)  # all of them wait now: nothing is sent
+    print(json.dumps({"count": count, "again": again, "sent": sent}))
+    """
+)
+
+
+def test_the_beat_sends_its_jobs_in_chunks_skipping_those_a_tick_waits_for(
+    test_env: dict[str, str],
+) -> None:
+    out = subprocess.run(
+        [sys.executable, "-c", MANY_SCRIPT, str(free_port() * 100 + 3_000_000)],
+        env=test_env, cwd=REPO, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    single, *chunks = got["sent"]
+    base = single["job_id"] - 1
+    assert got["count"] == 59 and got["again"] == 0
+    assert [len(c["job_ids"]) for c in chunks] == [25, 25, 9]  # BEAT_CHUNK a message
+    sent = [j for c in chunks for j in c["job_ids"]]
+    assert sent == [j for j in range(base, base + 60) if j != base + 1]
